@@ -10,6 +10,8 @@ The public API is re-exported here. Names are resolved lazily (PEP 562), so impo
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,23 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+# Names that are both a submodule and the function inside it (refquant/calibrate.py defines
+# calibrate()). Importing a submodule sets it as an attribute of the package, which would hide
+# the function; the module class below makes ``rq.calibrate`` always the function.
+# (``from refquant.calibrate import MinMaxObserver`` still reaches the module.)
+_SAME_NAME = frozenset(name for name, module in _EXPORTS.items() if name == module)
+
+
+class _PublicAPI(types.ModuleType):
+    def __getattribute__(self, name):
+        if name in _SAME_NAME:
+            return getattr(importlib.import_module(f"{__name__}.{name}"), name)
+        return super().__getattribute__(name)
+
+
+sys.modules[__name__].__class__ = _PublicAPI
 
 
 def __getattr__(name: str):
