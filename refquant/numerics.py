@@ -69,10 +69,15 @@ def round_half_even(x: np.ndarray) -> np.ndarray:
 def round_half_away(x: np.ndarray) -> np.ndarray:
     """Round to the nearest integer, ties away from zero (C ``roundf``): 0.5 -> 1, -2.5 -> -3.
 
-    Computed as ``sign(x) * floor(|x| + 0.5)``. In float64 ``|x| + 0.5`` is exact for
-    ``|x| < 2**52``, so this is exact for every value a quantizer divides out.
+    Computed as ``sign(x) * (floor(|x|) + [|x| - floor(|x|) >= 1/2])``. The fractional part
+    ``|x| - floor(|x|)`` is exact in floating point, so this is exact for every finite input.
+    (The shortcut ``floor(|x| + 0.5)`` is not: for ``x = 0.5 - 2**-54`` the sum rounds up to
+    1.0 and the result would be 1 instead of 0.)
     """
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    x = np.asarray(x)
+    a = np.abs(x)
+    whole = np.floor(a)
+    return np.sign(x) * (whole + (a - whole >= 0.5))
 
 
 def round_to_int(x: np.ndarray, mode: str = "half_even") -> np.ndarray:
