@@ -1,0 +1,317 @@
+"""llama.cpp's GGML block formats Q8_0, Q4_0 and Q4_1, byte for byte as stored in GGUF files.
+
+Each format cuts a row into blocks of 32 consecutive values (along the last axis, the input
+dimension of a weight) and stores every block as a small header of float16 numbers followed by
+the codes. The quantizers here reproduce the reference C quantizers of ``ggml-quants.c``
+(``quantize_row_q8_0_ref``, ``quantize_row_q4_0_ref``, ``quantize_row_q4_1_ref``) and the
+``gguf`` Python package's ``gguf.quants`` port of them bit for bit: every arithmetic step is
+done in float32, in the same order, with the same rounding, and the result is vectorized by
+reshaping to ``(n_blocks, 32)``.
+
+Symbols (one block)
+-------------------
+x        the 32 input values, float32
+d        the block scale; computed in float32, *stored* as float16
+m        the block minimum (Q4_1 only); stored as float16
+id       ``1 / d`` in float32, or 0 where ``d == 0``
+q        the codes: int8 in [-127, 127] (Q8_0) or 4-bit nibbles in [0, 15] (Q4_0, Q4_1)
+x_hat    the dequantized value
+
+=======  =================================  ====================================  ==========
+format   scale (float32)                    code                                  x_hat
+=======  =================================  ====================================  ==========
+Q8_0     ``d = max|x| / 127``               ``q = roundf(x * id)``                ``d q``
+Q4_0     ``d = x[argmax|x|] / -8``          ``q = min(15, trunc(x * id + 8.5))``  ``d (q-8)``
+Q4_1     ``d = (max x - min x) / 15``       ``q = min(15, trunc((x - m) id + .5))``  ``d q + m``
+=======  =================================  ====================================  ==========
+
+Rounding, exactly
+-----------------
+* Q8_0 rounds the float32 product ``x * id`` half away from zero (C ``roundf``).
+* Q4_0 and Q4_1 add 8.5 (0.5) in float32 and then truncate. This is *not* round-to-nearest of
+  ``x * id``: (a) ties go up (towards +inf), so Q4_0 maps ``x * id = -2.5`` to code -2 where
+  ``roundf`` gives -3; (b) the float32 sum is itself rounded, so a product just below a tie
+  (``0.49999997``) can round up to the tie and then up again (code 1, not 0).
+* Codes are computed with the float32 ``d`` (and Q4_1's float32 minimum), but ``d`` and ``m``
+  are stored rounded to float16 (round to nearest even). The stored grid is therefore not
+  exactly the grid the codes were chosen on; dequantization uses the stored float16 values.
+* Q4_0's scale carries the *sign* of the largest-magnitude value (``d = max / -8`` with the
+  signed max, the first one where several share the largest magnitude), so that value always
+  gets code 0, i.e. ``-8 d = max`` exactly in float32; ``d`` is negative whenever that value is
+  positive.
+
+Where refquant is stricter than the reference
+---------------------------------------------
+* NaN/Inf input raises ``ValueError`` (the reference writes garbage).
+* A scale or minimum that overflows float16 (``|d| >= 65520``, i.e. ``max|x|`` above about
+  8.3e6 for Q8_0) raises ``ValueError`` naming the block (the reference stores ``inf``).
+* Where ``1 / d`` overflows float32 (a block whose values are all below about 2^-126 in
+  magnitude) the reference multiplies by ``inf`` and casts NaN/inf to an integer (undefined in
+  C; platform dependent in NumPy). refquant treats such a block as the reference treats
+  ``d == 0`` (``id = 0``): codes 0 (Q8_0, Q4_1) or 8 (Q4_0). The stored ``d`` is 0 in float16
+  either way, so the dequantized block is identical; only the unused code bytes can differ.
+
+Byte layout (little endian, one block; blocks are concatenated along each row)
+------------------------------------------------------------------------------
+Q8_0  34 bytes: ``d`` float16, then 32 int8 codes.                           8.5 bits/weight
+Q4_0  18 bytes: ``d`` float16, then 16 bytes; byte ``j`` holds code ``j`` in its low nibble
+      and code ``j + 16`` in its high nibble.                                4.5 bits/weight
+Q4_1  20 bytes: ``d`` float16, ``m`` float16, then 16 bytes of nibbles as Q4_0.  5.0 bits/weight
+
+References
+----------
+.. [1] G. Gerganov et al., ggml / llama.cpp, ``ggml/src/ggml-quants.c`` (reference quantizers)
+       and ``gguf-py/gguf/quants.py`` (the NumPy port this module is tested against).
+.. [2] GGUF file format specification, ``ggml/docs/gguf.md`` in the ggml repository.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..numerics import as_float_array, round_to_int
+
+QK = 32  # values per block, all three formats
+
+#: format name -> (bytes per block, number of float16 header fields, GGML type id)
+FORMATS = {"Q8_0": (34, 1, 8), "Q4_0": (18, 1, 2), "Q4_1": (20, 2, 3)}
+
+_F16_MAX_FINITE_BELOW = np.float32(65520.0)  # float32 values >= this round to inf in float16
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown GGML block format {fmt!r}; choose from {sorted(FORMATS)}")
+    return fmt
+
+
+def block_bytes(fmt: str) -> int:
+    """Bytes per block of 32 values: 34 (Q8_0), 18 (Q4_0), 20 (Q4_1)."""
+    return FORMATS[_check_format(fmt)][0]
+
+
+def bits_per_weight(fmt: str) -> float:
+    """Storage per weight including the float16 scale (and minimum): 8.5, 4.5 or 5.0 bits."""
+    return block_bytes(fmt) * 8 / QK
+
+
+@dataclass(frozen=True)
+class GGMLBlocks:
+    """The fields of a run of blocks, before packing into bytes.
+
+    Attributes
+    ----------
+    fmt : str
+        ``"Q8_0"``, ``"Q4_0"`` or ``"Q4_1"``.
+    d : numpy.ndarray of float16, shape ``[..., n_blocks]``
+        Stored scales.
+    m : numpy.ndarray of float16, shape ``[..., n_blocks]``, or None
+        Stored minimums (Q4_1 only).
+    q : numpy.ndarray, shape ``[..., n_blocks, 32]``
+        Codes as stored: int8 for Q8_0, uint8 nibbles in [0, 15] for Q4_0 and Q4_1.
+    """
+
+    fmt: str
+    d: np.ndarray
+    m: np.ndarray | None
+    q: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize: float32 -> block fields -> bytes
+
+
+def _blocks_of(x, fmt: str) -> np.ndarray:
+    """``x`` as float32 ``[..., n_blocks, 32]`` after checking it."""
+    _check_format(fmt)
+    x = as_float_array(x)
+    if x.ndim == 0:
+        raise ValueError(f"{fmt} needs an array with at least one axis, got a scalar")
+    if x.shape[-1] % QK != 0 or x.shape[-1] == 0:
+        raise ValueError(f"{fmt} quantizes blocks of {QK} along the last axis; its length "
+                         f"{x.shape[-1]} is not a positive multiple of {QK}")
+    x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        bad = np.argwhere(~np.isfinite(x32))[0]
+        raise ValueError(f"x overflows float32 at index {tuple(int(i) for i in bad)}: "
+                         f"{x[tuple(bad)]!r}")
+    return x32.reshape(x.shape[:-1] + (x.shape[-1] // QK, QK))
+
+
+def _reciprocal(d: np.ndarray) -> np.ndarray:
+    """``id = 1 / d`` in float32, 0 where ``d == 0`` or where ``1 / d`` overflows float32."""
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.float32(1.0) / d
+    return np.where((d == 0) | ~np.isfinite(inv), np.float32(0.0), inv).astype(np.float32)
+
+
+def _to_f16(v: np.ndarray, what: str, fmt: str) -> np.ndarray:
+    """Round float32 ``v`` to float16 (nearest even), raising where it would overflow."""
+    big = np.abs(v) >= _F16_MAX_FINITE_BELOW
+    if np.any(big):
+        i = tuple(int(k) for k in np.argwhere(big)[0])
+        raise ValueError(f"{fmt} block {i}: {what} = {float(v[i])!r} overflows float16 "
+                         f"(|{what}| must stay below 65520); the values are too large for {fmt}")
+    return v.astype(np.float16)
+
+
+def _trunc_offset(v: np.ndarray, offset: float) -> np.ndarray:
+    """``trunc(v + offset)`` with the sum rounded to float32 first, as the C reference's
+    ``(int8_t)(x0 + 8.5f)``. Every argument here is >= 0 up to float32 rounding, so the cast
+    to an integer type truncates towards zero."""
+    s = (v + np.float32(offset)).astype(np.float32)       # one float32 rounding
+    return np.trunc(s)
+
+
+def quantize_blocks(x, fmt: str) -> GGMLBlocks:
+    """Quantize ``x`` (last axis a multiple of 32) into the block fields of ``fmt``.
+
+    Parameters
+    ----------
+    x : array_like of float, shape ``[..., K]`` with ``K % 32 == 0``
+        Read as float32 (as llama.cpp's converter does); must be finite.
+    fmt : {"Q8_0", "Q4_0", "Q4_1"}
+
+    Returns
+    -------
+    GGMLBlocks
+        ``d`` (and ``m``) of shape ``[..., K // 32]``; ``q`` of shape ``[..., K // 32, 32]``.
+
+    Notes
+    -----
+    See the module docstring for the formulas and the exact rounding.
+    """
+    xb = _blocks_of(x, fmt)                                       # [..., nb, 32] float32
+    if fmt == "Q8_0":
+        amax = np.max(np.abs(xb), axis=-1)                        # [..., nb]
+        d = (amax / np.float32(127)).astype(np.float32)
+        inv = _reciprocal(d)
+        x0 = (xb * inv[..., None]).astype(np.float32)             # float32 product
+        # roundf (half away from zero) of the float32 product; float64 makes the
+        # floor(|x0| + 0.5) in round_half_away exact.
+        q = round_to_int(x0.astype(np.float64), "half_away").astype(np.int8)
+        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
+    if fmt == "Q4_0":
+        i_max = np.argmax(np.abs(xb), axis=-1)[..., None]         # first largest |x|
+        x_max = np.take_along_axis(xb, i_max, axis=-1)[..., 0]    # signed, [..., nb]
+        d = (x_max / np.float32(-8)).astype(np.float32)
+        inv = _reciprocal(d)
+        x0 = (xb * inv[..., None]).astype(np.float32)
+        q = np.minimum(_trunc_offset(x0, 8.5), 15).astype(np.uint8)
+        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
+    # Q4_1
+    lo = np.min(xb, axis=-1)                                      # [..., nb]
+    hi = np.max(xb, axis=-1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    inv = _reciprocal(d)
+    x0 = ((xb - lo[..., None]).astype(np.float32) * inv[..., None]).astype(np.float32)
+    q = np.minimum(_trunc_offset(x0, 0.5), 15).astype(np.uint8)
+    d16 = _to_f16(d, "d", fmt)
+    return GGMLBlocks(fmt, d16, _to_f16(lo, "m (block minimum)", fmt), q)
+
+
+def pack_blocks(blocks: GGMLBlocks) -> np.ndarray:
+    """The GGUF bytes of ``blocks``: uint8 ``[..., n_blocks * block_bytes(fmt)]``."""
+    fmt = _check_format(blocks.fmt)
+    q = np.asarray(blocks.q)
+    lead_nb = q.shape[:-1]                                         # [..., nb]
+    parts = [np.asarray(blocks.d, np.float16).astype("<f2")[..., None].view(np.uint8)]
+    if fmt == "Q4_1":
+        parts.append(np.asarray(blocks.m, np.float16).astype("<f2")[..., None].view(np.uint8))
+    if fmt == "Q8_0":
+        parts.append(q.astype(np.int8).view(np.uint8))
+    else:
+        q = q.astype(np.uint8)
+        parts.append(q[..., :16] | (q[..., 16:] << np.uint8(4)))  # low nibble j, high j+16
+    raw = np.concatenate(parts, axis=-1)                           # [..., nb, block_bytes]
+    return np.ascontiguousarray(raw.reshape(lead_nb[:-1] + (-1,)))
+
+
+def unpack_blocks(data, fmt: str) -> GGMLBlocks:
+    """Inverse of :func:`pack_blocks`: the fields of GGUF bytes ``data`` (uint8 ``[..., n]``,
+    ``n`` a multiple of the block size in bytes)."""
+    nbytes = block_bytes(fmt)
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        raise ValueError(f"{fmt} data must be uint8 bytes, got dtype {data.dtype}")
+    if data.ndim == 0 or data.shape[-1] % nbytes != 0 or data.shape[-1] == 0:
+        raise ValueError(f"{fmt} rows must hold a positive multiple of {nbytes} bytes, "
+                         f"got shape {data.shape}")
+    raw = data.reshape(data.shape[:-1] + (data.shape[-1] // nbytes, nbytes))  # [..., nb, bytes]
+    d = np.ascontiguousarray(raw[..., 0:2]).view("<f2")[..., 0].astype(np.float16)
+    m = None
+    start = 2
+    if fmt == "Q4_1":
+        m = np.ascontiguousarray(raw[..., 2:4]).view("<f2")[..., 0].astype(np.float16)
+        start = 4
+    body = raw[..., start:]
+    if fmt == "Q8_0":
+        q = np.ascontiguousarray(body).view(np.int8)
+    else:
+        q = np.concatenate([body & np.uint8(0x0F), body >> np.uint8(4)], axis=-1)
+    return GGMLBlocks(fmt, d, m, q)
+
+
+def dequantize_blocks(blocks: GGMLBlocks) -> np.ndarray:
+    """``x_hat`` (float32 ``[..., n_blocks * 32]``) from block fields, in float32 as the
+    reference: ``d q`` (Q8_0), ``d (q - 8)`` (Q4_0), ``d q + m`` (Q4_1)."""
+    fmt = _check_format(blocks.fmt)
+    d = np.asarray(blocks.d, np.float16).astype(np.float32)[..., None]   # [..., nb, 1]
+    q = np.asarray(blocks.q)
+    if fmt == "Q8_0":
+        x_hat = d * q.astype(np.float32)
+    elif fmt == "Q4_0":
+        x_hat = d * (q.astype(np.float32) - np.float32(8))
+    else:
+        m = np.asarray(blocks.m, np.float16).astype(np.float32)[..., None]
+        x_hat = (d * q.astype(np.float32)).astype(np.float32) + m
+    x_hat = x_hat.astype(np.float32)
+    return x_hat.reshape(q.shape[:-2] + (-1,))
+
+
+def quantize(x, fmt: str) -> np.ndarray:
+    """GGUF bytes of ``x`` in ``fmt``: uint8 ``[..., K // 32 * block_bytes(fmt)]``."""
+    return pack_blocks(quantize_blocks(x, fmt))
+
+
+def dequantize(data, fmt: str) -> np.ndarray:
+    """Float32 values ``[..., n_bytes // block_bytes(fmt) * 32]`` of GGUF bytes ``data``."""
+    return dequantize_blocks(unpack_blocks(data, fmt))
+
+
+def quantize_q8_0(x) -> np.ndarray:
+    """Q8_0 GGUF bytes of ``x`` (float, last axis a multiple of 32). See :func:`quantize`."""
+    return quantize(x, "Q8_0")
+
+
+def quantize_q4_0(x) -> np.ndarray:
+    """Q4_0 GGUF bytes of ``x`` (float, last axis a multiple of 32). See :func:`quantize`."""
+    return quantize(x, "Q4_0")
+
+
+def quantize_q4_1(x) -> np.ndarray:
+    """Q4_1 GGUF bytes of ``x`` (float, last axis a multiple of 32). See :func:`quantize`."""
+    return quantize(x, "Q4_1")
+
+
+def dequantize_q8_0(data) -> np.ndarray:
+    """Float32 values of Q8_0 GGUF bytes (uint8, last axis a multiple of 34)."""
+    return dequantize(data, "Q8_0")
+
+
+def dequantize_q4_0(data) -> np.ndarray:
+    """Float32 values of Q4_0 GGUF bytes (uint8, last axis a multiple of 18)."""
+    return dequantize(data, "Q4_0")
+
+
+def dequantize_q4_1(data) -> np.ndarray:
+    """Float32 values of Q4_1 GGUF bytes (uint8, last axis a multiple of 20)."""
+    return dequantize(data, "Q4_1")
+
+
+__all__ = ["QK", "FORMATS", "GGMLBlocks", "block_bytes", "bits_per_weight", "quantize_blocks",
+           "pack_blocks", "unpack_blocks", "dequantize_blocks", "quantize", "dequantize",
+           "quantize_q8_0", "quantize_q4_0", "quantize_q4_1",
+           "dequantize_q8_0", "dequantize_q4_0", "dequantize_q4_1"]

@@ -1,0 +1,259 @@
+"""Tests of refquant.formats.ggml (Q8_0, Q4_0, Q4_1).
+
+Oracles, in order of independence:
+1. hand calculations (the expected codes/bytes are worked out in the comments);
+2. a scalar oracle in this file: one value at a time in Python floats, each float32 operation
+   emulated by rounding the exact double result to binary32 with ``struct`` (for +, -, *, / of
+   float32 operands, rounding the double result to float32 equals rounding the exact result:
+   double rounding is innocuous when 53 >= 2*24 + 2), ``roundf`` and truncation on Fractions;
+3. the ``gguf`` package's own quantizers (``gguf.quants``), bit for bit.
+"""
+
+import math
+import struct
+from fractions import Fraction
+
+import gguf
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from refquant.formats import ggml
+from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
+
+FORMATS = ("Q8_0", "Q4_0", "Q4_1")
+GGUF_TYPE = {f: getattr(gguf.GGMLQuantizationType, f) for f in FORMATS}
+
+
+# --- scalar oracle ------------------------------------------------------------------------------
+
+def f32(v: float) -> float:
+    """Round a Python float to the nearest float32 (ties to even), as a Python float; inf on
+    overflow (struct raises only when the rounded value would be infinite)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", v))[0]
+    except OverflowError:
+        return math.copysign(math.inf, v)
+
+
+def recip(d: float) -> float:
+    """id = 1/d in float32; 0 where d == 0 (the C reference) or 1/d overflows (refquant's rule,
+    see the module docstring of refquant.formats.ggml)."""
+    if d == 0:
+        return 0.0
+    inv = f32(1.0 / d)
+    return 0.0 if math.isinf(inv) else inv
+
+
+def f16_bits(v: float) -> bytes:
+    return struct.pack("<e", v)
+
+
+def roundf(v: float) -> int:
+    a = Fraction(abs(v))
+    whole = math.floor(a)
+    q = whole + (1 if a - whole >= Fraction(1, 2) else 0)
+    return q if v >= 0 else -q
+
+
+def oracle_block(xs: list, fmt: str) -> bytes:
+    """The GGUF bytes of one block of 32 float32 values, one value at a time."""
+    xs = [f32(v) for v in xs]
+    if fmt == "Q8_0":
+        amax = max(abs(v) for v in xs)
+        d = f32(amax / 127)
+        inv = recip(d)
+        q = [roundf(f32(v * inv)) for v in xs]
+        return f16_bits(d) + bytes((c & 0xFF) for c in q)
+    if fmt == "Q4_0":
+        amax, vmax = 0.0, 0.0
+        for v in xs:                                   # first largest |x|, strict '<' as in C
+            if amax < abs(v):
+                amax, vmax = abs(v), v
+        if amax == 0:
+            vmax = xs[0]                               # gguf takes x[argmax] (= x[0] here)
+        d = f32(vmax / -8)
+        inv = recip(d)
+        q = [min(15, math.trunc(f32(f32(v * inv) + 8.5))) for v in xs]
+        return f16_bits(d) + bytes(q[j] | (q[j + 16] << 4) for j in range(16))
+    lo, hi = min(xs), max(xs)
+    d = f32(f32(hi - lo) / 15)
+    inv = recip(d)
+    q = [min(15, math.trunc(f32(f32(f32(v - lo) * inv) + 0.5))) for v in xs]
+    return f16_bits(d) + f16_bits(lo) + bytes(q[j] | (q[j + 16] << 4) for j in range(16))
+
+
+def oracle(x: np.ndarray, fmt: str) -> np.ndarray:
+    rows = x.reshape(-1, x.shape[-1])
+    out = [b"".join(oracle_block(r[i:i + 32].tolist(), fmt) for i in range(0, len(r), 32))
+           for r in rows]
+    return np.frombuffer(b"".join(out), np.uint8).reshape(x.shape[:-1] + (-1,))
+
+
+# --- hand-calculated cases ----------------------------------------------------------------------
+
+def test_bits_per_weight_and_block_bytes():
+    # Q8_0: 2 + 32 bytes; Q4_0: 2 + 16; Q4_1: 2 + 2 + 16, per 32 weights
+    assert [ggml.block_bytes(f) for f in FORMATS] == [34, 18, 20]
+    assert [ggml.bits_per_weight(f) for f in FORMATS] == [8.5, 4.5, 5.0]
+
+
+def test_q8_0_hand_case_roundf():
+    # amax = 127 -> d = 1 (float16 0x3C00), id = 1: codes = roundf(x), ties away from zero.
+    x = np.zeros(32, np.float32)
+    x[:6] = [127.0, -2.5, 2.5, -0.5, np.float32(0.5) - np.float32(2**-25), 1.5]
+    b = ggml.quantize_q8_0(x)
+    assert b[:2].tolist() == [0x00, 0x3C]
+    assert b[2:8].view(np.int8).tolist() == [127, -3, 3, -1, 0, 2]
+
+
+def test_q4_0_hand_case_ties_go_up_and_double_rounding():
+    # max |x| = 8 at x = -8 -> d = -8 / -8 = 1, id = 1; code = trunc(x + 8.5) (x >= -8):
+    #   -2.5 -> trunc(6.0) = 6 (value -2: the tie goes UP, roundf would give -3)
+    #    2.5 -> trunc(11.0) = 11 (value 3)
+    #   0.49999997 (= 0.5 - 2**-25) -> 8.99999997 rounds to 9.0 in float32 -> 9 (value 1,
+    #   although the nearest integer is 0)
+    x = np.zeros(32, np.float32)
+    x[:4] = [-8.0, -2.5, 2.5, np.float32(0.5) - np.float32(2**-25)]
+    blk = ggml.quantize_blocks(x, "Q4_0")
+    assert float(blk.d[0]) == 1.0
+    assert blk.q[0, :4].tolist() == [0, 6, 11, 9]
+    assert blk.q[0, 4:].tolist() == [8] * 28                       # zeros -> trunc(8.5) = 8
+    b = ggml.quantize_q4_0(x)
+    # byte j = code j (low nibble) | code j+16 (high nibble); codes 16..31 are all 8
+    assert b[:2].tolist() == [0x00, 0x3C]
+    assert b[2:6].tolist() == [0x80, 0x86, 0x8B, 0x89]
+    assert ggml.dequantize_q4_0(b)[:4].tolist() == [-8.0, -2.0, 3.0, 1.0]
+
+
+def test_q4_0_scale_takes_sign_of_signed_max():
+    # largest |x| is +4 -> d = 4 / -8 = -0.5 (negative), its code is 0 (value -8 d = 4)
+    x = np.linspace(-1, 1, 32).astype(np.float32)
+    x[7] = 4.0
+    blk = ggml.quantize_blocks(x, "Q4_0")
+    assert float(blk.d[0]) == -0.5 and blk.q[0, 7] == 0
+    # -4 and +4 share the largest magnitude: the first one wins (C loop with a strict '<')
+    x[3] = -4.0
+    blk = ggml.quantize_blocks(x, "Q4_0")
+    assert float(blk.d[0]) == 0.5 and blk.q[0, 3] == 0 and blk.q[0, 7] == 15
+
+
+def test_q4_1_hand_case_double_rounding():
+    # min 0, max 15 -> d = 1, m = 0; code = trunc((x - 0) * 1 + 0.5):
+    #   2.5 -> 3;  0.49999997 + 0.5 = 1 - 2**-25, a float32 tie between 1 - 2**-24 (odd) and 1.0
+    #   (even) -> 1.0 -> code 1
+    x = np.zeros(32, np.float32)
+    x[:4] = [15.0, 2.5, np.float32(0.5) - np.float32(2**-25), 7.0]
+    blk = ggml.quantize_blocks(x, "Q4_1")
+    assert float(blk.d[0]) == 1.0 and float(blk.m[0]) == 0.0
+    assert blk.q[0, :4].tolist() == [15, 3, 1, 7]
+    b = ggml.quantize_q4_1(x)
+    assert b[:4].tolist() == [0x00, 0x3C, 0x00, 0x00]
+
+
+def test_all_zero_blocks():
+    x = np.zeros((2, 32), np.float32)
+    x[1, 0] = -0.0
+    for fmt in FORMATS:
+        assert np.array_equal(ggml.dequantize(ggml.quantize(x, fmt), fmt), x)
+    # Q4_0: d = x[0] / -8: +0.0 -> -0.0 (float16 bits 0x8000), -0.0 -> +0.0; codes all 8
+    b = ggml.quantize_q4_0(x)
+    assert b[0, :2].tolist() == [0x00, 0x80] and b[1, :2].tolist() == [0x00, 0x00]
+    assert (b[:, 2:] == 0x88).all()
+    assert (ggml.quantize_q8_0(x) == 0).all() and (ggml.quantize_q4_1(x) == 0).all()
+
+
+def test_fields_roundtrip_through_bytes():
+    x = stress_tensor("heavy_tail", (3, 128), seed=1)
+    for fmt in FORMATS:
+        blk = ggml.quantize_blocks(x, fmt)
+        back = ggml.unpack_blocks(ggml.pack_blocks(blk), fmt)
+        assert np.array_equal(back.q, blk.q) and np.array_equal(back.d.view(np.uint16), blk.d.view(np.uint16))
+        assert blk.q.shape == (3, 4, 32) and blk.d.shape == (3, 4)
+
+
+# --- the scalar oracle and gguf ---------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", STRESS_KINDS)
+def test_matches_scalar_oracle(fmt, kind):
+    x = stress_tensor(kind, (3, 64), seed=11)
+    assert_ggml_equal(ggml.quantize(x, fmt), oracle(x, fmt), fmt, x=x)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matches_scalar_oracle_near_ties(fmt):
+    # values k/2 and their float32 neighbours: exact ties and the values one ulp either side
+    rng = np.random.default_rng(5)
+    k = rng.integers(-16, 17, (4, 64)).astype(np.float32) / 2
+    x = np.where(rng.random(k.shape) < 0.5, np.nextafter(k, np.float32(np.inf)), k)
+    x = np.where(rng.random(k.shape) < 0.3, np.nextafter(k, np.float32(-np.inf)), x)
+    x[:, ::32] = 8.0                                               # scale 8/127, 1, 16/15
+    assert_ggml_equal(ggml.quantize(x, fmt), oracle(x, fmt), fmt, x=x)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", STRESS_KINDS)
+def test_matches_gguf(fmt, kind):
+    x = stress_tensor(kind, (16, 256), seed=3)
+    ref = gguf.quants.quantize(x, GGUF_TYPE[fmt])
+    assert_ggml_equal(ggml.quantize(x, fmt), ref, fmt, x=x)
+    assert np.array_equal(ggml.dequantize(ref, fmt), gguf.quants.dequantize(ref, GGUF_TYPE[fmt]))
+
+
+@settings(max_examples=40)
+@given(fmt=st.sampled_from(FORMATS), seed=st.integers(0, 2**31), scale_exp=st.integers(-20, 12))
+def test_matches_gguf_property(fmt, seed, scale_exp):
+    x = (stress_tensor("normal", (2, 96), seed) * np.float32(2.0**scale_exp)).astype(np.float32)
+    assert_ggml_equal(ggml.quantize(x, fmt), gguf.quants.quantize(x, GGUF_TYPE[fmt]), fmt, x=x)
+
+
+def test_subnormal_float16_scale_matches_gguf():
+    # max |x| = 1e-6 -> Q8_0 d ~ 7.9e-9 is below float16's smallest subnormal/2 -> stored 0;
+    # 1e-3 -> d ~ 7.9e-6, a float16 subnormal
+    for amax in (1e-6, 1e-3):
+        x = np.linspace(-amax, amax, 64, dtype=np.float32).reshape(2, 32)
+        for fmt in FORMATS:
+            assert_ggml_equal(ggml.quantize(x, fmt), gguf.quants.quantize(x, GGUF_TYPE[fmt]), fmt, x=x)
+
+
+def test_reciprocal_overflow_block_is_treated_as_zero_scale():
+    # all |x| ~ 1e-39 (float32 subnormals): d = max/127 ~ 8e-42, 1/d overflows float32. refquant
+    # uses id = 0 (codes 0, or 8 for Q4_0); the stored float16 d is 0 either way, so the
+    # dequantized block is all zeros, as gguf's (whose codes come from casting inf/NaN).
+    x = np.full((1, 32), 1e-39, np.float32)
+    x[0, ::2] = -1e-39
+    for fmt, code in (("Q8_0", 0), ("Q4_0", 8), ("Q4_1", 0)):
+        blk = ggml.quantize_blocks(x, fmt)
+        assert (blk.q == code).all() and float(blk.d[0, 0]) == 0.0
+        with np.errstate(all="ignore"):
+            ref = gguf.quants.quantize(x, GGUF_TYPE[fmt])
+        assert np.array_equal(ggml.dequantize(ggml.quantize(x, fmt), fmt),
+                              gguf.quants.dequantize(ref, GGUF_TYPE[fmt]))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_input_raises(fmt):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ggml.quantize(np.zeros((2, 48), np.float32), fmt)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ggml.quantize(np.full((1, 32), np.nan, np.float32), fmt)
+    with pytest.raises(ValueError, match="overflows float32"):
+        ggml.quantize(np.full((1, 32), 1e39), fmt)
+    with pytest.raises(ValueError, match="overflows float16"):
+        ggml.quantize(np.full((1, 32), 3e6, np.float32) * np.arange(32, dtype=np.float32), fmt)
+    with pytest.raises(ValueError, match="uint8"):
+        ggml.dequantize(np.zeros((1, ggml.block_bytes(fmt)), np.int8), fmt)
+    with pytest.raises(ValueError, match="multiple of"):
+        ggml.dequantize(np.zeros((1, ggml.block_bytes(fmt) + 1), np.uint8), fmt)
+    with pytest.raises(ValueError, match="unknown GGML block format"):
+        ggml.quantize(np.zeros((1, 32)), "Q5_0")
+
+
+def test_q4_1_minimum_overflow_raises():
+    # range 0 .. small, but the block minimum -70000 does not fit float16
+    x = np.full((1, 32), -70000.0, np.float32)
+    with pytest.raises(ValueError, match="m \\(block minimum\\).*overflows float16"):
+        ggml.quantize_q4_1(x)
