@@ -125,11 +125,13 @@ def _check_inputs(W, H, spec, block_size, damp):
     d_col = W.shape[1]
     if H.shape != (d_col, d_col):
         raise ValueError(f"H must have shape ({d_col}, {d_col}) for W of shape {W.shape}, got {H.shape}")
-    asym = np.abs(H - H.T)                                              # [d_col, d_col]
-    if asym.max() > 1e-5 * float(np.abs(H).max()):
-        worst = np.unravel_index(np.argmax(asym), H.shape)
+    H = H.astype(np.float64)
+    D = H - H.T                                                         # [d_col, d_col]
+    worst = np.unravel_index(np.argmax(np.abs(D)), H.shape)
+    if abs(D[worst]) > 1e-5 * float(np.abs(H).max()):
         raise ValueError(f"H must be symmetric; H{worst} = {H[worst]!r} but "
                          f"H{worst[::-1]} = {H[worst[::-1]]!r}")
+    H = H - D / 2                                                       # (H + H^T) / 2
     if np.any(np.diag(H) < 0):
         raise ValueError(f"H must have a non-negative diagonal, found {np.diag(H).min()!r}")
     check_positive_int(block_size, "block_size")
@@ -138,8 +140,7 @@ def _check_inputs(W, H, spec, block_size, damp):
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
     if spec.granularity == "channel" and normalize_axis(spec.axis, 2) != 0:
         raise ValueError(f"GPTQ needs per-output-channel parameters (axis=0), got axis={spec.axis}")
-    H = H.astype(np.float64)
-    return W.astype(np.float64), (H + H.T) / 2          # symmetric to the last bit
+    return W.astype(np.float64), H
 
 
 def _column_spec(spec: QuantSpec) -> QuantSpec:
