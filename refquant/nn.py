@@ -352,8 +352,9 @@ def fit(model, X, y, optimizer, *, epochs: int, batch_size: int, seed: int = 0,
     Raises
     ------
     ValueError
-        On mismatched shapes, or when the loss is NaN or infinite; the message names the step
-        (0-based, counted over all epochs) and the epoch.
+        On mismatched shapes, or when the loss is NaN or infinite, or a layer rejects its input
+        during training (a quantizer seeing NaN weights); the message names the step (0-based,
+        counted over all epochs) and the epoch.
     """
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -367,8 +368,11 @@ def fit(model, X, y, optimizer, *, epochs: int, batch_size: int, seed: int = 0,
         order = rng.permutation(X.shape[0])
         for start in range(0, X.shape[0], batch_size):
             idx = order[start:start + batch_size]
-            out = model.forward(X[idx])
-            value, dout = loss(out, y[idx])
+            try:
+                out = model.forward(X[idx])
+                value, dout = loss(out, y[idx])
+            except ValueError as e:      # e.g. a quantizer handed NaN weights after divergence
+                raise ValueError(f"training stopped at step {step} (epoch {epoch}): {e}") from e
             if not math.isfinite(value):
                 raise ValueError(f"loss is {value} at step {step} (epoch {epoch}); training "
                                  f"stopped (learning rate too large, or NaN in the data?)")
