@@ -424,11 +424,19 @@ def assert_ggml_equal(actual, expected, fmt: str, *, x=None, err_msg: str = "") 
     eb = e.reshape(-1, nb)
     bad_bytes = (ab != eb).sum(axis=1)                                # [n_blocks]
     n_bad = int((bad_bytes > 0).sum())
-    worst = int(np.argmax(bad_bytes))
+    fa_all, fe_all = ggml.unpack_blocks(ab, fmt), ggml.unpack_blocks(eb, fmt)
+    n = len(ab)
+    bad_codes = (fa_all.q != fe_all.q).reshape(n, -1).sum(axis=-1)    # [n_blocks]
+    bad_header = (fa_all.d.view(np.uint16) != fe_all.d.view(np.uint16)).reshape(n).astype(int)
+    if fmt == "Q4_1":
+        bad_header += (fa_all.m.view(np.uint16) != fe_all.m.view(np.uint16)).reshape(n)
+    # worst block: a differing scale/minimum first, then the most differing codes
+    worst = int(np.argmax(bad_header * 1000 + bad_codes))
     fa, fe = ggml.unpack_blocks(ab[worst], fmt), ggml.unpack_blocks(eb[worst], fmt)
     lines = [err_msg] if err_msg else []
-    lines.append(f"{fmt} bytes differ in {n_bad} / {len(ab)} blocks "
-                 f"({int(bad_bytes.sum())} bytes); worst block {worst} ({int(bad_bytes[worst])} bytes)")
+    lines.append(f"{fmt} bytes differ in {n_bad} / {len(ab)} blocks ({int(bad_bytes.sum())} bytes, "
+                 f"{int(bad_codes.sum())} codes, {int((bad_header > 0).sum())} headers); worst block "
+                 f"{worst} ({int(bad_codes[worst])} codes, header {'differs' if bad_header[worst] else 'equal'})")
 
     def row(name, va, ve):
         lines.append(f"  {name:<8} actual  : {va}")
