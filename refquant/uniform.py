@@ -66,8 +66,8 @@ def qparams_from_range(lo, hi, spec: QuantSpec) -> QParams:
     if lo.shape != hi.shape:
         raise ValueError(f"lo shape {lo.shape} and hi shape {hi.shape} differ")
     if np.any(lo > hi):
-        raise ValueError(f"clipping range has lo > hi (first: lo={lo[lo > hi].ravel()[0]!r}, "
-                         f"hi={hi[lo > hi].ravel()[0]!r})")
+        raise ValueError(f"clipping range has lo > hi (first: lo={float(lo[lo > hi].ravel()[0])!r}, "
+                         f"hi={float(hi[lo > hi].ravel()[0])!r})")
     if spec.symmetric:
         amax = np.maximum(np.abs(lo), np.abs(hi))
         s = amax / spec.qmax
@@ -111,7 +111,7 @@ def quantize(x, qp: QParams, spec: QuantSpec) -> np.ndarray:
     --------
     >>> from refquant import QuantSpec, QParams
     >>> quantize([0.5, 1.5, 2.5, -0.5, 9.0], QParams(1.0), QuantSpec(bits=4))
-    array([ 0,  2,  2,  0,  7], dtype=int8)
+    array([0, 2, 2, 0, 7], dtype=int8)
     """
     x = as_float_array(x)
     s, z = _checked(x, qp, spec)
