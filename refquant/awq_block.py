@@ -1,0 +1,310 @@
+"""AWQ on one Llama block: four scale searches, the folds, then the clipping search.
+
+The recipe of Lin et al. [1]_ for a Llama block (as in the authors' code [2]_), built from the
+matrix-level pieces of :mod:`refquant.awq`:
+
+=========  ======================  ===========================  ==============================
+group      weights scaled          scale folded into            loss measured on
+=========  ======================  ===========================  ==============================
+``qkv``    q_proj, k_proj, v_proj  input_layernorm weight       attention output (o_proj's)
+``o``      o_proj                  v_proj rows                  o_proj output
+``gate_up`` gate_proj, up_proj     post_attention_layernorm     MLP output (down_proj's)
+``down``   down_proj               up_proj rows                 down_proj output
+=========  ======================  ===========================  ==============================
+
+Every search runs on the original float block with only that group's weights replaced by
+their candidates ``Q(W diag(s)) diag(s)^{-1}``; the block's own forward pass
+(:func:`refquant.models.llama.block`, through the pluggable ``linear``) computes the attention
+and MLP outputs. The four scales are then folded together (the folds touch disjoint sides of
+each weight, so their order does not matter) and the float block is unchanged up to float32
+rounding. Each linear of the folded block is then quantized with the clipping search
+:func:`refquant.awq.awq_clip` on its (folded) calibration inputs, except q_proj and k_proj,
+whose error reaches the output through the softmax of ``q k^T`` and is not measured by the
+per-group objective (the reference skips them too); they get min-max ranges.
+
+Grouped-query attention (SmolLM2: 9 query heads, 3 key/value heads): the ``o`` scale has one
+entry per value channel (``n_kv_heads * head_dim``), shared by the query heads that read it
+(see :func:`refquant.awq.fold_scales`). The reference implementation skips the v -> o scale
+when the shapes differ; here it is searched over the shared channels.
+
+References
+----------
+.. [1] J. Lin et al., "AWQ: Activation-aware Weight Quantization for On-Device LLM Compression
+       and Acceleration", MLSys 2024, arXiv:2306.00978.
+.. [2] MIT HAN Lab, llm-awq, ``awq/quantize/auto_scale.py`` (``auto_scale_block``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import ChainMap
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .awq import AWQClipResult, AWQScaleResult, awq_clip, awq_search_scale, fold_scales
+from .calibrate import calibrate
+from .numerics import as_float_array
+from .spec import QParams, QuantSpec
+from .uniform import dequantize, quantize
+
+LINEARS = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+           "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
+           "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"}
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class AWQBlockResult:
+    """Result of :func:`awq_block` for block ``i``.
+
+    Attributes
+    ----------
+    weights : dict[str, ndarray float32]
+        New values for ``model.weights`` (full names, e.g. ``"layers.3.mlp.up_proj.weight"``):
+        the two folded RMSNorm weights and the seven linears, dequantized (or folded float where
+        the spec is None). Assign all of them; the folded norms belong to the quantized linears.
+    folded : dict[str, ndarray float32]
+        The same names before quantization: the float block with the scales folded in (it
+        computes the same function as the original block, up to float32 rounding).
+    codes, qparams : dict[str, ...]
+        Integer codes [out, in] and :class:`~refquant.spec.QParams` of every quantized linear,
+        keyed by the linear name without ``.weight`` (``"layers.3.mlp.up_proj"``); the codes
+        are those of the folded weight, ``weights[name + ".weight"] == dequantize(codes, qp)``.
+    scales : dict[str, AWQScaleResult]
+        The four scale searches: ``"qkv"``, ``"o"``, ``"gate_up"``, ``"down"`` (a group whose
+        weights are all kept float is absent).
+    clips : dict[str, AWQClipResult]
+        The clipping search of each clipped linear (keyed like ``codes``).
+    y : ndarray [B, T, d] float32
+        The quantized block's output on ``X_in``: the next block's input.
+    mse, mse_rtn : float
+        Mean squared error of the block output vs the float block: this result, and plain
+        round-to-nearest (min-max) of the original weights with the same specs.
+    """
+
+    weights: dict
+    folded: dict
+    codes: dict
+    qparams: dict
+    scales: dict
+    clips: dict
+    y: np.ndarray
+    mse: float
+    mse_rtn: float
+
+
+def _heads(config) -> tuple[int, int, int]:
+    """(n_heads, n_kv_heads, head_dim) from a Llama config."""
+    def first(*names):
+        for n in names:
+            v = getattr(config, n, None)
+            if v is not None:
+                return int(v)
+        raise ValueError(f"the model config has none of the attributes {names}")
+    n_heads = first("n_heads", "num_attention_heads", "n_head")
+    n_kv = first("n_kv_heads", "num_key_value_heads", "n_kv_head")
+    try:
+        head_dim = first("head_dim")
+    except ValueError:
+        head_dim = first("dim", "hidden_size", "d_model", "n_embd") // n_heads
+    if n_heads % n_kv:
+        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv}")
+    return n_heads, n_kv, head_dim
+
+
+def gqa_channel_map(n_heads: int, n_kv_heads: int, head_dim: int) -> np.ndarray:
+    """``c[h * head_dim + d] = (h // (n_heads / n_kv_heads)) * head_dim + d``: the value
+    channel that input ``(h, d)`` of o_proj reads (query head ``h`` uses key/value head
+    ``h // n_rep``, the Hugging Face ``repeat_kv`` convention)."""
+    n_rep = n_heads // n_kv_heads
+    h = np.arange(n_heads)[:, None]                                          # [n_heads, 1]
+    d = np.arange(head_dim)[None, :]                                         # [1, head_dim]
+    return ((h // n_rep) * head_dim + d).reshape(-1)                         # [n_heads*head_dim]
+
+
+def _with_weights(model, overrides: dict):
+    """The model with ``overrides`` laid over its weights (the caller's model is untouched)."""
+    weights = ChainMap(overrides, model.weights)
+    if dataclasses.is_dataclass(model):
+        return dataclasses.replace(model, weights=weights)
+    raise ValueError(f"model must be a LlamaModel dataclass, got {type(model).__name__}")
+
+
+def _specs(spec) -> dict:
+    if isinstance(spec, QuantSpec):
+        return {k: spec for k in LINEARS}
+    if isinstance(spec, Mapping):
+        if set(spec) != set(LINEARS):
+            raise ValueError(f"a spec mapping needs exactly the keys {sorted(LINEARS)}, "
+                             f"got {sorted(spec)}")
+        for k, sp in spec.items():
+            if sp is not None and not isinstance(sp, QuantSpec):
+                raise ValueError(f"spec[{k!r}] must be a QuantSpec or None, got {sp!r}")
+        if all(sp is None for sp in spec.values()):
+            raise ValueError("spec is None for every linear: nothing to quantize")
+        return dict(spec)
+    raise ValueError(f"spec must be a QuantSpec or a mapping of linear names, got {spec!r}")
+
+
+def _rtn(W, spec: QuantSpec) -> tuple[np.ndarray, QParams]:
+    qp = calibrate(W, spec, method="minmax")
+    return quantize(W, qp, spec), qp
+
+
+def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip: bool = True,
+              clip_grid: int = 20, max_shrink: float = 0.5, clip_tokens: int | None = 512,
+              fold_vo: bool = True, block_fn=None) -> AWQBlockResult:
+    """AWQ for block ``i`` of a Llama model: scale search, folding, clipping, quantization.
+
+    Parameters
+    ----------
+    model : LlamaModel
+        Read only; the result holds the new weights (see :class:`AWQBlockResult`).
+    i : int
+        Block index.
+    X_in : array_like [B, T, d] float
+        The block's calibration input (in a sequential pipeline: the previous quantized block's
+        output on the calibration tokens).
+    spec : QuantSpec or mapping
+        One spec for all seven linears, or ``{"q_proj": spec_or_None, ..., "down_proj": ...}``
+        (all seven keys; ``None`` keeps that linear in float, its scale group still folds).
+    n_grid : int
+        Grid points of ``alpha`` in [0, 1) (default 20).
+    clip : bool
+        Run the clipping search (default True; q_proj and k_proj are never clipped).
+    clip_grid, max_shrink, clip_tokens
+        ``n_grid``, ``max_shrink`` and ``max_tokens`` of :func:`refquant.awq.awq_clip`.
+    fold_vo : bool
+        Search and fold the v -> o scale (default True).
+    block_fn : callable, optional
+        ``block_fn(model, i, x, *, linear)``; default :func:`refquant.models.llama.block`.
+
+    Returns
+    -------
+    AWQBlockResult
+    """
+    if block_fn is None:
+        from .models.llama import block as block_fn
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+        raise ValueError(f"block index i must be a non-negative integer, got {i!r}")
+    i = int(i)
+    X_in = as_float_array(X_in, "X_in").astype(np.float32)
+    if X_in.ndim != 3:
+        raise ValueError(f"X_in must have shape [B, T, d], got {X_in.shape}")
+    specs = _specs(spec)
+    pre = f"layers.{i}."
+    names = {k: pre + path for k, path in LINEARS.items()}                   # linear names
+    n1, n2 = pre + "input_layernorm.weight", pre + "post_attention_layernorm.weight"
+    try:
+        W = {k: np.asarray(model.weights[n + ".weight"], np.float32) for k, n in names.items()}
+        g1 = np.asarray(model.weights[n1], np.float32)
+        g2 = np.asarray(model.weights[n2], np.float32)
+    except KeyError as e:
+        raise ValueError(f"model has no weight {e.args[0]!r} (block index i={i})") from None
+    short = {n: k for k, n in names.items()}
+
+    def run(weights, norms=None, record=None, cached=None, skip=()):
+        """Block forward with these linear weights; ``record`` collects inputs/outputs,
+        ``cached`` maps linears to fixed outputs, ``skip`` linears output zeros."""
+        def linear(name, x):
+            k = short.get(name)
+            if k is None:
+                raise ValueError(f"block {i} called linear {name!r}, not one of its own")
+            if k in skip:
+                return np.zeros(x.shape[:-1] + (weights[k].shape[0],), np.float32)
+            y = cached[k] if cached and k in cached else x @ weights[k].T
+            if record is not None:
+                record[k] = (x, y)
+            return y
+        view = model if norms is None else _with_weights(model, norms)
+        return block_fn(view, i, X_in, linear=linear)
+
+    # 1. the float block: inputs and outputs of every linear
+    rec = {}
+    Y = run(W, record=rec)                                                   # [B, T, d]
+    X = {k: rec[k][0].reshape(-1, rec[k][0].shape[-1]) for k in LINEARS}     # [N, in]
+
+    # 2. the four scale searches on the original block
+    scales = {}
+
+    def search(group, ks, forward_fn=None, channel_map=None):
+        if all(specs[k] is None for k in ks):
+            return
+        scales[group] = awq_search_scale([W[k] for k in ks], X[ks[0]], [specs[k] for k in ks],
+                                         forward_fn, n_grid, channel_map=channel_map)
+
+    def attention_out(ws):                                                   # [B, T, d]
+        cand = dict(W, q_proj=ws[0], k_proj=ws[1], v_proj=ws[2])
+        r = {}
+        run(cand, record=r, skip=("gate_proj", "up_proj", "down_proj"))
+        return r["o_proj"][1]
+
+    def mlp_out(ws):                                                         # [B, T, d]
+        cand = dict(W, gate_proj=ws[0], up_proj=ws[1])
+        r = {}
+        run(cand, record=r, cached={k: rec[k][1] for k in ATTENTION})
+        return r["down_proj"][1]
+
+    search("qkv", ("q_proj", "k_proj", "v_proj"), attention_out)
+    c_vo = None
+    if fold_vo:
+        c_vo = gqa_channel_map(*_heads(model.config))
+        if c_vo.shape[0] != W["o_proj"].shape[1] or c_vo.max() + 1 != W["v_proj"].shape[0]:
+            raise ValueError(f"config heads give {c_vo.shape[0]} o_proj inputs and "
+                             f"{c_vo.max() + 1} v_proj rows, the weights have "
+                             f"{W['o_proj'].shape[1]} and {W['v_proj'].shape[0]}")
+        search("o", ("o_proj",), channel_map=c_vo)
+    search("gate_up", ("gate_proj", "up_proj"), mlp_out)
+    search("down", ("down_proj",))
+
+    # 3. fold all scales: the float block is unchanged
+    Wf, g1f, g2f = dict(W), g1, g2
+    if "qkv" in scales:
+        f = fold_scales(scales["qkv"].s, g1f, [Wf["q_proj"], Wf["k_proj"], Wf["v_proj"]])
+        g1f, (Wf["q_proj"], Wf["k_proj"], Wf["v_proj"]) = f.prev, f.weights
+    if "o" in scales:
+        f = fold_scales(scales["o"].s, Wf["v_proj"], [Wf["o_proj"]], channel_map=c_vo)
+        Wf["v_proj"], (Wf["o_proj"],) = f.prev, f.weights
+    if "gate_up" in scales:
+        f = fold_scales(scales["gate_up"].s, g2f, [Wf["gate_proj"], Wf["up_proj"]])
+        g2f, (Wf["gate_proj"], Wf["up_proj"]) = f.prev, f.weights
+    if "down" in scales:
+        f = fold_scales(scales["down"].s, Wf["up_proj"], [Wf["down_proj"]])
+        Wf["up_proj"], (Wf["down_proj"],) = f.prev, f.weights
+    norms = {n1: g1f, n2: g2f}
+
+    # 4. clipping search (or min-max) on the folded block's own inputs
+    recf = {}
+    run(Wf, norms, record=recf)
+    codes, qparams, clips, W_hat = {}, {}, {}, dict(Wf)
+    for k, sp in specs.items():
+        if sp is None:
+            continue
+        if clip and k not in ("q_proj", "k_proj"):
+            Xk = recf[k][0].reshape(-1, Wf[k].shape[1])
+            c = awq_clip(Wf[k], Xk, sp, n_grid=clip_grid, max_shrink=max_shrink,
+                         max_tokens=clip_tokens)
+            clips[names[k]], q, qp = c, c.codes, c.qparams
+        else:
+            q, qp = _rtn(Wf[k], sp)
+        codes[names[k]], qparams[names[k]] = q, qp
+        W_hat[k] = dequantize(q, qp, sp)
+
+    # 5. the quantized block's output, and plain RTN for comparison
+    y = run(W_hat, norms)
+    W_rtn = {k: W[k] if sp is None else dequantize(*_rtn(W[k], sp), sp)
+             for k, sp in specs.items()}
+    y_rtn = run(W_rtn)
+    mse = float(np.mean((y.astype(np.float64) - Y) ** 2))
+    mse_rtn = float(np.mean((y_rtn.astype(np.float64) - Y) ** 2))
+    weights = {n1: g1f, n2: g2f}
+    weights.update({names[k] + ".weight": W_hat[k] for k in LINEARS})
+    folded = {n1: g1f, n2: g2f}
+    folded.update({names[k] + ".weight": Wf[k] for k in LINEARS})
+    return AWQBlockResult(weights=weights, folded=folded, codes=codes, qparams=qparams, scales=scales,
+                          clips=clips, y=np.asarray(y, np.float32), mse=mse, mse_rtn=mse_rtn)
+
+
+__all__ = ["awq_block", "AWQBlockResult", "gqa_channel_map", "LINEARS"]

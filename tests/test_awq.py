@@ -1,0 +1,412 @@
+"""Tests of refquant.awq (matrix level) and refquant.awq_block (one Llama block).
+
+Oracles written here, independent of the code under test:
+- ``naive_fake_quantize``: asymmetric/symmetric min-max quantization by a loop over rows and
+  groups (the formulas of refquant.uniform's module docstring);
+- ``naive_block``: a Llama decoder block (RMSNorm, rotary embeddings in the Hugging Face
+  rotate-half layout, grouped-query causal attention with ``repeat_kv``, SwiGLU MLP) with the
+  ``linear(name, x)`` protocol of refquant.models.llama, on a tiny random model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refquant as rq
+from refquant.awq import (activation_scale, awq_clip, awq_search_scale, fold_scales,
+                          group_output_error, scale_from_alpha, scaled_fake_quantize)
+from refquant.awq_block import LINEARS, awq_block, gqa_channel_map
+
+G4 = rq.QuantSpec(bits=4, symmetric=False, granularity="group", group_size=16)
+G3 = rq.QuantSpec(bits=3, symmetric=False, granularity="group", group_size=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# oracles
+
+
+def naive_fake_quantize(W, bits, group_size, symmetric=False):
+    """Min-max quantize-dequantize, one (row, group) at a time, float64 with float32 scales."""
+    W = np.asarray(W, np.float64)
+    out = np.empty_like(W)
+    for r in range(W.shape[0]):
+        for a in range(0, W.shape[1], group_size):
+            w = W[r, a:a + group_size]
+            if symmetric:
+                qmax = 2 ** (bits - 1) - 1
+                amax = np.abs(w).max()
+                s = np.float64(np.float32(amax / qmax)) if amax > 0 else 1.0
+                q = np.clip(np.rint(w / s), -qmax - 1, qmax)
+                out[r, a:a + group_size] = s * q
+            else:
+                qmax = 2 ** bits - 1
+                lo, hi = min(w.min(), 0.0), max(w.max(), 0.0)
+                s = np.float64(np.float32((hi - lo) / qmax)) if hi > lo else 1.0
+                z = np.clip(-np.rint(lo / s), 0, qmax)
+                q = np.clip(np.rint(w / s) + z, 0, qmax)
+                out[r, a:a + group_size] = s * (q - z)
+    return out
+
+
+def rmsnorm(x, g, eps=1e-5):
+    x = x.astype(np.float32)
+    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * g
+
+
+def rope(x, theta=10000.0):
+    """Rotary embedding, Hugging Face layout (rotate the two halves); x [B, T, H, hd]."""
+    T, hd = x.shape[1], x.shape[-1]
+    inv = theta ** (-np.arange(0, hd, 2) / hd)                       # [hd/2]
+    ang = np.arange(T)[:, None] * inv[None, :]                       # [T, hd/2]
+    cos = np.concatenate([np.cos(ang)] * 2, -1)[None, :, None, :]
+    sin = np.concatenate([np.sin(ang)] * 2, -1)[None, :, None, :]
+    x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
+    rot = np.concatenate([-x2, x1], -1)
+    return (x * cos + rot * sin).astype(np.float32)
+
+
+@dataclass
+class TinyConfig:
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    dim: int = 32
+    ffn: int = 48
+    n_layers: int = 2
+    vocab: int = 40
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+
+@dataclass
+class TinyModel:
+    config: TinyConfig
+    weights: dict
+
+
+def naive_block(model, i, x, *, linear=None):
+    c, Wt = model.config, model.weights
+    if linear is None:
+        def linear(name, v):
+            return v @ Wt[name + ".weight"].T
+    p = f"layers.{i}."
+    B, T, _ = x.shape
+    hd, H, K = c.head_dim, c.n_heads, c.n_kv_heads
+    h = rmsnorm(x, Wt[p + "input_layernorm.weight"])
+    q = rope(linear(p + "self_attn.q_proj", h).reshape(B, T, H, hd))
+    k = rope(linear(p + "self_attn.k_proj", h).reshape(B, T, K, hd))
+    v = linear(p + "self_attn.v_proj", h).reshape(B, T, K, hd)
+    kv_of = np.arange(H) // (H // K)                                  # repeat_kv
+    k, v = k[:, :, kv_of], v[:, :, kv_of]                             # [B, T, H, hd]
+    att = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(hd)
+    att = np.where(np.tril(np.ones((T, T), bool)), att, -np.inf)
+    att = np.exp(att - att.max(-1, keepdims=True))
+    att /= att.sum(-1, keepdims=True)
+    o = np.einsum("bhts,bshd->bthd", att, v).reshape(B, T, H * hd).astype(np.float32)
+    x = x + linear(p + "self_attn.o_proj", o)
+    h2 = rmsnorm(x, Wt[p + "post_attention_layernorm.weight"])
+    gate = linear(p + "mlp.gate_proj", h2)
+    m = linear(p + "mlp.down_proj", (gate / (1 + np.exp(-gate))) * linear(p + "mlp.up_proj", h2))
+    return (x + m).astype(np.float32)
+
+
+def naive_forward(model, tokens):
+    x = model.weights["embed_tokens.weight"][tokens]
+    for i in range(model.config.n_layers):
+        x = naive_block(model, i, x)
+    return rmsnorm(x, model.weights["norm.weight"]) @ model.weights["embed_tokens.weight"].T
+
+
+def tiny_model(seed=0, cfg=None):
+    """Random weights; a few channels of each RMSNorm weight are large (salient channels)."""
+    cfg = cfg or TinyConfig()
+    rng = np.random.default_rng(seed)
+    d, f, kvd = cfg.dim, cfg.ffn, cfg.n_kv_heads * cfg.head_dim
+    Wt = {"embed_tokens.weight": rng.normal(size=(cfg.vocab, d)), "norm.weight": np.ones(d)}
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            g = rng.uniform(0.5, 1.5, d)
+            g[rng.choice(d, 3, replace=False)] *= 12.0
+            Wt[p + n + ".weight"] = g
+        shapes = {"q_proj": (d, d), "k_proj": (kvd, d), "v_proj": (kvd, d), "o_proj": (d, d),
+                  "gate_proj": (f, d), "up_proj": (f, d), "down_proj": (d, f)}
+        for k, shp in shapes.items():
+            Wt[p + LINEARS[k] + ".weight"] = rng.normal(size=shp) / np.sqrt(shp[1])
+    return TinyModel(cfg, {k: np.asarray(v, np.float32) for k, v in Wt.items()})
+
+
+def block_input(model, seed=1, B=2, T=12):
+    rng = np.random.default_rng(seed)
+    return model.weights["embed_tokens.weight"][rng.integers(0, model.config.vocab, (B, T))]
+
+
+def replaced(model, new):
+    return TinyModel(model.config, {**model.weights, **new})
+
+
+# ---------------------------------------------------------------------------------------------
+# scale search
+
+
+def test_alpha_zero_is_rtn_exactly():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 40)) * rng.uniform(0.1, 10, 40)
+    W = rng.normal(size=(24, 40)).astype(np.float32)
+    assert np.array_equal(scale_from_alpha(activation_scale(X), 0.0), np.ones(40, np.float32))
+    assert np.array_equal(scaled_fake_quantize(W, np.ones(40), G4), rq.fake_quantize(W, G4))
+    X64 = X.astype(np.float64)
+    r = awq_search_scale([W], X, G4, forward_fn=lambda ws: X64 @ ws[0].astype(np.float64).T)
+    rtn = rq.fake_quantize(W, G4).astype(np.float64)
+    assert r.losses[0] == np.mean((X64 @ W.astype(np.float64).T - X64 @ rtn.T) ** 2)
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**16), bits=st.sampled_from([3, 4]), k=st.sampled_from([24, 40]),
+       symmetric=st.booleans(), n_grid=st.integers(1, 8))
+def test_losses_match_naive_oracle(seed, bits, k, symmetric, n_grid):
+    """Every grid point's loss equals one computed here from the formulas (naive quantizer)."""
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(50, k)) * rng.uniform(0.05, 8, k)).astype(np.float32)
+    Ws = [rng.normal(size=(m, k)).astype(np.float32) for m in (8, 12)]
+    spec = rq.QuantSpec(bits=bits, symmetric=symmetric, granularity="group", group_size=16)
+    r = awq_search_scale(Ws, X, spec, n_grid=n_grid)
+    s_x = np.abs(X.astype(np.float64)).mean(axis=0)
+    Y = np.concatenate([X @ W.T for W in Ws], -1).astype(np.float64)
+    for j in range(n_grid):
+        alpha = j / n_grid
+        s = np.maximum(s_x ** alpha, 1e-4)
+        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+        W_hat = [(naive_fake_quantize(W * s, bits, 16, symmetric) / s).astype(np.float32)
+                 for W in Ws]
+        Y_hat = np.concatenate([X @ W.T for W in W_hat], -1).astype(np.float64)
+        assert r.losses[j] == pytest.approx(np.mean((Y - Y_hat) ** 2), rel=1e-5)
+    best = int(np.argmin(r.losses))                  # argmin returns the first minimum
+    assert r.alpha == best / n_grid and r.loss == r.losses[best] <= r.loss_rtn
+    assert np.array_equal(r.s, scale_from_alpha(s_x, r.alpha))
+
+
+def test_salient_channels_beat_rtn():
+    """The paper's premise: with a few large-activation channels, AWQ's loss is well below RTN."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(256, 64)) * np.where(np.arange(64) % 16 == 3, 25.0, 1.0)
+    W = rng.normal(size=(48, 64))
+    r = awq_search_scale([W], X, G3)
+    assert r.alpha > 0 and r.loss < 0.7 * r.loss_rtn
+
+
+def test_forward_fn_and_none_spec():
+    """A custom forward (a nonlinearity after the layer) and a weight kept in float."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 32)) * rng.uniform(0.2, 5, 32)
+    Wa, Wb = rng.normal(size=(16, 32)), rng.normal(size=(8, 32))
+
+    def f(ws):
+        return np.tanh(X @ ws[0].T).sum(-1, keepdims=True) + X @ ws[1].T
+    r = awq_search_scale([Wa, Wb], X, [G4, None], forward_fn=f, n_grid=5)
+    s = scale_from_alpha(activation_scale(X), 0.4)
+    Wa_hat = naive_fake_quantize(Wa.astype(np.float32) * s, 4, 16) / s
+    expect = np.mean((f([Wa, Wb]) - f([Wa_hat.astype(np.float32), Wb.astype(np.float32)])) ** 2)
+    assert r.losses[2] == pytest.approx(expect, rel=1e-5)
+
+
+def test_activation_scale_with_channel_map():
+    X = np.array([[1.0, 2, 3, 4, 5, 6], [3, 0, -1, 2, -3, 4]])      # mean |X|: 2 1 2 3 4 5
+    np.testing.assert_allclose(activation_scale(X), [2, 1, 2, 3, 4, 5])
+    c = np.array([0, 1, 0, 0, 2, 2])
+    np.testing.assert_allclose(activation_scale(X, c), [7 / 3, 1, 4.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# folding
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**16), log_s=st.floats(0.1, 4.0))
+def test_fold_into_norm_and_linear_keeps_function(seed, log_s):
+    rng = np.random.default_rng(seed)
+    d, f = 24, 40
+    s = np.exp(rng.uniform(-log_s, log_s, d)).astype(np.float32)
+    x = rng.normal(size=(10, d)).astype(np.float32)
+    g = rng.uniform(0.5, 2, d).astype(np.float32)
+    Wq, Wk = rng.normal(size=(16, d)), rng.normal(size=(8, d))
+    fr = fold_scales(s, g, [Wq, Wk])
+    for W, W2 in zip((Wq, Wk), fr.weights):
+        np.testing.assert_allclose(rmsnorm(x, fr.prev) @ W2.T,
+                                   rmsnorm(x, g) @ W.astype(np.float32).T, rtol=1e-4, atol=1e-4)
+    # up -> down through SwiGLU
+    s2 = np.exp(rng.uniform(-log_s, log_s, f)).astype(np.float32)
+    Wg, Wu, Wd = (rng.normal(size=(f, d)).astype(np.float32), rng.normal(size=(f, d)).astype(np.float32),
+                  rng.normal(size=(d, f)).astype(np.float32))
+    fr2 = fold_scales(s2, Wu, [Wd])
+
+    def mlp(Wu_, Wd_):
+        gate = x @ Wg.T
+        return ((gate / (1 + np.exp(-gate))) * (x @ Wu_.T)) @ Wd_.T
+    np.testing.assert_allclose(mlp(fr2.prev, fr2.weights[0]), mlp(Wu, Wd), rtol=1e-4, atol=1e-3)
+    assert fr2.prev.dtype == np.float32 and not np.shares_memory(fr2.prev, Wu)
+
+
+def test_gqa_channel_map_matches_loop():
+    c = gqa_channel_map(9, 3, 4)
+    expect = [(h // 3) * 4 + d for h in range(9) for d in range(4)]
+    assert c.tolist() == expect
+
+
+def test_fold_v_into_o_with_gqa_keeps_attention():
+    model = tiny_model(5)
+    x = block_input(model)
+    cfg = model.config
+    s = np.exp(np.random.default_rng(6).uniform(-2, 2, cfg.n_kv_heads * cfg.head_dim))
+    pv, po = "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight"
+    fr = fold_scales(s, model.weights[pv], [model.weights[po]],
+                     channel_map=gqa_channel_map(cfg.n_heads, cfg.n_kv_heads, cfg.head_dim))
+    y = naive_block(replaced(model, {pv: fr.prev, po: fr.weights[0]}), 0, x)
+    np.testing.assert_allclose(y, naive_block(model, 0, x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# clipping
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**16), bits=st.sampled_from([3, 4]), symmetric=st.booleans(),
+       per_channel=st.booleans())
+def test_clip_never_worse_and_matches_oracle(seed, bits, symmetric, per_channel):
+    rng = np.random.default_rng(seed)
+    W = rng.laplace(size=(12, 40)).astype(np.float32)
+    X = rng.normal(size=(30, 40)) * rng.uniform(0.2, 4, 40)
+    spec = (rq.QuantSpec(bits=bits, symmetric=symmetric, granularity="channel") if per_channel
+            else rq.QuantSpec(bits=bits, symmetric=symmetric, granularity="group", group_size=16))
+    gs = 40 if per_channel else 16
+    c = awq_clip(W, X, spec, max_tokens=None)
+    assert np.all(c.group_loss <= c.group_loss_noclip) and c.loss <= c.loss_noclip
+    assert np.array_equal(c.w_hat, rq.dequantize(c.codes, c.qparams, spec))
+    # the objective, recomputed by a loop over rows and groups
+    for r in range(W.shape[0]):
+        for gi, a in enumerate(range(0, 40, gs)):
+            e = X[:, a:a + gs] @ (W[r, a:a + gs].astype(np.float64) - c.w_hat[r, a:a + gs])
+            assert c.group_loss[r, gi] == pytest.approx(np.mean(e ** 2), rel=1e-9, abs=1e-12)
+    # no-clip loss is that of the naive min-max quantizer
+    rtn = naive_fake_quantize(W, bits, gs, symmetric).astype(np.float32)
+    np.testing.assert_allclose(c.group_loss_noclip, group_output_error(X, W, rtn, gs), rtol=1e-9)
+    assert set(np.unique(c.shrink)) <= {1 - j / 20 for j in range(10)}
+
+
+def test_clip_without_shrink_is_rtn_and_heavy_tails_get_clipped():
+    rng = np.random.default_rng(7)
+    W = rng.standard_t(2, size=(32, 64)).astype(np.float32)
+    X = rng.normal(size=(100, 64))
+    assert np.array_equal(awq_clip(W, X, G3, max_shrink=0.0).w_hat, rq.fake_quantize(W, G3))
+    c = awq_clip(W, X, G3)
+    assert np.any(c.shrink < 1) and c.loss < 0.9 * c.loss_noclip
+    full = lambda Wh: np.mean((X @ (W - Wh).T) ** 2)                  # whole-layer error
+    assert full(c.w_hat) < full(rq.fake_quantize(W, G3))
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_input():
+    rng = np.random.default_rng(0)
+    W, X = rng.normal(size=(8, 32)), rng.normal(size=(10, 32))
+    Xnan = X.copy()
+    Xnan[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        awq_search_scale([W], Xnan, G4)
+    with pytest.raises(ValueError, match="X must have shape"):
+        awq_search_scale([W], X[:, :16], G4)
+    with pytest.raises(ValueError, match="non-empty"):
+        awq_search_scale([], X, G4)
+    with pytest.raises(ValueError, match="inputs"):
+        awq_search_scale([W, W[:, :16]], X, G4)
+    with pytest.raises(ValueError, match="n_grid"):
+        awq_search_scale([W], X, G4, n_grid=0)
+    with pytest.raises(ValueError, match="QuantSpec"):
+        awq_search_scale([W], X, "int4")
+    with pytest.raises(ValueError, match="channel_map"):
+        awq_search_scale([W], X, G4, channel_map=np.arange(16))
+    with pytest.raises(ValueError, match="returned shape"):
+        calls = []
+        awq_search_scale([W], X, G4, forward_fn=lambda ws: np.zeros(len(calls.append(0) or calls)))
+    with pytest.raises(ValueError, match="alpha"):
+        scale_from_alpha(np.ones(3), 1.5)
+    with pytest.raises(ValueError, match="granularity='tensor'"):
+        awq_clip(W, X, rq.QuantSpec(bits=4, symmetric=False))
+    with pytest.raises(ValueError, match="max_shrink"):
+        awq_clip(W, X, G4, max_shrink=1.0)
+    with pytest.raises(ValueError, match="s must"):
+        fold_scales(np.array([1.0, 0.0]), np.ones(2), [np.ones((3, 2))])
+    with pytest.raises(ValueError, match="prev"):
+        fold_scales(np.ones(3), np.ones(2), [np.ones((3, 3))])
+    model = tiny_model()
+    with pytest.raises(ValueError, match="X_in"):
+        awq_block(model, 0, np.zeros((4, 32)), G4, block_fn=naive_block)
+    with pytest.raises(ValueError, match="layers.7"):
+        awq_block(model, 7, block_input(model), G4, block_fn=naive_block)
+    with pytest.raises(ValueError, match="keys"):
+        awq_block(model, 0, block_input(model), {"q_proj": G4}, block_fn=naive_block)
+
+
+# ---------------------------------------------------------------------------------------------
+# one block of a tiny Llama (the naive block above as the forward pass)
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    model = tiny_model()
+    x = block_input(model)
+    return model, x, awq_block(model, 0, x, G3, n_grid=10, block_fn=naive_block)
+
+
+def test_block_folding_keeps_block_and_logits(tiny_result):
+    model, x, r = tiny_result
+    assert set(r.scales) == {"qkv", "o", "gate_up", "down"}
+    assert any(sr.alpha > 0 for sr in r.scales.values())
+    y_fold = naive_block(replaced(model, r.folded), 0, x)
+    np.testing.assert_allclose(y_fold, naive_block(model, 0, x), rtol=1e-4, atol=1e-4)
+    # fold every block of the tiny model: the logits do not change
+    new = dict(r.folded)
+    x1 = naive_block(model, 0, x)
+    new.update(awq_block(model, 1, x1, G3, n_grid=4, clip=False, block_fn=naive_block).folded)
+    tokens = np.random.default_rng(9).integers(0, model.config.vocab, (2, 10))
+    np.testing.assert_allclose(naive_forward(replaced(model, new), tokens),
+                               naive_forward(model, tokens), rtol=1e-4, atol=2e-4)
+
+
+def test_block_result_consistent_and_beats_rtn(tiny_result):
+    model, x, r = tiny_result
+    for name, q in r.codes.items():
+        assert np.array_equal(r.weights[name + ".weight"], rq.dequantize(q, r.qparams[name], G3))
+    assert set(r.clips) == {f"layers.0.{LINEARS[k]}" for k in ("v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj")}
+    y = naive_block(replaced(model, r.weights), 0, x)
+    assert np.array_equal(r.y, y)
+    y_float = naive_block(model, 0, x).astype(np.float64)
+    assert r.mse == pytest.approx(np.mean((y - y_float) ** 2), rel=1e-12)
+    rtn = {k: naive_fake_quantize(v, 3, 16).astype(np.float32) for k, v in model.weights.items()
+           if k.startswith("layers.0.") and k.endswith("proj.weight")}
+    y_rtn = naive_block(replaced(model, rtn), 0, x).astype(np.float64)
+    assert r.mse_rtn == pytest.approx(np.mean((y_rtn - y_float) ** 2), rel=1e-4)
+    assert r.mse < 0.8 * r.mse_rtn
+
+
+def test_block_spec_mapping_keeps_float_layers():
+    model = tiny_model(2)
+    x = block_input(model)
+    spec = {k: (None if k in ("o_proj", "down_proj") else G4) for k in LINEARS}
+    r = awq_block(model, 0, x, spec, n_grid=4, block_fn=naive_block)
+    assert set(r.scales) == {"qkv", "gate_up"}
+    assert set(r.codes) == {f"layers.0.{LINEARS[k]}" for k in ("q_proj", "k_proj", "v_proj",
+                                                               "gate_proj", "up_proj")}
+    for k in ("o_proj", "down_proj"):
+        name = f"layers.0.{LINEARS[k]}.weight"
+        assert np.array_equal(r.weights[name], model.weights[name])
