@@ -33,6 +33,7 @@ _EXPORTS = {
     # algorithms
     "gptq": "gptq", "GPTQResult": "gptq",
     "awq": "awq",
+    "awq_block": "awq_block", "AWQBlockResult": "awq_block", "awq_search_scale": "awq",
     # integer core
     "int8_matmul": "kernels", "w4_matmul": "kernels", "backends": "kernels",
     # model side
