@@ -26,7 +26,7 @@ CONTAINERS = ("uint8", "int32")
 
 
 def _check(bits, container):
-    if isinstance(bits, bool) or bits not in PACK_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in PACK_BITS:
         raise ValueError(f"bits must be one of {PACK_BITS} for packing, got {bits!r}")
     if container not in CONTAINERS:
         raise ValueError(f"container must be one of {CONTAINERS}, got {container!r}")
