@@ -107,7 +107,10 @@ def _group_ids(shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray:
 def tie_tensor(spec: QuantSpec, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """A float32 tensor whose values sit exactly on rounding ties under min-max calibration.
 
-    Every parameter group gets a power-of-two scale ``s = 2^e`` (``e`` in [-10, 2]). Its first
+    Every parameter group gets a scale ``s = m 2^e`` (``e`` in [-10, 2]) whose integer
+    mantissa ``m`` has ``21 - b`` significant bits (half of the groups a power of two, the others
+    an odd ``m``, so that ``1/s`` is inexact: an implementation that multiplies by a float32
+    reciprocal lands beside the tie). Its first
     element (and, asymmetric, its second) pins the group's min-max range so that
     :func:`refquant.calibrate` returns exactly ``s`` (and an integer zero point ``z``): symmetric
     ``max|x| = q_max s``; asymmetric ``[lo, hi] = [-z s, (2^b - 1 - z) s]``. Every other element
@@ -120,8 +123,13 @@ def tie_tensor(spec: QuantSpec, shape: tuple[int, ...], seed: int = 0) -> np.nda
     rng = np.random.default_rng(seed)
     gid = _group_ids(shape, spec).ravel()                           # [N]
     n_par = int(gid.max()) + 1 if gid.size else 0
+    # s = m 2^e with an integer m of p = 21 - bits significant bits (a power of two for half
+    # the groups): (k + 1/2) s then needs at most 23 bits, exact in float32
+    p = max(1, 21 - spec.bits)
+    m = rng.integers(2 ** (p - 1), 2**p, n_par) | 1
+    m = np.where(rng.random(n_par) < 0.5, 2 ** (p - 1), m)
     e = rng.integers(-10, 3, n_par)
-    s = np.ldexp(1.0, e)                                            # [P] power-of-two scales
+    s = np.ldexp(m.astype(np.float64), e - (p - 1))                 # [P] scales in [2^e, 2^(e+1))
     order = np.argsort(gid, kind="stable")
     counts = np.bincount(gid, minlength=n_par)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

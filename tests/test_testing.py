@@ -77,7 +77,7 @@ def test_tie_tensors_sit_exactly_on_ties(data):
     qp = rq.calibrate(x, spec)
     s = np.broadcast_to(rq.spec.expand(qp.scale, shape, spec), shape).astype(np.float64)
     m, e = np.frexp(s)
-    assert (m == 0.5).all()                                   # power-of-two scales
+    assert ((m * 2.0 ** (21 - spec.bits)) % 1 == 0).all()    # at most 21 - b significant bits
     frac = np.mod(x.astype(np.float64) / s, 1.0)
     # all but the one or two range-pinning elements of each group are exact ties
     n_groups = qp.scale.size
