@@ -1,0 +1,204 @@
+"""Tests of refquant.pipeline: the sequential procedure checked against an independent re-run
+written here (naive block forward, Hessians from recorded inputs, rq.gptq / rq.fake_quantize per
+layer), recipes, sizes by hand, and -- where the Llama model module is present -- a shortened
+end-to-end run of each method on the bundled model."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import refquant as rq
+from refquant.pipeline import (FLOAT, LINEARS, LayerSetting, layer_bits, linear_names,
+                               quantize_model, recipe_size, resolve_recipe)
+
+
+# ---------------------------------------------------------------------------------------------
+# a tiny Llama-shaped model with a naive block (RMSNorm, causal GQA attention, SwiGLU MLP)
+
+
+@dataclass
+class Cfg:
+    n_layers: int = 3
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    dim: int = 32
+    ffn: int = 48
+    vocab: int = 50
+
+
+@dataclass
+class Tiny:
+    config: Cfg
+    weights: dict
+
+
+def _norm(x, g):
+    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-5) * g
+
+
+def tiny_block(model, i, x, *, linear=None):
+    Wt, c = model.weights, model.config
+    if linear is None:
+        linear = lambda name, v: v @ Wt[name + ".weight"].T  # noqa: E731
+    p = f"layers.{i}."
+    B, T, d = x.shape
+    hd = d // c.n_heads
+    h = _norm(x, Wt[p + "input_layernorm.weight"])
+    q = linear(p + "self_attn.q_proj", h).reshape(B, T, c.n_heads, hd)
+    k = linear(p + "self_attn.k_proj", h).reshape(B, T, c.n_kv_heads, hd)
+    v = linear(p + "self_attn.v_proj", h).reshape(B, T, c.n_kv_heads, hd)
+    rep = np.arange(c.n_heads) // (c.n_heads // c.n_kv_heads)
+    s = np.einsum("bthd,bshd->bhts", q, k[:, :, rep]) / np.sqrt(hd)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    o = np.einsum("bhts,bshd->bthd", a, v[:, :, rep]).reshape(B, T, d).astype(np.float32)
+    x = x + linear(p + "self_attn.o_proj", o)
+    h = _norm(x, Wt[p + "post_attention_layernorm.weight"])
+    g = linear(p + "mlp.gate_proj", h)
+    return (x + linear(p + "mlp.down_proj", g / (1 + np.exp(-g)) * linear(p + "mlp.up_proj", h))).astype(np.float32)
+
+
+def tiny_embed(model, tokens):
+    return model.weights["embed_tokens.weight"][tokens]
+
+
+def tiny_model(seed=0):
+    c = Cfg()
+    rng = np.random.default_rng(seed)
+    kv = c.n_kv_heads * (c.dim // c.n_heads)
+    W = {"embed_tokens.weight": rng.standard_normal((c.vocab, c.dim)), "norm.weight": np.ones(c.dim)}
+    shapes = {"self_attn.q_proj": (c.dim, c.dim), "self_attn.k_proj": (kv, c.dim),
+              "self_attn.v_proj": (kv, c.dim), "self_attn.o_proj": (c.dim, c.dim),
+              "mlp.gate_proj": (c.ffn, c.dim), "mlp.up_proj": (c.ffn, c.dim), "mlp.down_proj": (c.dim, c.ffn)}
+    for i in range(c.n_layers):
+        W[f"layers.{i}.input_layernorm.weight"] = rng.uniform(0.5, 1.5, c.dim)
+        W[f"layers.{i}.post_attention_layernorm.weight"] = rng.uniform(0.5, 1.5, c.dim)
+        for lin, shp in shapes.items():
+            W[f"layers.{i}.{lin}.weight"] = rng.standard_normal(shp) / np.sqrt(shp[1])
+    return Tiny(c, {k: np.asarray(v, np.float32) for k, v in W.items()})
+
+
+def _tokens(seed=1, B=3, T=10):
+    return np.random.default_rng(seed).integers(0, 50, (B, T))
+
+
+def _run(model, recipe, **kw):
+    return quantize_model(model, _tokens(), recipe, block_fn=tiny_block, embed_fn=tiny_embed,
+                          batch_size=2, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rtn_equals_fake_quantize_of_each_weight():
+    model = tiny_model()
+    setting = LayerSetting("rtn", 4, 16)
+    res = _run(model, setting)
+    for n in linear_names(3):
+        np.testing.assert_array_equal(res.weights[n + ".weight"],
+                                      rq.fake_quantize(model.weights[n + ".weight"], setting.spec()))
+    assert set(res.layers) == set(linear_names(3))
+
+
+@pytest.mark.parametrize("setting", [LayerSetting("gptq", 4, 16), LayerSetting("gptq", 3, None, act_order=True),
+                                     LayerSetting("gptq", 4, 8, act_order=True, static_groups=True)])
+def test_gptq_is_sequential_on_quantized_inputs(setting):
+    """Re-run the procedure by hand: record each block's linear inputs with the naive block on the
+    output of the already-quantized blocks, H = 2 X X^T / n, rq.gptq per layer."""
+    model = tiny_model()
+    res = _run(model, setting)
+    W = dict(model.weights)
+    x = tiny_embed(model, _tokens())
+    for i in range(3):
+        rec = {}
+
+        def linear(name, v):
+            rec.setdefault(name, v.reshape(-1, v.shape[-1]))
+            return v @ W[name + ".weight"].T
+        tiny_block(Tiny(model.config, W), i, x, linear=linear)
+        for lin in LINEARS:
+            n = f"layers.{i}.{lin}"
+            X = rec[n].astype(np.float64)
+            H = 2 * X.T @ X / X.shape[0]
+            r = rq.gptq(model.weights[n + ".weight"], H, setting.spec(), act_order=setting.act_order,
+                        static_groups=setting.static_groups)
+            np.testing.assert_array_equal(res.layers[n].codes, r.codes)
+            np.testing.assert_allclose(res.weights[n + ".weight"], r.w_hat, rtol=0, atol=1e-6)
+            W[n + ".weight"] = r.w_hat
+        x = tiny_block(Tiny(model.config, W), i, x)
+
+
+def test_deterministic_and_model_untouched():
+    model = tiny_model()
+    before = {k: v.copy() for k, v in model.weights.items()}
+    a = _run(model, LayerSetting("gptq", 4, 16))
+    b = _run(model, LayerSetting("gptq", 4, 16))
+    for k in a.weights:
+        np.testing.assert_array_equal(a.weights[k], b.weights[k])
+    for k in before:
+        np.testing.assert_array_equal(model.weights[k], before[k])
+
+
+def test_awq_blocks_fold_norms():
+    model = tiny_model()
+    res = _run(model, LayerSetting("awq", 4, 16), n_blocks=2,
+               awq_kw=dict(n_grid=4, clip_grid=4))
+    assert "layers.0.input_layernorm.weight" in res.weights        # folded scales
+    assert "layers.2.mlp.up_proj.weight" not in res.weights         # beyond n_blocks: float
+    assert set(res.layers) == set(linear_names(2))
+    for n, ly in res.layers.items():
+        np.testing.assert_array_equal(res.weights[n + ".weight"], rq.dequantize(ly.codes, ly.qparams, ly.spec))
+
+
+def test_mixed_recipe_and_float_layers():
+    model = tiny_model()
+    recipe = [("layers.0.mlp.down_proj", LayerSetting("rtn", 8, None)), ("*.k_proj", "float"),
+              ("*", LayerSetting("gptq", 4, 16))]
+    res = _run(model, recipe)
+    assert res.settings["layers.0.mlp.down_proj"].bits == 8
+    assert "layers.1.self_attn.k_proj" not in res.layers
+    assert "layers.1.self_attn.k_proj.weight" not in res.weights
+    assert res.layers["layers.2.mlp.down_proj"].setting.method == "gptq"
+
+
+def test_resolve_recipe_rules():
+    names = linear_names(2)
+    r = resolve_recipe({"layers.1.*": "float", "*": LayerSetting("rtn", 4, 32)}, names)
+    assert r["layers.1.mlp.up_proj"] is FLOAT and r["layers.0.mlp.up_proj"].method == "rtn"
+    with pytest.raises(ValueError, match="no recipe pattern matches"):
+        resolve_recipe([("layers.0.*", FLOAT)], names)
+    with pytest.raises(ValueError, match="LayerSetting"):
+        resolve_recipe([("*", 4)], names)
+    with pytest.raises(ValueError, match="method"):
+        LayerSetting("gptqq")
+    with pytest.raises(ValueError, match="bits"):
+        LayerSetting("rtn", bits=1)
+
+
+def test_bad_pipeline_input():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="mixes AWQ"):
+        _run(model, [("*.q_proj", LayerSetting("gptq")), ("*", LayerSetting("awq", 4, 16))])
+    with pytest.raises(ValueError, match="calib_tokens"):
+        quantize_model(model, np.zeros(5, int), FLOAT, block_fn=tiny_block, embed_fn=tiny_embed)
+    with pytest.raises(ValueError, match="n_blocks"):
+        _run(model, FLOAT, n_blocks=4)
+
+
+def test_sizes_by_hand():
+    # 4-bit, groups of 128 on [576, 576]: 4 + (16 + 4) * 5 groups / 576 + 32 / 576 bits per weight
+    assert layer_bits(LayerSetting("gptq", 4, 128), 576, 576) == 4 * 576 * 576 + 5 * 576 * 20 + 32 * 576
+    assert layer_bits(LayerSetting("rtn", 8, None), 10, 20) == 8 * 200 + 10 * 24 + 32 * 20
+    assert layer_bits(FLOAT, 10, 20) == 16 * 200
+    model = tiny_model()
+    size = recipe_size(model, resolve_recipe(FLOAT, linear_names(3)))
+    n_lin = 3 * (32 * 32 * 2 + 16 * 32 * 2 + 48 * 32 * 3)
+    assert size.linear_weights == n_lin and size.bits_per_weight == 16
+    assert size.total_bytes == 2 * (n_lin + 50 * 32 + 32 + 3 * 2 * 32)
+
+
+def test_peak_memory_is_recorded():
+    res = _run(tiny_model(), LayerSetting("gptq", 4, 16), track_memory=True)
+    assert res.peak_bytes is not None and res.peak_bytes > 3 * 10 * 32 * 4
