@@ -277,9 +277,9 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     Hinv = _inverse_hessian_factor(H)                                   # [d_col, d_col] upper
 
     W = np.asfortranarray(W)                                            # columns contiguous
-    Q = np.zeros((d_row, d_col), np.float64)                            # dequantized, processing order
-    codes = np.zeros((d_row, d_col), spec.code_dtype)
-    Losses = np.zeros((d_row, d_col), np.float64)
+    Q = np.zeros((d_row, d_col), np.float64, order="F")                 # dequantized, processing order
+    codes = np.zeros((d_row, d_col), spec.code_dtype, order="F")
+    Losses = np.zeros((d_row, d_col), np.float64, order="F")
     dyn_qp = []                                                         # groups in processing order
     s_z = None
     for i1 in range(0, d_col, block_size):
@@ -321,7 +321,7 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
                 Q1[:, i] = q
                 Losses1[:, i] = (w - q) ** 2 / d**2
                 err1 = (w - q) / d                                      # [d_row]
-                W1[:, i:s2] -= err1[:, None] * Hinv1[i, i:s2]           # [d_row, s2 - i]
+                W1[:, i:s2] -= np.multiply.outer(Hinv1[i, i:s2], err1).T  # [d_row, s2 - i]
                 Err1[:, i] = err1
             if s2 < count:
                 W1[:, s2:] -= _matmul_f(Err1[:, s1:s2], Hinv1[s1:s2, s2:])
@@ -346,7 +346,7 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     else:
         qparams = QParams(static_qp[0].scale[0], static_qp[0].zero_point[0])
     return GPTQResult(codes=np.ascontiguousarray(codes[:, invperm]), qparams=qparams,
-                      w_hat=np.ascontiguousarray(Q[:, invperm]).astype(np.float32),
+                      w_hat=np.ascontiguousarray(Q[:, invperm], dtype=np.float32),
                       perm=perm.astype(np.int64), loss=float(Losses.sum()), g_idx=g_idx, spec=spec)
 
 
