@@ -202,3 +202,37 @@ def test_sizes_by_hand():
 def test_peak_memory_is_recorded():
     res = _run(tiny_model(), LayerSetting("gptq", 4, 16), track_memory=True)
     assert res.peak_bytes is not None and res.peak_bytes > 3 * 10 * 32 * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# automatic mixed precision
+
+
+def test_sensitivity_and_auto_recipe():
+    from refquant.recipes import auto_recipe, layer_sensitivity
+
+    model = tiny_model()
+    low, high = LayerSetting("rtn", 2, 16), LayerSetting("rtn", 8, None)
+    sens = layer_sensitivity(model, _tokens(), low, block_fn=tiny_block, embed_fn=tiny_embed)
+    assert set(sens) == set(linear_names(3)) and all(v > 0 for v in sens.values())
+    # oracle for one layer: block 1's output error with only its v_proj quantized, by hand
+    x0 = tiny_embed(model, _tokens())
+    x1 = tiny_block(model, 0, x0)
+    y = tiny_block(model, 1, x1)
+    W = dict(model.weights)
+    W["layers.1.self_attn.v_proj.weight"] = rq.fake_quantize(W["layers.1.self_attn.v_proj.weight"], low.spec())
+    yq = tiny_block(Tiny(model.config, W), 1, x1)
+    expected = np.sum((yq.astype(np.float64) - y) ** 2) / np.sum((y.astype(np.float64) - x1) ** 2)
+    assert sens["layers.1.self_attn.v_proj"] == pytest.approx(expected, rel=1e-6)
+
+    base = recipe_size(model, resolve_recipe(low, linear_names(3))).bits_per_weight
+    for budget in (base + 0.5, base + 2.0, 12.0):
+        recipe = auto_recipe(model, sens, low, high, budget)
+        size = recipe_size(model, resolve_recipe(recipe, linear_names(3)))
+        assert base < size.bits_per_weight <= budget
+        up = [n for n, s in recipe if s is high]
+        if up:                                           # the most sensitive per bit comes first
+            assert max(sens, key=lambda n: sens[n] / (layer_bits(high, *model.weights[n + ".weight"].shape)
+                                                      - layer_bits(low, *model.weights[n + ".weight"].shape))) in up
+    with pytest.raises(ValueError, match="below the low setting"):
+        auto_recipe(model, sens, low, high, base - 0.01)
