@@ -291,13 +291,15 @@ def assert_quantized_close(actual, expected, spec: QuantSpec, *, qparams: QParam
         checked from ``x`` and ``qparams`` (exactly: ``x == (k + 1/2) s`` in float64, which is
         exact for float32 ``x`` and ``s``). Any other difference fails.
     tie_tol : float
-        Widen "at a tie" to ``|x / s - (k + 1/2)| <= tie_tol`` (in code units), for an
+        Widen "at a tie" to ``|x / s - (k + 1/2)| <= tie_tol |k + 1/2|`` (relative), for an
         implementation that computes in float32 and may round a value within a few float32 ulps
-        of a tie either way. State it where you use it; 0 (the default) means exact ties only.
+        of a tie either way (``round(x * fl32(1/s))`` needs ``tie_tol = 2**-22``: two float32
+        roundings plus the ulp of ``x``). State it where you use it; 0 (the default) means
+        exact ties only.
     grid_rtol : float
-        Values only: how far (relative to ``s``) a dequantized value may sit from the grid
-        point ``s (q - z)`` and still count as code ``q``; values further off fail as
-        "off grid".
+        Values only: how far (relative to ``s``, on top of one float32 ulp of the value) a
+        dequantized value may sit from the grid point ``s (q - z)`` and still count as code
+        ``q``; values further off fail as "off grid".
     err_msg : str
         Prepended to the failure message.
     context : int
@@ -340,7 +342,10 @@ def assert_quantized_close(actual, expected, spec: QuantSpec, *, qparams: QParam
         def to_codes(v):
             v = v.astype(np.float64)
             q = round_to_int(v / s, "half_even") + z
-            return q.astype(np.int64), np.abs(v - s * (q - z)) > grid_rtol * s
+            g = s * (q - z)                                         # the grid point, float64
+            # off grid: further than grid_rtol * s plus one float32 ulp of the value (values
+            # are typically stored in float32, which rounds s (q - z) by up to half an ulp)
+            return q.astype(np.int64), np.abs(v - g) > grid_rtol * s + np.abs(g) * 2.0**-23
 
         aq, a_off = to_codes(a)
         eq, e_off = to_codes(e)
@@ -363,7 +368,7 @@ def assert_quantized_close(actual, expected, spec: QuantSpec, *, qparams: QParam
         if tie_tol == 0:
             at_tie = xf == (k + 0.5) * s                            # exact for float32 x and s
         else:
-            at_tie = np.abs(xf / s - (k + 0.5)) <= tie_tol
+            at_tie = np.abs(xf / s - (k + 0.5)) <= tie_tol * np.abs(k + 0.5)
         tie = mism & ~off_grid & (np.abs(diff) == 1) & at_tie
     n_tie = int(tie.sum())
     other = mism & ~tie

@@ -176,7 +176,7 @@ def test_tie_tol_accepts_float32_reciprocal_rounding():
     assert n > 0
     with pytest.raises(AssertionError):
         assert_quantized_close(theirs, ours, spec, qparams=qp, x=x, max_tie_mismatches=n)
-    assert_quantized_close(theirs, ours, spec, qparams=qp, x=x, max_tie_mismatches=n, tie_tol=1e-5)
+    assert_quantized_close(theirs, ours, spec, qparams=qp, x=x, max_tie_mismatches=n, tie_tol=2**-22)
 
 
 def test_argument_errors():
