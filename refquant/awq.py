@@ -412,14 +412,17 @@ def group_output_error(X, W, W_hat, group_size: int) -> np.ndarray:
     """``mean_t (X_{t,g} (W - W_hat)_{r,g}^T)^2`` for every row ``r`` and input group ``g``.
 
     The error of group ``g``'s partial output: ``X`` [n, in], ``W``, ``W_hat`` [out, in];
-    returns float64 [out, G].
+    returns float64 [out, G]. The products are float32 (the difference ``W - W_hat`` is taken
+    in float64 first), the mean of squares float64.
     """
-    X = np.asarray(X, np.float64)
-    D = np.asarray(W, np.float64) - np.asarray(W_hat, np.float64)          # [out, in]
+    X = np.asarray(X, np.float32)
+    D = (np.asarray(W, np.float64) - np.asarray(W_hat, np.float64)).astype(np.float32)
     k = D.shape[1]
-    starts = range(0, k, group_size)
-    return np.stack([np.mean((X[:, a:a + group_size] @ D[:, a:a + group_size].T) ** 2, axis=0)
-                     for a in starts], axis=1)                               # [out, G]
+    err = []
+    for a in range(0, k, group_size):
+        E = X[:, a:a + group_size] @ D[:, a:a + group_size].T               # [n, out]
+        err.append(np.mean(np.square(E, dtype=np.float64), axis=0))         # [out]
+    return np.stack(err, axis=1)                                             # [out, G]
 
 
 def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5,

@@ -293,10 +293,10 @@ def test_clip_never_worse_and_matches_oracle(seed, bits, symmetric, per_channel)
     for r in range(W.shape[0]):
         for gi, a in enumerate(range(0, 40, gs)):
             e = X[:, a:a + gs] @ (W[r, a:a + gs].astype(np.float64) - c.w_hat[r, a:a + gs])
-            assert c.group_loss[r, gi] == pytest.approx(np.mean(e ** 2), rel=1e-9, abs=1e-12)
+            assert c.group_loss[r, gi] == pytest.approx(np.mean(e ** 2), rel=1e-5, abs=1e-9)
     # no-clip loss is that of the naive min-max quantizer
     rtn = naive_fake_quantize(W, bits, gs, symmetric).astype(np.float32)
-    np.testing.assert_allclose(c.group_loss_noclip, group_output_error(X, W, rtn, gs), rtol=1e-9)
+    np.testing.assert_allclose(c.group_loss_noclip, group_output_error(X, W, rtn, gs), rtol=1e-12)
     assert set(np.unique(c.shrink)) <= {1 - j / 20 for j in range(10)}
 
 
