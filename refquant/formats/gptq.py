@@ -358,4 +358,26 @@ def is_gptq_checkpoint(directory) -> bool:
 
 __all__ = ["PackedLayer", "CheckpointError", "layer_from_quantized", "pack_layer", "unpack_layer",
            "dequantize_layer", "export_checkpoint", "read_checkpoint", "load_weights",
-           "is_gptq_checkpoint", "CHECKPOINT_FORMATS"]
+           "is_gptq_checkpoint", "load_quantized_model", "CHECKPOINT_FORMATS"]
+
+
+def load_quantized_model(directory, base_model=None):
+    """A ``LlamaModel`` whose weights come from the GPTQ checkpoint in ``directory``.
+
+    The config and tokenizer come from ``base_model`` (a loaded ``LlamaModel``), or else from the
+    model recorded as ``source_model`` in ``quantize_config.json`` (loaded with
+    :func:`refquant.load_model`); every weight in the checkpoint (dequantized linears, float
+    tensors) replaces the base model's, which only supplies what the checkpoint lacks.
+    """
+    import dataclasses
+    from collections import ChainMap
+
+    weights, config = load_weights(directory)
+    if base_model is None:
+        from ..models.loaders import load_model
+
+        source = config.get("source_model")
+        if not source:
+            raise CheckpointError(f"{directory}: quantize_config.json has no source_model; pass base_model")
+        base_model = load_model(source)
+    return dataclasses.replace(base_model, weights=ChainMap(weights, base_model.weights))

@@ -1,0 +1,165 @@
+"""``refquant demo``: RTN, GPTQ and AWQ at W8 per-channel, W4 g128 and W3 g128 on the bundled model,
+plus a mixed-precision recipe: perplexity, size and time in one table, JSON and a plot.
+
+Every run starts from the same float model (the bundled GGUF's dequantized weights) and the same
+calibration and evaluation tokens (disjoint article splits). The default sizes are chosen to
+finish in about 15 minutes on a 2-core machine and are printed; ``--full`` uses 16k evaluation
+tokens (the issue's quality-target setting) and more calibration data.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import numpy as np
+
+DEFAULTS = dict(calib_tokens=4096, eval_tokens=4096, seq_len=256, calib_seq_len=256)
+FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512)
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None, help="GGUF file or Hugging Face directory (default: bundled SmolLM2-135M)")
+    p.add_argument("-o", "--output", default="results", help="output directory (default results/)")
+    p.add_argument("--full", action="store_true", help="larger calibration/evaluation sets (slow)")
+    p.add_argument("--calib-tokens", type=int, default=None)
+    p.add_argument("--eval-tokens", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None, help="evaluation window length")
+    p.add_argument("--methods", default="rtn,gptq,awq", help="comma-separated subset of rtn,gptq,awq")
+    p.add_argument("--settings", default="w8,w4g128,w3g128", help="comma-separated subset of w8,w4g128,w3g128,w4")
+    p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision recipe")
+    p.add_argument("--n-blocks", type=int, default=None, help="quantize only the first N blocks (quick checks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+SETTINGS = {"w8": (8, None), "w4g128": (4, 128), "w3g128": (3, 128), "w4": (4, None)}
+
+
+def _setting(method, bits, group):
+    from refquant.pipeline import LayerSetting
+
+    if method == "gptq":                          # the best GPTQ setting: act_order + static groups
+        return LayerSetting("gptq", bits, group, act_order=True, static_groups=group is not None)
+    return LayerSetting(method, bits, group)
+
+
+def mixed_recipe(n_layers: int):
+    """W3 g128 GPTQ, with the first and last blocks' linears and every down_proj at W4 g128."""
+    from refquant.pipeline import LayerSetting
+
+    w4 = LayerSetting("gptq", 4, 128, act_order=True, static_groups=True)
+    w3 = LayerSetting("gptq", 3, 128, act_order=True, static_groups=True)
+    return [("layers.0.*", w4), (f"layers.{n_layers - 1}.*", w4), ("*.down_proj", w4), ("*", w3)]
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    base = next(r for r in rows if r["method"] == "float")
+    ax.axhline(base["ppl"], color="k", ls="--", lw=1, label=f"float ({base['ppl']:.2f})")
+    for method, marker in (("rtn", "o"), ("gptq", "s"), ("awq", "^"), ("mixed", "*")):
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["bits_per_weight"])
+        if rs:
+            ax.plot([r["bits_per_weight"] for r in rs], [r["ppl"] for r in rs], marker=marker, label=method)
+    ax.set_xlabel("stored bits per weight (block linears)")
+    ax.set_ylabel("perplexity (evaluation split)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("SmolLM2-135M: perplexity vs bits per weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_table(rows) -> str:
+    head = f"{'method':<8} {'bits':>4} {'group':>6} {'ppl':>9} {'change':>8} {'size MB':>8} {'bits/w':>7} {'seconds':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        g = "-" if r["group"] is None else str(r["group"])
+        b = "-" if r["bits"] is None else str(r["bits"])
+        lines.append(f"{r['method']:<8} {b:>4} {g:>6} {r['ppl']:>9.3f} {r['change_pct']:>+7.2f}% "
+                     f"{r['size_mb']:>8.1f} {r['bits_per_weight']:>7.3f} {r['seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import refquant as rq
+    from refquant.commands.quantize import calibration_batch
+    from refquant.data import evaluation_tokens
+    from refquant.pipeline import linear_names, quantize_model, recipe_size, resolve_recipe
+
+    sizes = dict(FULL if args.full else DEFAULTS)
+    for k in ("calib_tokens", "eval_tokens", "seq_len"):
+        if getattr(args, k) is not None:
+            sizes[k] = getattr(args, k)
+    progress = not args.no_progress
+    out = pathlib.Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    model = rq.load_model(args.model)
+    L = model.config.n_layers if hasattr(model.config, "n_layers") else model.config.num_hidden_layers
+    calib = calibration_batch(model.tokenizer, sizes["calib_tokens"], sizes["calib_seq_len"], args.seed)
+    ev = np.asarray(evaluation_tokens(model.tokenizer, sizes["eval_tokens"])).reshape(-1)
+    print(f"model: {model.source}")
+    print(f"calibration: {calib.shape[0]} sequences x {calib.shape[1]} tokens = {calib.size} tokens "
+          f"(seed {args.seed}); evaluation: {ev.size} tokens in windows of {sizes['seq_len']}")
+
+    def evaluate(m):
+        return rq.perplexity(m, ev, seq_len=sizes["seq_len"], progress=progress).ppl
+
+    rows = []
+    t = time.perf_counter()
+    base_ppl = evaluate(model)
+    float_size = recipe_size(model, {})
+    rows.append(dict(method="float", bits=None, group=None, label="float", ppl=base_ppl, change_pct=0.0,
+                     size_mb=float_size.total_mb, bits_per_weight=float_size.bits_per_weight,
+                     seconds=0.0, eval_seconds=time.perf_counter() - t))
+    print(f"float: perplexity {base_ppl:.3f}")
+
+    runs = []
+    for key in args.settings.split(","):
+        bits, group = SETTINGS[key]
+        for method in args.methods.split(","):
+            runs.append((method, _setting(method, bits, group)))
+    if not args.no_mixed and "gptq" in args.methods:
+        runs.append(("mixed", mixed_recipe(L)))
+
+    n_blocks = args.n_blocks
+    for method, recipe in runs:
+        res = quantize_model(model, calib, recipe, n_blocks=n_blocks, progress=progress,
+                             track_memory=False)
+        settings = resolve_recipe(recipe, linear_names(res.n_blocks))
+        size = recipe_size(model, settings)
+        t = time.perf_counter()
+        ppl = evaluate(res.apply(model))
+        one = next(iter(settings.values()))
+        rows.append(dict(method=method, bits=None if method == "mixed" else one.bits,
+                         group=None if method == "mixed" else one.group_size,
+                         label="mixed: " + ", ".join(f"{p}={s.label()}" for p, s in recipe) if method == "mixed" else one.label(),
+                         ppl=ppl, change_pct=100 * (ppl / base_ppl - 1), size_mb=size.total_mb,
+                         bits_per_weight=size.bits_per_weight, seconds=res.seconds,
+                         eval_seconds=time.perf_counter() - t))
+        print(f"{rows[-1]['label']}: perplexity {ppl:.3f} ({rows[-1]['change_pct']:+.2f}%), "
+              f"quantized in {res.seconds:.1f} s")
+
+    table = format_table(rows)
+    print()
+    print(table)
+    summary = dict(model=str(model.source), sizes=sizes, seed=args.seed, n_blocks=n_blocks,
+                   total_seconds=time.perf_counter() - t0, rows=rows,
+                   notes="size: block linears as stored in the GPTQ format (codes, float16 scales, "
+                         "b-bit zeros, int32 g_idx), everything else float16; float = 16 bits/weight")
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "demo.txt").write_text(table + "\n")
+    plot(rows, out / "demo.png")
+    print(f"\nwrote {out / 'demo.json'}, {out / 'demo.txt'}, {out / 'demo.png'} "
+          f"({summary['total_seconds']:.0f} s in total)")
+    return 0
