@@ -312,7 +312,8 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                         if name in _rec:
                             key = _rec[name]
                             Hs[key] = hessian(x, *Hs.get(key, (None, 0)))
-                        return x @ W.T
+                        y = x.reshape(-1, x.shape[-1]) @ W.T            # [B*T, in] -> [B*T, out]
+                        return y.reshape(*x.shape[:-1], W.shape[0])
                     for s in _chunks(len(X), batch_size):
                         block(view, i, X[s], linear=linear)
                 for lin, n in names.items():

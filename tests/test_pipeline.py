@@ -236,3 +236,44 @@ def test_sensitivity_and_auto_recipe():
                                                       - layer_bits(low, *model.weights[n + ".weight"].shape))) in up
     with pytest.raises(ValueError, match="below the low setting"):
         auto_recipe(model, sens, low, high, base - 0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# with the project's own Llama forward pass (refquant.models.llama) on a small random model
+
+
+def _random_llama(seed=0):
+    llama = pytest.importorskip("refquant.models.llama", reason="the Llama model module has not landed")
+    cfg = llama.LlamaConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=40, vocab_size=60,
+                            tied_embeddings=True)
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in cfg.weight_shapes().items():
+        w = rng.standard_normal(shape) / (np.sqrt(shape[-1]) if len(shape) == 2 else 1)
+        weights[name] = np.asarray(np.abs(w) + 0.5 if len(shape) == 1 else w, np.float32)
+    return llama.LlamaModel(config=cfg, weights=weights)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_pipeline_with_llama_block(method):
+    from refquant.models import llama
+
+    model = _random_llama()
+    tokens = np.random.default_rng(2).integers(0, 60, (4, 12))
+    setting = LayerSetting(method, 4, 16, act_order=method == "gptq")
+    kw = dict(awq_kw=dict(n_grid=5, clip_grid=5)) if method == "awq" else {}
+    res = quantize_model(model, tokens, setting, batch_size=3, **kw)
+    assert set(res.layers) == set(linear_names(2))
+    qm = res.apply(model)
+    for n, ly in res.layers.items():
+        w = rq.dequantize(ly.codes, ly.qparams, ly.spec) if ly.g_idx is None or not setting.act_order else None
+        if w is not None:
+            np.testing.assert_array_equal(qm.weights[n + ".weight"], w)
+    logits_f = llama.forward(model, tokens)
+    logits_q = llama.forward(qm, tokens)
+    rel = np.linalg.norm(logits_q - logits_f) / np.linalg.norm(logits_f)
+    assert 0 < rel < 0.5                                    # quantized, but still the same model
+    if method == "rtn":
+        for n in linear_names(2):
+            np.testing.assert_array_equal(qm.weights[n + ".weight"],
+                                          rq.fake_quantize(model.weights[n + ".weight"], setting.spec()))
