@@ -30,6 +30,7 @@ _EXPORTS = {
     "codebook_quantize": "nonuniform", "codebook_dequantize": "nonuniform",
     "NF4_LEVELS": "nonuniform", "fit_lloyd_max": "nonuniform",
     "size_report": "sizes", "SizeReport": "sizes",
+    "bf16_bits": "casts", "from_bf16_bits": "casts", "fp16_bits": "casts", "from_fp16_bits": "casts", "log_calibrate": "nonuniform", "log_fake_quantize": "nonuniform", "nf4_quantize": "nonuniform", "nf4_dequantize": "nonuniform", "LloydMaxResult": "nonuniform", "CodebookSpec": "sizes",
     # algorithms
     "gptq": "gptq", "GPTQResult": "gptq",
     "awq": "awq",
