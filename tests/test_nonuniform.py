@@ -272,6 +272,22 @@ def test_log_clipping_with_given_scale():
     assert log_dequantize(q, 2.0, spec).tolist() == [2.0, -2.0, 1.0]
 
 
+@given(hnp.arrays(np.float32, st.integers(1, 30), elements=log_elems),
+       st.integers(1, 12), st.floats(2.0**-10, 2.0**10, width=32))
+def test_log_given_scale_clips_and_bounds(x, L, s):
+    spec = LogSpec(levels=L)
+    x_hat = log_fake_quantize(x, spec, scale=s).astype(np.float64)
+    x64, s = x.astype(np.float64), float(s)
+    above = np.abs(x64) > s
+    assert np.array_equal(x_hat[above], np.sign(x64[above]) * s)          # clipped to +-s
+    inside = ~above & (np.abs(x64) >= s * 2.0 ** -(L - 1))
+    err = np.abs(x64 - x_hat)
+    # x / s is rounded to float64 (s is arbitrary here): allow that one rounding, 2^-50 relative
+    assert np.all(err[inside] <= np.abs(x64[inside]) / 3 * (1 + 2.0**-50))
+    small = ~above & ~inside
+    assert np.all(err[small] <= s * 2.0**-L * (1 + 2.0**-50))
+
+
 def test_log_hand_table_linear_domain_rounding():
     spec = LogSpec(levels=3)                              # levels 0, 1/4, 1/2, 1 (times s=1)
     x = [1.0, 0.76, 0.75, 0.74, 0.375, 0.3749, 0.125, 0.1249, -0.74, 0.0]
