@@ -67,7 +67,7 @@ FP16_UNIT_ROUNDOFF = 2.0**-11
 BF16_UNIT_ROUNDOFF = 2.0**-8
 BF16_MAX = float(np.array(0x7F7F0000, np.uint32).view(np.float32))   # (2 - 2^-7) * 2^127
 
-_F32_SIGN, _EXP16_MASK_BF16, _EXP16_MASK_FP16 = 0x80000000, 0x7F80, 0x7C00
+_EXP16_MASK_BF16, _EXP16_MASK_FP16 = 0x7F80, 0x7C00      # exponent bits of the 16-bit formats
 
 
 def _as_float32(x, name: str = "x") -> np.ndarray:

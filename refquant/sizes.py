@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from .numerics import check_positive_int
 from .nonuniform import LogSpec
