@@ -111,7 +111,7 @@ def lsq_grad_scale(n: int, spec: QuantSpec) -> float:
     return 1.0 / math.sqrt(n * max(spec.qmax, 1))
 
 
-def lsq_forward(v, s, z, spec: QuantSpec) -> np.ndarray:
+def lsq_forward(v, s, z, spec: QuantSpec, *, return_codes: bool = False):
     """LSQ forward: ``v_hat = s (q - z)`` with the foundation's codes ``q = quantize(v)``.
 
     Parameters
@@ -123,15 +123,23 @@ def lsq_forward(v, s, z, spec: QuantSpec) -> np.ndarray:
         in :class:`~refquant.QParams`), the product ``s (q - z)`` uses ``s`` itself, so
         :math:`\\partial \\hat v / \\partial s` is exact where rounding does not change.
     z : ndarray of the same shape, int
+    return_codes : bool
+        Also return the codes ``q`` (to hand to :func:`lsq_backward`).
+
+    Returns
+    -------
+    v_hat : ndarray, the dtype and shape of ``v`` (and ``q`` with ``return_codes``)
     """
     v = np.asarray(v)
-    q = quantize(v, QParams(s, z), spec).astype(np.float64)
+    q = quantize(v, QParams(s, z), spec)
     s_x = expand(np.asarray(s, np.float64), v.shape, spec)
-    z_x = expand(np.asarray(z), v.shape, spec).astype(np.float64)
-    return (s_x * (q - z_x)).astype(v.dtype)
+    z_x = expand(np.asarray(z), v.shape, spec)
+    v_hat = (s_x * (q - z_x)).astype(v.dtype)
+    return (v_hat, q) if return_codes else v_hat
 
 
-def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float) -> tuple[np.ndarray, np.ndarray]:
+def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float,
+                 q=None) -> tuple[np.ndarray, np.ndarray]:
     """LSQ backward: the clipped STE for ``v`` and the step-size gradient of [3]_ (eq. 3).
 
     Parameters
@@ -142,6 +150,8 @@ def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float) -> tuple[np.ndarray
         As passed to :func:`lsq_forward`.
     g : float
         Gradient scale (see :func:`lsq_grad_scale`; 1.0 for the raw gradient).
+    q : ndarray, optional
+        The codes of the forward pass (recomputed with :func:`refquant.quantize` if omitted).
 
     Returns
     -------
@@ -157,7 +167,9 @@ def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float) -> tuple[np.ndarray
     u = v.astype(np.float64) / s_x                           # v / s, measured from the zero point
     lo, hi = spec.qmin - z_x, spec.qmax - z_x                # -Q_N, Q_P (broadcast)
     inside = (u > lo) & (u < hi)
-    q = quantize(v, QParams(s, z), spec).astype(np.float64) - z_x   # the rounded u, clamped
+    if q is None:
+        q = quantize(v, QParams(s, z), spec)
+    q = q - z_x                                              # the rounded u, clamped
     dvhat_ds = np.where(inside, q - u, np.where(u <= lo, lo, hi))
     dv = np.where((u >= lo) & (u <= hi), dv_hat, 0.0).astype(dv_hat.dtype)
     per_elem = (dv_hat.astype(np.float64) * dvhat_ds)
@@ -274,7 +286,9 @@ class LSQ:
                              f"{self.step.value.shape}")
         self.qparams()                                       # validates the step
         self._v = v
-        return lsq_forward(v, self.step.value, self.zero_point, self.spec)
+        v_hat, self._q = lsq_forward(v, self.step.value, self.zero_point, self.spec,
+                                     return_codes=True)
+        return v_hat
 
     def backward(self, dv_hat):
         if self._v is None:
@@ -282,7 +296,8 @@ class LSQ:
         v = self._v
         n = self.n_per_step or max(1, v.size // max(1, self.step.value.size))
         g = lsq_grad_scale(n, self.spec) if self.grad_scale else 1.0
-        dv, ds = lsq_backward(dv_hat, v, self.step.value, self.zero_point, self.spec, g)
+        dv, ds = lsq_backward(dv_hat, v, self.step.value, self.zero_point, self.spec, g,
+                              q=self._q)
         self.step.grad = ds.astype(self.step.value.dtype)
         return dv
 
