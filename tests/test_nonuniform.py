@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refquant as rq
-from refquant import nonuniform
+from refquant import codebook, nonuniform
 from refquant.nonuniform import (LogSpec, codebook_dequantize, codebook_quantize, fit_lloyd_max,
                                  log_calibrate, log_dequantize, log_fake_quantize, log_quantize,
                                  nf4_dequantize, nf4_quantize)
@@ -407,3 +407,5 @@ def test_lloyd_max_bad_input(kw, match):
 
 def test_module_docstring_examples():
     assert doctest.testmod(nonuniform).failed == 0
+    assert doctest.testmod(codebook).failed == 0
+    assert nonuniform.codebook_quantize is codebook.codebook_quantize   # re-exported
