@@ -226,6 +226,7 @@ def _rtn(W, spec):
 
 def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_size: int = 128,
                    n_blocks: int | None = None, batch_size: int = 8, awq_kw: dict | None = None,
+                   awq_max_seqs: int | None = None,
                    progress: bool = False, track_memory: bool = False,
                    block_fn=None, embed_fn=None) -> QuantizeResult:
     """Quantize the linears of a Llama model block by block (see the module docstring).
@@ -245,6 +246,9 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
         Sequences per forward chunk (bounds the transient memory).
     awq_kw : dict, optional
         Extra keyword arguments for :func:`refquant.awq_block.awq_block`.
+    awq_max_seqs : int, optional
+        AWQ's searches see only the first ``awq_max_seqs`` calibration sequences (its grid
+        searches run ~40 block forwards each); the next block's input is computed on all.
     progress : bool
         Show a tqdm bar over the blocks.
     track_memory : bool
@@ -295,7 +299,8 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                 from .awq_block import awq_block
 
                 specs = {lin.split(".")[1]: st[lin].spec() for lin in LINEARS}
-                res = awq_block(view, i, X, specs, block_fn=block, **(awq_kw or {}))
+                X_awq = X if awq_max_seqs is None else X[:awq_max_seqs]
+                res = awq_block(view, i, X_awq, specs, block_fn=block, **(awq_kw or {}))
                 overrides.update({k: np.asarray(v, np.float32) for k, v in res.weights.items()})
                 for lin, n in names.items():
                     if st[lin].method == "awq":
@@ -354,19 +359,22 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
 
 def layer_bits(setting: LayerSetting, d_out: int, d_in: int) -> int:
     """Bits stored for one linear ``[d_out, d_in]`` in the GPTQ checkpoint format
-    (:mod:`refquant.formats.gptq`): ``b`` per code, a float16 scale and a ``b``-bit zero point per
-    group and output, an int32 ``g_idx`` per input column; a float layer is stored as float16.
+    (:mod:`refquant.formats.gptq`): ``qweight`` (``ceil(d_in b / 32)`` int32 words per output),
+    ``qzeros`` (``ceil(d_out b / 32)`` words per group), float16 ``scales`` (one per group and
+    output) and int32 ``g_idx`` (one per input); a float layer is stored as float16.
 
     Examples
     --------
-    >>> round(layer_bits(LayerSetting("gptq", 4, 128), 576, 576) / (576 * 576), 4)  # 4 + 5*20/576 + 32/576
+    >>> round(layer_bits(LayerSetting("gptq", 4, 128), 576, 576) / (576 * 576), 4)  # 4 + 5*(16+4)/576 + 32/576
     4.2292
     """
     if setting.method == "float":
         return 16 * d_out * d_in
     b = setting.bits
     G = 1 if setting.group_size is None else -(-d_in // setting.group_size)
-    return b * d_out * d_in + G * d_out * (16 + b) + 32 * d_in
+    qweight = 32 * -(-d_in * b // 32) * d_out
+    qzeros = 32 * -(-d_out * b // 32) * G
+    return qweight + qzeros + 16 * G * d_out + 32 * d_in
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,14 @@ def test_bad_pipeline_input():
 def test_sizes_by_hand():
     # 4-bit, groups of 128 on [576, 576]: 4 + (16 + 4) * 5 groups / 576 + 32 / 576 bits per weight
     assert layer_bits(LayerSetting("gptq", 4, 128), 576, 576) == 4 * 576 * 576 + 5 * 576 * 20 + 32 * 576
-    assert layer_bits(LayerSetting("rtn", 8, None), 10, 20) == 8 * 200 + 10 * 24 + 32 * 20
+    assert layer_bits(LayerSetting("rtn", 8, None), 10, 20) == 8 * 200 + 96 + 10 * 16 + 32 * 20  # qzeros: 3 words
+    assert layer_bits(LayerSetting("rtn", 3, 8), 4, 20) == 4 * 64 + 3 * 32 + 3 * 4 * 16 + 32 * 20  # 60 bits -> 2 words
+    # where nothing is padded, the same as refquant.sizes.size_report (float16 scales, zero points
+    # packed at the code width) plus the int32 g_idx
+    from refquant.sizes import size_report
+    for bits, group, shape in ((4, 128, (576, 576)), (3, 128, (192, 576)), (8, None, (576, 1536)), (2, 64, (1536, 576))):
+        s = LayerSetting("gptq", bits, group)
+        assert layer_bits(s, *shape) == 8 * size_report(shape, s.spec(), scale_bits=16).total_bytes + 32 * shape[1]
     assert layer_bits(FLOAT, 10, 20) == 16 * 200
     model = tiny_model()
     size = recipe_size(model, resolve_recipe(FLOAT, linear_names(3)))
