@@ -347,12 +347,12 @@ class KLObserver(_KeepData):
     window (``L`` bins) would still end beyond the bulk.
 
     Symmetric specs: the windows are ``[0, t)``, every ``t`` from ``L`` to ``B`` (TensorRT's
-    candidates, visited from the widest), threshold ``a = t w``. Asymmetric specs: the window
-    must keep the bin that holds 0 and shrinks greedily, one bin per step, from ``B`` bins down
-    to ``L``: each step
-    drops the first or the last bin, whichever gives the smaller divergence (on a tie, the
-    edge farther from 0), and the best window met on the way wins (the same greedy two-sided
-    search as PyTorch's histogram observer, there with an L2 criterion).
+    candidates, visited from the widest), threshold ``a = t w``. Asymmetric specs (TensorRT's
+    calibrator is symmetric only; this extension is a choice of this implementation): the window
+    shrinks from ``B`` bins to ``L`` one bin per step, each step dropping whichever end bin
+    holds fewer counts (on a tie, the end farther from 0), never the bin that holds 0; so each
+    window on the path clips as little data as a one-bin-at-a-time trim can, and the divergence
+    of every window on the path is computed and the smallest wins.
 
     Everything is a deterministic function of the histogram, which is built once over all the
     data seen: the threshold is the same for any batching or order of the data.
@@ -374,8 +374,8 @@ class KLObserver(_KeepData):
 
     Notes
     -----
-    The loop runs over the ``B - L + 1`` candidate widths (two candidates per width for
-    asymmetric specs), vectorized over parameter groups; each candidate costs
+    The loop runs over the ``B - L + 1`` candidate widths, vectorized over parameter groups;
+    each candidate costs
     ``O(groups * t)``, so the whole search is ``O(groups * B^2)``: fine per tensor, slow per
     channel of a large matrix at ``B = 2048`` (use ``bins=512`` there).
 
@@ -433,18 +433,16 @@ class KLObserver(_KeepData):
             z = (0.0 - lo) / w                                        # [*P] position of 0 in bins
             zero_bin = np.clip(np.floor(z), 0, B - 1).astype(np.int64)
             keep_if_better(_kl_candidate(counts, cum, start, B, L, self.eps), B, start)
-            for t in range(B - 1, L - 1, -1):       # [start, start + t + 1) loses one bin
+            for t in range(B - 1, L - 1, -1):       # [start, start + t + 1) loses one end bin
                 can_left = start + 1 <= zero_bin
                 can_right = start + t > zero_bin
-                kl_left = _kl_candidate(counts, cum, start + 1, t, L, self.eps)
-                kl_right = _kl_candidate(counts, cum, start, t, L, self.eps)
-                kl_left = np.where(can_left, kl_left, np.inf)
-                kl_right = np.where(can_right, kl_right, np.inf)
+                n_left = np.take_along_axis(counts, start[..., None], axis=-1)[..., 0]
+                n_right = np.take_along_axis(counts, (start + t)[..., None], axis=-1)[..., 0]
                 left_farther = (z - start) > (start + t + 1 - z)
-                go_left = can_left & ((kl_left < kl_right) | ((kl_left == kl_right) & left_farther)
-                                      | ~can_right)
-                start = np.where(go_left, start + 1, start)
-                keep_if_better(np.where(go_left, kl_left, kl_right), t, start)
+                drop_left = can_left & ((n_left < n_right) | ((n_left == n_right) & left_farther)
+                                        | ~can_right)
+                start = np.where(drop_left, start + 1, start)
+                keep_if_better(_kl_candidate(counts, cum, start, t, L, self.eps), t, start)
         self.kl, self.n_bins = best_kl, best_t
         empty = hi == lo
         new_lo = np.maximum(lo_h + best_start * w, lo_h)

@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -164,9 +164,9 @@ _values = st.one_of(
 
 @st.composite
 def spec_strategy(draw, shape, bits=st.sampled_from([2, 3, 4, 5, 8, 16]),
-                  granularities=("tensor", "channel", "group")):
+                  granularities=("tensor", "channel", "group"), symmetric=st.booleans()):
     granularity = draw(st.sampled_from(granularities))
-    symmetric = draw(st.booleans())
+    symmetric = draw(symmetric)
     kw = dict(bits=draw(bits), symmetric=symmetric, granularity=granularity,
               rounding=draw(st.sampled_from(ROUNDINGS)),
               restricted=symmetric and draw(st.booleans()))
@@ -187,9 +187,9 @@ def cases(draw, dtype=np.float64, min_dims=1, **spec_kw):
 
 
 @st.composite
-def cases_with_qparams(draw):
+def cases_with_qparams(draw, **spec_kw):
     """Data with arbitrary (not calibrated) parameters, so that values fall outside the range."""
-    x, spec = draw(cases())
+    x, spec = draw(cases(**spec_kw))
     pshape = param_shape(x.shape, spec)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = 2.0 ** rng.uniform(-8, 6, size=pshape)
@@ -314,15 +314,16 @@ def test_idempotent_fixed_qparams(case):
         assert np.array_equal(fake_quantize(y, spec, qparams=qp), y)
 
 
-@given(cases())
+@given(st.one_of(cases(symmetric=st.just(True)), cases(dtype=np.float32, symmetric=st.just(True))))
 def test_idempotent_recalibrated_symmetric(case):
     """fake_quantize(fake_quantize(x)) == fake_quantize(x), calibrating again each time.
 
     Holds for symmetric specs on float64 data: y = s q is exact in float64, max|y| = s q_max
-    (the largest |code| is q_max), and s q_max / q_max gives back exactly s. (Asymmetric specs:
-    see test_asymmetric_recalibration_is_not_always_idempotent.)"""
+    (the largest |code| is q_max), and s q_max / q_max gives back exactly s. On float32 data
+    y = fl32(s q) is rounded, so s' = fl32(fl32(s q_max) / q_max) == s is not proved here, only
+    checked by these examples. (Asymmetric specs: see
+    test_asymmetric_recalibration_is_not_always_idempotent.)"""
     x, spec = case
-    assume(spec.symmetric)
     y = fake_quantize(x, spec)
     assert np.array_equal(fake_quantize(y, spec), y)
 
@@ -348,21 +349,19 @@ def test_asymmetric_recalibration_is_not_always_idempotent():
     assert np.array_equal(fake_quantize(y, spec_away), y)
 
 
-@given(cases())
+@given(cases(symmetric=st.just(True)))
 def test_symmetric_odd_calibrated(case):
     x, spec = case
-    assume(spec.symmetric)
     assert np.array_equal(fake_quantize(-x, spec), -fake_quantize(x, spec))
 
 
-@given(cases_with_qparams())
+@given(cases_with_qparams(symmetric=st.just(True)))
 def test_symmetric_odd_fixed_qparams(case):
     """q(-x) = -q(x) for restricted codes always. For the full signed range it fails exactly
     where |x| / s >= 2^(b-1) - 1/2: there -x rounds to -2^(b-1) (a code) but x to 2^(b-1),
     which is clamped to 2^(b-1) - 1 (ties at 2^(b-1) - 1/2 round to the even 2^(b-1) and away
     from zero alike)."""
     x, spec, qp = case
-    assume(spec.symmetric)
     q_pos = quantize(x, qp, spec).astype(np.int64)
     q_neg = quantize(-x, qp, spec).astype(np.int64)
     broken = q_neg != -q_pos
