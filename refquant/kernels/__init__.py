@@ -1,0 +1,206 @@
+"""The integer matmul core: one NumPy specification, a Numba CPU kernel and a numba.cuda kernel.
+
+Every entry point takes ``backend=``:
+
+``"numpy"``  the specification (:mod:`refquant.kernels.reference`);
+``"numba"``  Numba ``@njit(parallel=True)`` kernels (:mod:`refquant.kernels.cpu`);
+``"cuda"``   numba.cuda kernels (:mod:`refquant.kernels.cuda`), on a GPU or under the CUDA
+             simulator (``NUMBA_ENABLE_CUDASIM=1``);
+``"auto"``   the fastest available: ``"cuda"`` on a real GPU, else ``"numba"``, else ``"numpy"``
+             (:func:`auto_backend` says which).
+
+Integer results equal the specification bit for bit. An unknown or unavailable backend raises
+``ValueError``; nothing falls back silently. Nothing is compiled until a kernel is first called.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import numpy as np
+
+from . import reference
+from .reference import K_MAX
+
+BACKENDS = ("numpy", "numba", "cuda")
+
+__all__ = ["int8_matmul", "uint8_int8_matmul", "w4_matmul", "backends", "auto_backend",
+           "w4_tolerance", "K_MAX", "BACKENDS"]
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def _cuda_available() -> bool:
+    if not _numba_available() or importlib.util.find_spec("numba.cuda") is None:
+        return False
+    from numba import cuda
+    try:
+        return bool(cuda.is_available())
+    except Exception:                                            # driver errors: not available
+        return False
+
+
+def _cuda_is_simulated() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+def backends() -> list[str]:
+    """The backends usable in this process, in the order ``"numpy"``, ``"numba"``, ``"cuda"``.
+
+    ``"cuda"`` is listed when numba.cuda finds a GPU, or when the CUDA simulator is enabled.
+    """
+    out = ["numpy"]
+    if _numba_available():
+        out.append("numba")
+    if _cuda_available():
+        out.append("cuda")
+    return out
+
+
+def auto_backend() -> str:
+    """The backend ``"auto"`` resolves to: a real GPU's ``"cuda"``, else ``"numba"``, else numpy.
+
+    (The simulated GPU is far slower than NumPy, so ``"auto"`` never picks it.)
+    """
+    avail = backends()
+    if "cuda" in avail and not _cuda_is_simulated():
+        return "cuda"
+    return "numba" if "numba" in avail else "numpy"
+
+
+def _resolve(backend) -> str:
+    if backend == "auto":
+        return auto_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+    if backend not in backends():
+        raise ValueError(f"backend {backend!r} is not available here (available: {backends()})")
+    return backend
+
+
+def int8_matmul(a, b, *, backend: str = "auto") -> np.ndarray:
+    """Exact ``C = A B`` of int8 ``a[M, K]`` and int8 ``b[K, N]`` as int32 ``[M, N]``.
+
+    .. math::  C_{mn} = \\sum_k A_{mk} B_{kn}
+
+    Exact (no int32 overflow is possible) for ``K <= K_MAX = 131071``
+    (``floor((2^31 - 1) / 2^14)``, since ``|A_{mk} B_{kn}| <= 2^14``); larger ``K`` raises
+    ``ValueError``, as do dtypes other than int8, non-2-D or mismatched shapes, and an unknown or
+    unavailable ``backend``. NumPy's own ``int8 @ int8`` wraps around in int8; this does not.
+
+    Examples
+    --------
+    >>> import numpy as np, refquant as rq
+    >>> a = np.array([[-128, -128]], np.int8); b = np.array([[-128], [-128]], np.int8)
+    >>> rq.int8_matmul(a, b, backend="numpy")
+    array([[32768]], dtype=int32)
+    """
+    a, b = reference.check_int8_operands(a, b)
+    name = _resolve(backend)
+    if name == "numpy":
+        return reference.int8_matmul(a, b)
+    if name == "numba":
+        from . import cpu
+        return cpu.int8_matmul(a, b)
+    from . import cuda
+    return cuda.int8_matmul(a, b)
+
+
+def uint8_int8_matmul(a_u8, b, a_zero: int, b_zero: int = 0, *, backend: str = "auto") -> np.ndarray:
+    """Exact ``(A_u - a_z)(B - b_z)`` in int32 for uint8 ``a_u8[M, K]`` and int8 ``b[K, N]``.
+
+    The fast backends run the int8 kernel on ``A_u - 128`` (an int8, exactly) and add the
+    zero-point terms from row and column sums (Jacob et al., CVPR 2018, arXiv:1712.05877, eq. 7):
+
+    .. math::
+
+        \\sum_k (a_{mk} - a_z)(b_{kn} - b_z) = \\sum_k \\tilde a_{mk} b_{kn}
+          + (128 - a_z) \\sum_k b_{kn} - b_z \\sum_k a_{mk} + K a_z b_z ,
+        \\quad \\tilde a = a - 128 ,
+
+    using ``\\sum_k a_{mk} b_{kn} = \\sum_k \\tilde a_{mk} b_{kn} + 128 \\sum_k b_{kn}``. The
+    correction costs O(MK + KN + MN) against the product's O(MKN). Every term is computed in
+    wrapping int32; the result is exact because the bound on ``K`` (see
+    :func:`refquant.kernels.reference.uint8_int8_matmul`) keeps the true value in int32.
+    """
+    a_u8, b = reference.check_int8_operands(a_u8, b, np.uint8, "a_u8")
+    a_z = reference.check_zero_point(a_zero, 0, 255, "a_zero")
+    b_z = reference.check_zero_point(b_zero, -128, 127, "b_zero")
+    reference.check_k_zero_point(a_u8.shape[1], b_z)
+    name = _resolve(backend)
+    if name == "numpy":
+        return reference.uint8_int8_matmul(a_u8, b, a_z, b_z)
+    K = a_u8.shape[1]
+    a_t = (a_u8.view(np.int8) ^ np.int8(-128))                  # a - 128 as int8 (flip the top bit)
+    C = int8_matmul(a_t, b, backend=name)                               # [M, N] int32
+    with np.errstate(over="ignore"):
+        col = b.sum(axis=0, dtype=np.int32)                             # [N]  sum_k b_kn
+        row = a_u8.sum(axis=1, dtype=np.int32)                          # [M]  sum_k a_mk
+        C += np.int32(128 - a_z) * col[None, :]
+        C -= np.int32(b_z) * row[:, None]
+        C += np.int32(K * a_z * b_z)
+    return C
+
+
+def w4_tolerance(x, scales, zeros, group_size: int, packed_codes_max: int = 15) -> np.ndarray:
+    """A bound on ``|w4_matmul(backend) - w4_matmul("numpy")|`` from float32 rounding, [M, N].
+
+    Both sides sum ``K`` float32 terms in different orders and with the zero point applied at a
+    different place; each differs from the exact value by at most ``gamma_K * S`` (Higham,
+    "Accuracy and Stability of Numerical Algorithms", 2002, eq. 3.5) with
+    ``gamma_K = K u / (1 - K u)``, ``u = 2^-24`` and
+    ``S_mn = sum_k |x_mk| |s_{n,g(k)}| (15 + |z_{n,g(k)}|)`` (which dominates both
+    ``sum |x w_hat|`` and the split sums ``sum |x q| + |z| sum |x|``). The bound returned is
+    ``2 (gamma_{K+2}) S + tiny``: both sides' errors plus the per-group products.
+    """
+    x = np.asarray(x, np.float64)
+    K = x.shape[1]
+    g_idx = np.arange(K) // int(group_size)
+    wmax = np.abs(np.asarray(scales, np.float64))[:, g_idx] * (
+        packed_codes_max + np.abs(np.asarray(zeros, np.float64))[:, g_idx])      # [N, K]
+    S = np.abs(x) @ wmax.T                                                       # [M, N]
+    u = 2.0**-24
+    n = K + 2
+    gamma = n * u / (1 - n * u)
+    return 2 * gamma * S + np.finfo(np.float32).tiny
+
+
+def w4_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto") -> np.ndarray:
+    """``y = x W_hat^T`` with 4-bit group-quantized weights dequantized inside the kernel.
+
+    .. math::  y_{mn} = \\sum_k x_{mk}\\, s_{n,g(k)} \\big(q_{nk} - z_{n,g(k)}\\big),
+               \\quad g(k) = \\lfloor k / \\text{group\\_size} \\rfloor
+
+    Parameters
+    ----------
+    x : float32 [M, K]
+        Activations (``M = 1`` is the decoding GEMV).
+    packed : int32 [N, ceil(K/8)]
+        ``refquant.pack(q, 4, "int32")`` of the codes ``q[N, K]`` (uint8 in [0, 15]) of
+        ``W[N, K]`` (out, in): code ``8j + i`` at bits ``4i..4i+3`` of word ``j``.
+    scales : float [N, G], zeros : int [N, G] in [0, 15]
+        Per-group parameters, ``G = ceil(K / group_size)`` (the last group may be shorter).
+    group_size : int
+    backend : "auto" | "numpy" | "numba" | "cuda"
+
+    Returns
+    -------
+    float32 [M, N]. ``"numpy"`` dequantizes the whole weight and calls ``x @ W_hat.T`` (the
+    specification); the kernels never materialize ``W_hat`` and agree with it within
+    :func:`w4_tolerance` (a float32 rounding bound).
+    """
+    x, packed, scales, zeros, K, G = reference.check_w4_operands(x, packed, scales, zeros,
+                                                                 group_size)
+    name = _resolve(backend)
+    if name == "numpy":
+        return reference.w4_matmul(x, packed, scales, zeros, group_size)
+    if name == "numba":
+        from . import cpu
+        return cpu.w4_matmul(x, packed, scales, zeros, int(group_size))
+    from . import cuda
+    return cuda.w4_matmul(x, packed, scales, zeros, int(group_size))

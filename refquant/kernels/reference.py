@@ -1,0 +1,184 @@
+"""The integer matmul core, specified in NumPy. Every fast kernel must return exactly this.
+
+Symbols
+-------
+A      [M, K]  int8 left operand (activations)
+B      [K, N]  int8 right operand (weights, input-major: ``B = W^T``)
+C      [M, N]  int32 result ``C = A B`` accumulated in int32
+a_z    int     zero point of uint8 activations ``A_u``: ``A = A_u - a_z``
+b_z    int     zero point of the int8 weights (0 for symmetric weights)
+x      [M, K]  float32 activations of the 4-bit weight-only product
+packed [N, ceil(K/8)] int32   4-bit codes ``q`` of ``W[N, K]`` packed by :func:`refquant.pack`
+s, z   [N, G]  per-group scales (float) and integer zero points, ``G = ceil(K / group_size)``
+
+Overflow bound
+--------------
+An int8 x int8 product lies in ``[-128*127, (-128)^2] = [-16256, 2^14]``, so a sum of ``K`` of
+them fits in int32 (``<= 2^31 - 1``) for every input iff ``K * 2^14 <= 2^31 - 1``, i.e.
+
+.. math::
+
+    K \\le K_{max} = \\lfloor (2^{31}-1) / 2^{14} \\rfloor = 131071 .
+
+(``K = 2^17 = 131072`` rows of ``(-128)(-128)`` sum to exactly ``2^31``, one past int32's
+maximum.) Larger ``K`` raises ``ValueError``. For uint8 x int8 the products lie in
+``[255 * -128, 255 * 127]`` and the same ``K_max`` is used (``131071 * 32640 < 2^31``).
+
+NumPy's ``int8 @ int8`` computes in int8 and wraps around silently; the specification therefore
+casts to int32 first (``A.astype(int32) @ B.astype(int32)``), which is exact under the bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+K_MAX = (2**31 - 1) // 2**14          # 131071: the largest K with no int32 overflow possible
+
+
+def check_k(K: int) -> None:
+    """Raise ``ValueError`` if ``K`` products of 8-bit integers could overflow int32."""
+    if K > K_MAX:
+        raise ValueError(f"K={K} exceeds K_max={K_MAX}: a sum of K int8*int8 products "
+                         f"(each up to 2^14) can overflow int32")
+
+
+def check_int8_operands(a, b, a_dtype=np.int8, name_a: str = "a"):
+    """Validate the operands of an 8-bit matmul; return them as arrays ``(a[M,K], b[K,N])``."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != a_dtype:
+        raise ValueError(f"{name_a} must have dtype {np.dtype(a_dtype)}, got {a.dtype}")
+    if b.dtype != np.int8:
+        raise ValueError(f"b must have dtype int8, got {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"{name_a} and b must be 2-D, got shapes {a.shape} and {b.shape}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: {name_a}.shape={a.shape}, b.shape={b.shape}")
+    if 0 in a.shape or b.shape[1] == 0:
+        raise ValueError(f"empty operands: {name_a}.shape={a.shape}, b.shape={b.shape}")
+    check_k(a.shape[1])
+    return a, b
+
+
+def int8_matmul(a, b) -> np.ndarray:
+    """Exact ``C = A B`` of int8 ``A[M, K]`` and int8 ``B[K, N]`` in int32 (the specification).
+
+    .. math::  C_{mn} = \\sum_{k=0}^{K-1} A_{mk} B_{kn} \\quad (\\text{int32, exact for } K \\le 131071)
+
+    Raises ``ValueError`` on a dtype other than int8, non-2-D or mismatched shapes, or
+    ``K > K_MAX``.
+
+    >>> int8_matmul(np.array([[-128, 127]], np.int8), np.array([[-128], [127]], np.int8))
+    array([[32513]], dtype=int32)
+    """
+    a, b = check_int8_operands(a, b)
+    return a.astype(np.int32) @ b.astype(np.int32)                        # [M, N]
+
+
+def check_zero_point(z, lo: int, hi: int, name: str) -> int:
+    if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not lo <= int(z) <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {z!r}")
+    return int(z)
+
+
+def uint8_int8_matmul(a_u8, b, a_zero: int, b_zero: int = 0) -> np.ndarray:
+    """Exact ``(A_u - a_z)(B - b_z)`` in int32 for uint8 ``A_u[M, K]`` and int8 ``B[K, N]``.
+
+    The specification subtracts the zero points elementwise in int32 and multiplies; the fast
+    kernels use the expansion of Jacob et al. [1]_ (eq. 7), whose extra terms cost O(MK + KN):
+
+    .. math::
+
+        \\sum_k (a_{mk} - a_z)(b_{kn} - b_z)
+          = \\sum_k a_{mk} b_{kn} - b_z \\sum_k a_{mk} - a_z \\sum_k b_{kn} + K a_z b_z .
+
+    ``a_zero`` lies in [0, 255] and ``b_zero`` in [-128, 127]. Each product is bounded by
+    ``255 * (128 + |b_z|)``, and ``K`` is checked so that ``K`` of them fit in int32 (``K <= 65793``
+    for ``b_z = 0``, ``K <= 32896`` for ``|b_z| = 128``); then the expansion is also exact in
+    wrapping int32 arithmetic, whatever its intermediate terms do.
+
+    References
+    ----------
+    .. [1] B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+       Integer-Arithmetic-Only Inference", CVPR 2018, arXiv:1712.05877.
+    """
+    a_u8, b = check_int8_operands(a_u8, b, np.uint8, "a_u8")
+    a_z = check_zero_point(a_zero, 0, 255, "a_zero")
+    b_z = check_zero_point(b_zero, -128, 127, "b_zero")
+    check_k_zero_point(a_u8.shape[1], b_z)
+    return (a_u8.astype(np.int32) - a_z) @ (b.astype(np.int32) - b_z)       # [M, N]
+
+
+def check_k_zero_point(K: int, b_z: int) -> None:
+    """The overflow bound for zero-point products: ``K * max|(a-a_z)(b-b_z)| <= 2^31 - 1``."""
+    worst = 255 * (128 + abs(b_z)) if b_z else 255 * 128
+    k_max = (2**31 - 1) // worst
+    if K > k_max:
+        raise ValueError(f"K={K} exceeds {k_max}, the largest K for which a sum of "
+                         f"(a - a_zero)(b - b_zero) products (each up to {worst}) fits in int32")
+
+
+def check_w4_operands(x, packed, scales, zeros, group_size):
+    """Validate the operands of :func:`w4_matmul`; return ``(x, packed, scales, zeros, K, G)``."""
+    x = np.asarray(x)
+    packed = np.asarray(packed)
+    scales = np.asarray(scales)
+    zeros = np.asarray(zeros)
+    if x.dtype != np.float32:
+        raise ValueError(f"x must have dtype float32, got {x.dtype}")
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"x must be a non-empty 2-D array [M, K], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains NaN or Inf")
+    M, K = x.shape
+    if packed.dtype != np.int32:
+        raise ValueError(f"packed must have dtype int32 (refquant.pack(codes, 4, 'int32')), "
+                         f"got {packed.dtype}")
+    n_words = -(-K // 8)
+    if packed.ndim != 2 or packed.shape[1] != n_words or packed.shape[0] == 0:
+        raise ValueError(f"packed must have shape [N, ceil(K/8)] = [N, {n_words}] for K={K}, "
+                         f"got {packed.shape}")
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
+            or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    N = packed.shape[0]
+    G = -(-K // int(group_size))
+    if scales.shape != (N, G):
+        raise ValueError(f"scales must have shape [N, G] = [{N}, {G}], got {scales.shape}")
+    if zeros.shape != (N, G):
+        raise ValueError(f"zeros must have shape [N, G] = [{N}, {G}], got {zeros.shape}")
+    if scales.dtype.kind != "f" or not np.all(np.isfinite(scales)):
+        raise ValueError(f"scales must be finite floats, got dtype {scales.dtype}")
+    if zeros.dtype.kind not in "iu" or zeros.min() < 0 or zeros.max() > 15:
+        raise ValueError(f"zeros must be integers in [0, 15], got dtype {zeros.dtype} "
+                         f"range {zeros.min()}..{zeros.max()}")
+    if K % 8 and np.any(packed[:, -1].view(np.uint32) >> np.uint32(4 * (K % 8))):
+        raise ValueError(f"packed has nonzero padding bits past K={K} in its last word")
+    return x, packed, scales, zeros, K, G
+
+
+def dequantize_w4(packed, scales, zeros, group_size: int, K: int) -> np.ndarray:
+    """``W_hat[n, k] = s[n, g] (q[n, k] - z[n, g])`` with ``g = k // group_size`` (float32)."""
+    from ..packing import unpack
+    q = unpack(packed, 4, K).astype(np.float32)                             # [N, K]
+    g_idx = np.arange(K) // group_size                                      # [K]
+    s = np.asarray(scales, np.float32)[:, g_idx]                            # [N, K]
+    z = np.asarray(zeros, np.float32)[:, g_idx]                             # [N, K]
+    return s * (q - z)
+
+
+def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
+    """``y = x W_hat^T`` for 4-bit group-quantized ``W_hat[N, K]``: dequantize, then matmul.
+
+    .. math::  y_{mn} = \\sum_k x_{mk}\\, s_{n,g(k)} \\big(q_{nk} - z_{n,g(k)}\\big),
+               \\quad g(k) = \\lfloor k / \\text{group\\_size} \\rfloor
+
+    ``x`` float32 [M, K]; ``packed`` int32 [N, ceil(K/8)] from ``refquant.pack(q, 4, "int32")``
+    (code ``8j + i`` at bits ``4i..4i+3`` of word ``j``); ``scales`` float [N, G]; ``zeros``
+    integers in [0, 15], [N, G]. Returns float32 [M, N]. This is the specification; the fast
+    kernels never build ``W_hat`` and sum in another order, so they agree with it to rounding
+    error (see :func:`refquant.kernels.w4_tolerance`).
+    """
+    x, packed, scales, zeros, K, _ = check_w4_operands(x, packed, scales, zeros, group_size)
+    W_hat = dequantize_w4(packed, scales, zeros, int(group_size), K)         # [N, K]
+    return x @ W_hat.T                                                      # [M, N]
