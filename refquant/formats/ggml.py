@@ -132,7 +132,8 @@ def _blocks_of(x, fmt: str) -> np.ndarray:
     if x.shape[-1] % QK != 0 or x.shape[-1] == 0:
         raise ValueError(f"{fmt} quantizes blocks of {QK} along the last axis; its length "
                          f"{x.shape[-1]} is not a positive multiple of {QK}")
-    x32 = x.astype(np.float32)
+    with np.errstate(over="ignore"):                      # checked on the next line
+        x32 = x.astype(np.float32)
     if not np.all(np.isfinite(x32)):
         bad = np.argwhere(~np.isfinite(x32))[0]
         raise ValueError(f"x overflows float32 at index {tuple(int(i) for i in bad)}: "
@@ -189,9 +190,9 @@ def quantize_blocks(x, fmt: str) -> GGMLBlocks:
         d = (amax / np.float32(127)).astype(np.float32)
         inv = _reciprocal(d)
         x0 = (xb * inv[..., None]).astype(np.float32)             # float32 product
-        # roundf (half away from zero) of the float32 product; float64 makes the
-        # floor(|x0| + 0.5) in round_half_away exact.
-        q = round_to_int(x0.astype(np.float64), "half_away").astype(np.int8)
+        # roundf (half away from zero) of the float32 product; round_half_away splits off the
+        # fractional part, which is exact in float32, so no wider type is needed
+        q = round_to_int(x0, "half_away").astype(np.int8)
         return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
     if fmt == "Q4_0":
         i_max = np.argmax(np.abs(xb), axis=-1)[..., None]         # first largest |x|
