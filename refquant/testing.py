@@ -164,7 +164,7 @@ def _divisors(k: int) -> list[int]:
 
 
 def quant_specs(*, bits=None, symmetric=None, granularities=GRANULARITIES, shape=None,
-                rounding=None, restricted=None):
+                rounding=None, restricted=None, axis=None):
     """Hypothesis strategy for valid :class:`~refquant.QuantSpec` s.
 
     Parameters
@@ -182,6 +182,8 @@ def quant_specs(*, bits=None, symmetric=None, granularities=GRANULARITIES, shape
         powers of two from 1 to 128.
     rounding : str, optional
         ``"half_even"`` or ``"half_away"`` (default: both drawn).
+    axis : int, optional
+        Fix the channel axis (default: drawn among the shape's axes, or 0 without a shape).
     """
     from hypothesis import strategies as st
 
@@ -196,6 +198,8 @@ def quant_specs(*, bits=None, symmetric=None, granularities=GRANULARITIES, shape
     else:
         group_sizes = [1, 2, 4, 8, 16, 32, 64, 128]
         axes = [0]
+    if axis is not None:
+        axes = [int(axis)]
 
     @st.composite
     def build(draw):

@@ -6,7 +6,6 @@ permutation written out as an explicit loop, hand-corrupted bytes, and the bundl
 """
 
 import json
-import shutil
 
 import gguf
 import numpy as np

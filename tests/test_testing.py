@@ -219,3 +219,9 @@ def test_assert_ggml_equal_reports_the_worst_block():
     msg = str(err.value)
     assert "differ in 2 / 8 blocks" in msg and "worst block 5" in msg
     assert "codes" in msg and "input" in msg
+
+
+@settings(max_examples=20)
+@given(quant_specs(shape=(3, 8), granularities=("channel",), axis=0, rounding="half_even"))
+def test_quant_specs_fixed_axis_and_rounding(spec):
+    assert spec.axis == 0 and spec.rounding == "half_even" and spec.granularity == "channel"

@@ -54,7 +54,7 @@ def format_table(report, show_all: bool = False) -> str:
             notes.append(f"{t.info['zero_scale_blocks']} zero-scale blocks")
         if "note" in t.info:
             notes.append(t.info["note"])
-        lines.append(line + ("  " + "; ".join(notes) if notes else ""))
+        lines.append((line + ("  " + "; ".join(notes) if notes else "")).rstrip())
     s = report.summary()
     hidden = len(report.tensors) - len(rows)
     lines.append("-" * len(head))
