@@ -183,14 +183,15 @@ def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
         L = scipy.linalg.cholesky(H[::-1, ::-1], lower=True)           # P H P = L L^T
     except np.linalg.LinAlgError as exc:
         raise ValueError("H + lambda I is not positive definite; increase damp") from exc
-    Linv, info = scipy.linalg.lapack.dtrtri(L, lower=1)                 # L^-1, lower
+    (trtri,) = scipy.linalg.lapack.get_lapack_funcs(("trtri",), (L,))
+    Linv, info = trtri(L, lower=1)                                      # L^-1, lower
     if info != 0:
         raise ValueError(f"inverting the Cholesky factor of H failed (LAPACK trtri info={info})")
     return np.ascontiguousarray(Linv[::-1, ::-1])                      # U = P L^-1 P, upper
 
 
 def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False, static_groups: bool = False) -> GPTQResult:
+         act_order: bool = False, static_groups: bool = False, dtype=np.float32) -> GPTQResult:
     """Quantize ``W`` with GPTQ given the Hessian ``H`` of its calibration inputs.
 
     Parameters
@@ -210,6 +211,11 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         Quantize columns in order of decreasing ``diag H`` ("activation order").
     static_groups : bool
         Compute every group's parameters from the original ``W`` before the pass.
+    dtype : {numpy.float32, numpy.float64}
+        Working precision of the factorization and the error feedback (float32 by default, as
+        in the reference implementation; float64 for exact comparisons). Parameters, codes and
+        dequantized values always follow :func:`refquant.quantize` / :func:`refquant.dequantize`
+        (float64 arithmetic).
 
     Returns
     -------
@@ -243,6 +249,9 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     ((4, 8), dtype('float32'))
     """
     W, H = _check_inputs(W, H, spec, block_size, damp)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     d_row, d_col = W.shape
     col_spec = _column_spec(spec)
     grouped = spec.granularity == "group"
@@ -274,12 +283,12 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
 
     lam = damp * float(np.mean(np.diag(H)))
     H[np.diag_indices(d_col)] += lam
-    Hinv = _inverse_hessian_factor(H)                                   # [d_col, d_col] upper
+    Hinv = _inverse_hessian_factor(H.astype(dtype))                     # [d_col, d_col] upper
 
-    W = np.asfortranarray(W)                                            # columns contiguous
-    Q = np.zeros((d_row, d_col), np.float64, order="F")                 # dequantized, processing order
+    W = np.asfortranarray(W, dtype=dtype)                               # columns contiguous
+    Q = np.zeros((d_row, d_col), dtype, order="F")                      # dequantized, processing order
     codes = np.zeros((d_row, d_col), spec.code_dtype, order="F")
-    Losses = np.zeros((d_row, d_col), np.float64, order="F")
+    Losses = np.zeros((d_row, d_col), dtype, order="F")
     dyn_qp = []                                                         # groups in processing order
     s_z = None
     for i1 in range(0, d_col, block_size):
@@ -317,6 +326,7 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
                 w = W1[:, i]                                            # [d_row]
                 d = Hinv1[i, i]
                 c, q = _quantize_column(w, *s_z, spec)                  # codes, dequantized
+                q = q.astype(W1.dtype, copy=False)
                 codes[:, j] = c
                 Q1[:, i] = q
                 Losses1[:, i] = (w - q) ** 2 / d**2
@@ -347,7 +357,8 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         qparams = QParams(static_qp[0].scale[0], static_qp[0].zero_point[0])
     return GPTQResult(codes=np.ascontiguousarray(codes[:, invperm]), qparams=qparams,
                       w_hat=np.ascontiguousarray(Q[:, invperm], dtype=np.float32),
-                      perm=perm.astype(np.int64), loss=float(Losses.sum()), g_idx=g_idx, spec=spec)
+                      perm=perm.astype(np.int64), loss=float(Losses.sum(dtype=np.float64)), g_idx=g_idx,
+                      spec=spec)
 
 
 def hessian(X, H=None, n_seen: int = 0):
