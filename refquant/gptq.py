@@ -125,13 +125,14 @@ def _check_inputs(W, H, spec, block_size, damp):
     d_col = W.shape[1]
     if H.shape != (d_col, d_col):
         raise ValueError(f"H must have shape ({d_col}, {d_col}) for W of shape {W.shape}, got {H.shape}")
-    H = H.astype(np.float64)
+    H = H.astype(np.float64, copy=False)
     D = H - H.T                                                         # [d_col, d_col]
-    worst = np.unravel_index(np.argmax(np.abs(D)), H.shape)
-    if abs(D[worst]) > 1e-5 * float(np.abs(H).max()):
+    # |H_ij| <= max(H_ii, H_jj) for a PSD matrix: the diagonal sets the scale
+    if np.abs(D).max() > 1e-5 * max(float(np.abs(np.diag(H)).max()), np.finfo(np.float64).tiny):
+        worst = np.unravel_index(np.argmax(np.abs(D)), H.shape)
         raise ValueError(f"H must be symmetric; H{worst} = {H[worst]!r} but "
                          f"H{worst[::-1]} = {H[worst[::-1]]!r}")
-    H = H - D / 2                                                       # (H + H^T) / 2
+    H = H - 0.5 * D                                                     # (H + H^T) / 2
     if np.any(np.diag(H) < 0):
         raise ValueError(f"H must have a non-negative diagonal, found {np.diag(H).min()!r}")
     check_positive_int(block_size, "block_size")
@@ -140,7 +141,7 @@ def _check_inputs(W, H, spec, block_size, damp):
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
     if spec.granularity == "channel" and normalize_axis(spec.axis, 2) != 0:
         raise ValueError(f"GPTQ needs per-output-channel parameters (axis=0), got axis={spec.axis}")
-    return W.astype(np.float64), H
+    return W, H
 
 
 def _column_spec(spec: QuantSpec) -> QuantSpec:
