@@ -1,0 +1,203 @@
+"""The model's tokenizer, built from the checkpoint's own metadata with the ``tokenizers`` package.
+
+- GGUF, ``tokenizer.ggml.model == "gpt2"``: byte-level BPE (Radford et al., "Language Models are
+  Unsupervised Multitask Learners", 2019; BPE: Sennrich et al., ACL 2016, arXiv:1508.07909).
+  The vocabulary (``tokenizer.ggml.tokens``, already spelled in GPT-2's byte-to-unicode
+  alphabet), the merges (``tokenizer.ggml.merges``, "a b" per line, best first), the token types
+  (3 = control -> special token, 4 = user-defined -> added token) and the BOS/EOS ids come from
+  the metadata. The pre-tokenizer is chosen by ``tokenizer.ggml.pre`` as llama.cpp does:
+
+  ===========================================  ============================================
+  ``tokenizer.ggml.pre``                       pre-tokenization
+  ===========================================  ============================================
+  ``default``, ``gpt2`` (or absent)            GPT-2 regex (``ByteLevel(use_regex=True)``)
+  ``smollm``, ``starcoder``, ``refact``,       every digit alone (``Digits``), then the
+  ``codeshell``                                GPT-2 regex
+  ``llama-bpe``, ``llama3``, ``llama-v3``      the Llama 3 split regex, then byte-level
+  ===========================================  ============================================
+
+  Any other value raises :class:`~refquant.models.ModelFormatError` rather than tokenizing with a
+  pre-tokenizer the merges were not learned with.
+- GGUF, ``tokenizer.ggml.model == "llama"`` (SentencePiece vocabularies): not supported yet
+  (a clear error).
+- Hugging Face directories: ``tokenizer.json`` as it is, BOS/EOS ids from ``config.json`` (or
+  ``tokenizer_config.json``).
+
+``encode`` applies the checkpoint's own BOS convention (``tokenizer.ggml.add_bos_token``, or the
+``tokenizer.json`` post-processor); the bundled SmolLM2 adds none.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from . import ModelFormatError
+
+# llama.cpp's split regex for Llama 3 style vocabularies (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT2_PRE = {"default", "gpt2"}
+_DIGITS_PRE = {"smollm", "starcoder", "refact", "codeshell"}
+_LLAMA3_PRE = {"llama-bpe", "llama3", "llama-v3"}
+
+TOKEN_TYPE_CONTROL = 3
+TOKEN_TYPE_USER_DEFINED = 4
+
+
+class Tokenizer:
+    """A thin wrapper over a ``tokenizers.Tokenizer`` with the model's BOS/EOS ids.
+
+    Attributes: ``bos_id``, ``eos_id`` (int or None), ``vocab_size``, ``backend`` (the
+    ``tokenizers.Tokenizer``).
+    """
+
+    def __init__(self, backend, *, bos_id: int | None, eos_id: int | None, source=None):
+        self.backend = backend
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.source = source
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (with BOS only where the checkpoint asks for it)."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        return list(self.backend.encode(text, add_special_tokens=True).ids)
+
+    def decode(self, ids) -> str:
+        """Text of ``ids`` (special tokens kept)."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token(self, i: int) -> str | None:
+        """The vocabulary entry of id ``i``."""
+        return self.backend.id_to_token(int(i))
+
+    def save(self, directory) -> None:
+        """Write ``tokenizer.json`` and a minimal ``tokenizer_config.json`` to ``directory``."""
+        directory = pathlib.Path(directory)
+        self.backend.save(str(directory / "tokenizer.json"))
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+        if self.bos_id is not None:
+            cfg["bos_token"] = self.token(self.bos_id)
+        if self.eos_id is not None:
+            cfg["eos_token"] = self.token(self.eos_id)
+        (directory / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def _pre_tokenizer(pre: str | None, path):
+    from tokenizers import Regex, pre_tokenizers
+
+    if pre is None or pre in _GPT2_PRE:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _DIGITS_PRE:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    if pre in _LLAMA3_PRE:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    raise ModelFormatError(f"{path}: tokenizer.ggml.pre={pre!r} is not supported (known: "
+                           f"{sorted(_GPT2_PRE | _DIGITS_PRE | _LLAMA3_PRE)})")
+
+
+def tokenizer_from_gguf(metadata: dict, path) -> Tokenizer:
+    """Build the tokenizer described by a GGUF file's ``tokenizer.ggml.*`` metadata.
+
+    ``metadata`` maps the file's keys to values (:func:`refquant.models.gguffile.read_gguf`);
+    ``path`` is named in errors.
+    """
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, processors
+
+    def get(key, default=...):
+        if key not in metadata:
+            if default is ...:
+                raise ModelFormatError(f"{path}: metadata key {key!r} missing")
+            return default
+        return metadata[key]
+
+    kind = get("tokenizer.ggml.model")
+    if kind == "llama":
+        raise ModelFormatError(f"{path}: SentencePiece ('llama') tokenizers are not supported "
+                               "yet; only byte-level BPE ('gpt2')")
+    if kind != "gpt2":
+        raise ModelFormatError(f"{path}: tokenizer.ggml.model={kind!r} is not supported "
+                               "(only 'gpt2' byte-level BPE)")
+    tokens = list(get("tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+    if any(len(m) != 2 for m in merges):
+        raise ModelFormatError(f"{path}: tokenizer.ggml.merges has an entry without a space")
+    types = list(get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ModelFormatError(f"{path}: tokenizer.ggml.tokens has duplicate entries")
+    try:
+        backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    except Exception as exc:     # tokenizers raises a bare Exception on inconsistent merges
+        raise ModelFormatError(f"{path}: inconsistent BPE vocabulary/merges ({exc})") from exc
+    backend.pre_tokenizer = _pre_tokenizer(get("tokenizer.ggml.pre", None), path)
+    backend.decoder = decoders.ByteLevel()
+    special = [AddedToken(t, special=True, normalized=False)
+               for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_CONTROL]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_USER_DEFINED]
+    backend.add_special_tokens(special)
+    backend.add_tokens(user)
+    bos = get("tokenizer.ggml.bos_token_id", None)
+    eos = get("tokenizer.ggml.eos_token_id", None)
+    if get("tokenizer.ggml.add_bos_token", False):
+        if bos is None:
+            raise ModelFormatError(f"{path}: add_bos_token is set but bos_token_id is missing")
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B",
+            special_tokens=[(tokens[bos], int(bos))])
+    if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
+        raise ModelFormatError(f"{path}: tokenizer vocabulary size "
+                               f"{backend.get_vocab_size(with_added_tokens=True)} != "
+                               f"{len(tokens)} tokens in the metadata")
+    return Tokenizer(backend, bos_id=None if bos is None else int(bos),
+                     eos_id=None if eos is None else int(eos), source=path)
+
+
+def tokenizer_from_hf(directory, config: dict | None = None) -> Tokenizer | None:
+    """Load ``tokenizer.json`` from a Hugging Face directory; BOS/EOS ids from ``config``
+    (``config.json``) or ``tokenizer_config.json``.
+
+    A directory with weights only (no ``tokenizer.json``, no ``tokenizer.model``) gives ``None``;
+    a SentencePiece ``tokenizer.model`` alone raises (not supported yet).
+    """
+    from tokenizers import Tokenizer as Backend
+
+    directory = pathlib.Path(directory)
+    file = directory / "tokenizer.json"
+    if not file.is_file():
+        if (directory / "tokenizer.model").is_file():
+            raise ModelFormatError(f"{directory}: only a SentencePiece tokenizer.model, which is "
+                                   "not supported yet (needs tokenizer.json)")
+        return None
+    try:
+        backend = Backend.from_file(str(file))
+    except Exception as exc:
+        raise ModelFormatError(f"{file}: cannot be read ({exc})") from exc
+    config = dict(config or {})
+    tcfg_file = directory / "tokenizer_config.json"
+    tcfg = json.loads(tcfg_file.read_text()) if tcfg_file.is_file() else {}
+
+    def token_id(kind: str):
+        value = config.get(f"{kind}_token_id")
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is None:
+            tok = tcfg.get(f"{kind}_token")
+            if isinstance(tok, dict):
+                tok = tok.get("content")
+            value = backend.token_to_id(tok) if tok else None
+        return None if value is None else int(value)
+
+    return Tokenizer(backend, bos_id=token_id("bos"), eos_id=token_id("eos"), source=directory)
