@@ -196,7 +196,10 @@ def test_matches_scalar_oracle_near_ties(fmt):
 @pytest.mark.parametrize("kind", STRESS_KINDS)
 def test_matches_gguf(fmt, kind):
     x = stress_tensor(kind, (16, 256), seed=3)
-    ref = gguf.quants.quantize(x, GGUF_TYPE[fmt])
+    # "subnormal" has Q8_0 blocks whose 1/d overflows: gguf then casts NaN to int8, which gives
+    # 0 on x86-64 and aarch64 -- the code refquant writes by rule (see test below)
+    with np.errstate(all="ignore"):
+        ref = gguf.quants.quantize(x, GGUF_TYPE[fmt])
     assert_ggml_equal(ggml.quantize(x, fmt), ref, fmt, x=x)
     assert np.array_equal(ggml.dequantize(ref, fmt), gguf.quants.dequantize(ref, GGUF_TYPE[fmt]))
 
