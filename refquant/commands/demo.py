@@ -15,8 +15,9 @@ import time
 
 import numpy as np
 
-DEFAULTS = dict(calib_tokens=4096, eval_tokens=4096, seq_len=256, calib_seq_len=256)
-FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512)
+# default: ~15 minutes on 2 cores (an evaluation of 2048 tokens is ~0.55 TFLOP of forward pass)
+DEFAULTS = dict(calib_tokens=2048, eval_tokens=2048, seq_len=256, calib_seq_len=256, awq_seqs=4)
+FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512, awq_seqs=16)
 
 
 def add_arguments(p):
@@ -89,11 +90,50 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, progress=False,
+                    log=None, awq_max_seqs=8):
+    """Float baseline, then each ``(method, recipe)`` of ``runs``: quantize with
+    :func:`refquant.pipeline.quantize_model` on ``calib`` and measure perplexity on
+    ``eval_tokens``. Returns one row (dict) per run, the float baseline first."""
+    import refquant as rq
+    from refquant.pipeline import linear_names, quantize_model, recipe_size, resolve_recipe
+
+    def evaluate(m):
+        return rq.perplexity(m, eval_tokens, seq_len=seq_len, progress=progress).ppl
+
+    t = time.perf_counter()
+    base_ppl = evaluate(model)
+    float_size = recipe_size(model, {})
+    rows = [dict(method="float", bits=None, group=None, label="float", ppl=base_ppl, change_pct=0.0,
+                 size_mb=float_size.total_mb, bits_per_weight=float_size.bits_per_weight,
+                 seconds=0.0, eval_seconds=time.perf_counter() - t)]
+    if log:
+        log(f"float: perplexity {base_ppl:.3f}")
+    for method, recipe in runs:
+        res = quantize_model(model, calib, recipe, n_blocks=n_blocks, progress=progress,
+                             awq_max_seqs=awq_max_seqs)
+        settings = resolve_recipe(recipe, linear_names(res.n_blocks))
+        size = recipe_size(model, settings)
+        t = time.perf_counter()
+        ppl = evaluate(res.apply(model))
+        one = next(iter(settings.values()))
+        mixed = isinstance(recipe, list)
+        rows.append(dict(method=method, bits=None if mixed else one.bits,
+                         group=None if mixed else one.group_size,
+                         label=("mixed: " + ", ".join(f"{p}={s.label()}" for p, s in recipe)) if mixed else one.label(),
+                         ppl=ppl, change_pct=100 * (ppl / base_ppl - 1), size_mb=size.total_mb,
+                         bits_per_weight=size.bits_per_weight, seconds=res.seconds,
+                         eval_seconds=time.perf_counter() - t))
+        if log:
+            log(f"{rows[-1]['label']}: perplexity {ppl:.3f} ({rows[-1]['change_pct']:+.2f}%), "
+                f"quantized in {res.seconds:.1f} s, evaluated in {rows[-1]['eval_seconds']:.1f} s")
+    return rows
+
+
 def run(args) -> int:
     import refquant as rq
     from refquant.commands.quantize import calibration_batch
     from refquant.data import evaluation_tokens
-    from refquant.pipeline import linear_names, quantize_model, recipe_size, resolve_recipe
 
     sizes = dict(FULL if args.full else DEFAULTS)
     for k in ("calib_tokens", "eval_tokens", "seq_len"):
@@ -110,19 +150,8 @@ def run(args) -> int:
     ev = np.asarray(evaluation_tokens(model.tokenizer, sizes["eval_tokens"])).reshape(-1)
     print(f"model: {model.source}")
     print(f"calibration: {calib.shape[0]} sequences x {calib.shape[1]} tokens = {calib.size} tokens "
-          f"(seed {args.seed}); evaluation: {ev.size} tokens in windows of {sizes['seq_len']}")
-
-    def evaluate(m):
-        return rq.perplexity(m, ev, seq_len=sizes["seq_len"], progress=progress).ppl
-
-    rows = []
-    t = time.perf_counter()
-    base_ppl = evaluate(model)
-    float_size = recipe_size(model, {})
-    rows.append(dict(method="float", bits=None, group=None, label="float", ppl=base_ppl, change_pct=0.0,
-                     size_mb=float_size.total_mb, bits_per_weight=float_size.bits_per_weight,
-                     seconds=0.0, eval_seconds=time.perf_counter() - t))
-    print(f"float: perplexity {base_ppl:.3f}")
+          f"(seed {args.seed}; AWQ's searches use the first {sizes['awq_seqs']} sequences); "
+          f"evaluation: {ev.size} tokens in windows of {sizes['seq_len']}")
 
     runs = []
     for key in args.settings.split(","):
@@ -131,25 +160,9 @@ def run(args) -> int:
             runs.append((method, _setting(method, bits, group)))
     if not args.no_mixed and "gptq" in args.methods:
         runs.append(("mixed", mixed_recipe(L)))
-
+    rows = run_experiments(model, calib, ev, runs, seq_len=sizes["seq_len"], n_blocks=args.n_blocks,
+                           progress=progress, log=print, awq_max_seqs=sizes["awq_seqs"])
     n_blocks = args.n_blocks
-    for method, recipe in runs:
-        res = quantize_model(model, calib, recipe, n_blocks=n_blocks, progress=progress,
-                             track_memory=False)
-        settings = resolve_recipe(recipe, linear_names(res.n_blocks))
-        size = recipe_size(model, settings)
-        t = time.perf_counter()
-        ppl = evaluate(res.apply(model))
-        one = next(iter(settings.values()))
-        rows.append(dict(method=method, bits=None if method == "mixed" else one.bits,
-                         group=None if method == "mixed" else one.group_size,
-                         label="mixed: " + ", ".join(f"{p}={s.label()}" for p, s in recipe) if method == "mixed" else one.label(),
-                         ppl=ppl, change_pct=100 * (ppl / base_ppl - 1), size_mb=size.total_mb,
-                         bits_per_weight=size.bits_per_weight, seconds=res.seconds,
-                         eval_seconds=time.perf_counter() - t))
-        print(f"{rows[-1]['label']}: perplexity {ppl:.3f} ({rows[-1]['change_pct']:+.2f}%), "
-              f"quantized in {res.seconds:.1f} s")
-
     table = format_table(rows)
     print()
     print(table)
