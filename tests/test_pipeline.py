@@ -359,3 +359,44 @@ def test_bundled_export_and_reload(bundled, tmp_path):
         assert np.all(np.abs(back.weights[n + ".weight"] - exact) <= np.abs(exact) * (2**-11 + 2**-22) + 1e-12)
     for n in ("embed_tokens.weight", "layers.5.mlp.up_proj.weight", "norm.weight"):
         np.testing.assert_array_equal(back.weights[n], model.weights[n])
+
+
+# ---------------------------------------------------------------------------------------------
+# the quality targets of issue 5 on the whole bundled model (>= 16k evaluation tokens): slow
+
+
+@pytest.mark.slow
+def test_quality_targets_whole_model(capsys):
+    data = pytest.importorskip("refquant.data", reason="refquant.data has not landed")
+    import refquant as rq
+    from refquant.commands.demo import format_table, run_experiments
+    from refquant.commands.quantize import calibration_batch
+
+    model = rq.load_model(None)
+    calib = calibration_batch(model.tokenizer, 16384, 512, seed=0)
+    ev = np.asarray(data.evaluation_tokens(model.tokenizer, 16384)).reshape(-1)
+    assert ev.size >= 16384
+    best = dict(act_order=True)
+    runs = [("rtn", LayerSetting("rtn", 8, None)),
+            ("rtn", LayerSetting("rtn", 4, 128)), ("gptq", LayerSetting("gptq", 4, 128, static_groups=True, **best)),
+            ("gptq", LayerSetting("gptq", 4, 128)), ("awq", LayerSetting("awq", 4, 128)),
+            ("rtn", LayerSetting("rtn", 4, None)), ("gptq", LayerSetting("gptq", 4, None, **best)),
+            ("rtn", LayerSetting("rtn", 3, 128)), ("gptq", LayerSetting("gptq", 3, 128, static_groups=True, **best)),
+            ("awq", LayerSetting("awq", 3, 128))]
+    rows = run_experiments(model, calib, ev, runs, seq_len=512, awq_max_seqs=16)
+    with capsys.disabled():
+        print("\n" + format_table(rows))
+        for r in rows:
+            print(r["label"], round(r["ppl"], 4))
+    ppl = {r["label"]: r["ppl"] for r in rows}
+    f = ppl["float"]
+
+    def recovery(label, rtn):
+        return (ppl[rtn] - ppl[label]) / (ppl[rtn] - f)
+
+    assert ppl["rtn W8 ch"] <= 1.005 * f
+    assert ppl["gptq W4 g128+act+static"] < ppl["rtn W4 g128"]
+    assert ppl["awq W4 g128"] < ppl["rtn W4 g128"]
+    assert recovery("gptq W4 ch+act", "rtn W4 ch") >= 1 / 3
+    r_gptq, r_awq = recovery("gptq W3 g128+act+static", "rtn W3 g128"), recovery("awq W3 g128", "rtn W3 g128")
+    assert max(r_gptq, r_awq) >= 1 / 2 and min(r_gptq, r_awq) >= 1 / 4
