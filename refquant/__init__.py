@@ -35,6 +35,7 @@ _EXPORTS = {
     "gptq": "gptq", "GPTQResult": "gptq",
     "awq": "awq",
     "awq_block": "awq_block", "AWQBlockResult": "awq_block", "awq_search_scale": "awq",
+    "FakeQuant": "qat", "LSQ": "qat", "fake_quant": "qat", "qat_swiglu_mlp": "qat_mlp",
     # integer core
     "int8_matmul": "kernels", "w4_matmul": "kernels", "backends": "kernels",
     # model side
