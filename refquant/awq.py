@@ -411,22 +411,40 @@ def _clip_groups(spec: QuantSpec, k: int) -> tuple[QuantSpec, int]:
 def group_output_error(X, W, W_hat, group_size: int) -> np.ndarray:
     """``mean_t (X_{t,g} (W - W_hat)_{r,g}^T)^2`` for every row ``r`` and input group ``g``.
 
-    The error of group ``g``'s partial output: ``X`` [n, in], ``W``, ``W_hat`` [out, in];
-    returns float64 [out, G]. The products are float32 (the difference ``W - W_hat`` is taken
-    in float64 first), the mean of squares float64.
+    The mean squared error of group ``g``'s partial output, computed from the group's
+    second-moment matrix :math:`H_g = X_g^\\top X_g / n` (``[gs, gs]``, float64) as
+    :math:`\\mathbf d_{rg} H_g \\mathbf d_{rg}^\\top` with ``d = W - W_hat``: the cost is
+    ``out * in * gs`` whatever the number of tokens.
+
+    Parameters
+    ----------
+    X : array_like [n, in]
+    W, W_hat : array_like [out, in]
+    group_size : int
+
+    Returns
+    -------
+    numpy.ndarray [out, G] float64
     """
-    X = np.asarray(X, np.float32)
-    D = (np.asarray(W, np.float64) - np.asarray(W_hat, np.float64)).astype(np.float32)
-    k = D.shape[1]
-    err = []
-    for a in range(0, k, group_size):
-        E = X[:, a:a + group_size] @ D[:, a:a + group_size].T               # [n, out]
-        err.append(np.mean(np.square(E, dtype=np.float64), axis=0))         # [out]
-    return np.stack(err, axis=1)                                             # [out, G]
+    return _group_error(_group_moments(X, group_size), W, W_hat, group_size)
+
+
+def _group_moments(X, group_size: int) -> list:
+    """``[X_g^T X_g / n for each group g]`` in float64."""
+    X = np.asarray(X, np.float64)
+    return [X[:, a:a + group_size].T @ X[:, a:a + group_size] / X.shape[0]
+            for a in range(0, X.shape[1], group_size)]
+
+
+def _group_error(H: list, W, W_hat, group_size: int) -> np.ndarray:
+    D = np.asarray(W, np.float64) - np.asarray(W_hat, np.float64)          # [out, in]
+    err = [((D[:, a:a + group_size] @ H_g) * D[:, a:a + group_size]).sum(axis=1)
+           for H_g, a in zip(H, range(0, D.shape[1], group_size))]           # G x [out]
+    return np.maximum(np.stack(err, axis=1), 0.0)                            # [out, G]
 
 
 def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5,
-             max_tokens: int | None = 512) -> AWQClipResult:
+             max_tokens: int | None = None) -> AWQClipResult:
     """AWQ's weight clipping: shrink each group's range to minimize its output error.
 
     For every parameter group (row ``r``, input group ``g``) and shrink factor
@@ -458,7 +476,9 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     max_shrink : float in [0, 1)
         The largest fraction of the range that may be cut away.
     max_tokens : int or None
-        Use every ``ceil(n / max_tokens)``-th token (None: all); default 512 as in [2]_.
+        Use every ``ceil(n / max_tokens)``-th token; default None: all of them (the error is
+        computed from the per-group second moments, so tokens cost only their one-time
+        ``n * in * gs``; the reference [2]_ subsamples 512 to bound its cost).
 
     Returns
     -------
@@ -490,13 +510,14 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     def shaped(p):                                                           # [out, G] -> param shape
         return p if spec.granularity == "group" else p[:, 0]
 
+    H = _group_moments(X, gs)                                                # G x [gs, gs]
     best_loss = best_beta = loss_noclip = None
     n_steps = max(1, int(np.ceil(float(max_shrink) * n_grid - 1e-12)))
     for i_s in range(n_steps):
         beta = 1.0 - i_s / n_grid
         qp = qparams_from_range(shaped(beta * lo0), shaped(beta * hi0), spec)
         W_hat = dequantize(quantize(W, qp, spec), qp, spec)                  # [out, in]
-        loss = group_output_error(X, W, W_hat, gs)                           # [out, G]
+        loss = _group_error(H, W, W_hat, gs)                                 # [out, G]
         if best_loss is None:
             best_loss, best_beta, loss_noclip = loss, np.ones_like(loss), loss
             continue

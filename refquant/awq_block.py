@@ -154,8 +154,9 @@ def _rtn(W, spec: QuantSpec) -> tuple[np.ndarray, QParams]:
 
 
 def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip: bool = True,
-              clip_grid: int = 20, max_shrink: float = 0.5, clip_tokens: int | None = 512,
-              fold_vo: bool = True, block_fn=None) -> AWQBlockResult:
+              clip_grid: int = 20, max_shrink: float = 0.5, clip_tokens: int | None = None,
+              fold_vo: bool = True, block_fn=None, attention_fn=None,
+              mlp_fn=None) -> AWQBlockResult:
     """AWQ for block ``i`` of a Llama model: scale search, folding, clipping, quantization.
 
     Parameters
@@ -179,14 +180,33 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip: bool = True,
     fold_vo : bool
         Search and fold the v -> o scale (default True).
     block_fn : callable, optional
-        ``block_fn(model, i, x, *, linear)``; default :func:`refquant.models.llama.block`.
+        ``block_fn(model, i, x, *, linear) -> [B, T, d]``; default
+        :func:`refquant.models.llama.block`.
+    attention_fn, mlp_fn : callable, optional
+        ``fn(model, i, x_normed, *, linear) -> [B, T, d]``: the attention and MLP sub-modules on
+        their normalized inputs. With ``block_fn=None`` the defaults are
+        :func:`refquant.models.llama.attention` and :func:`~refquant.models.llama.mlp`;
+        otherwise, when not given, the sub-module outputs are taken from ``block_fn`` runs
+        (the MLP linears output zeros during the attention search; the attention linears
+        replay their float outputs during the MLP search): the same values, more work.
+
+    Notes
+    -----
+    Cost: ``2 n_grid`` sub-module forwards (attention, MLP), ``2 n_grid`` products of o_proj
+    and down_proj, ``7 n_grid`` fake quantizations, 4 block forwards, and the clipping search
+    (``max_shrink * clip_grid`` quantizations of 5 linears, each error ``out * in * gs``).
+    Memory: the block's weights and the inputs/outputs of its seven linears on ``X_in``.
 
     Returns
     -------
     AWQBlockResult
     """
     if block_fn is None:
-        from .models.llama import block as block_fn
+        from .models import llama
+
+        block_fn = llama.block
+        attention_fn = llama.attention if attention_fn is None else attention_fn
+        mlp_fn = llama.mlp if mlp_fn is None else mlp_fn
     if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
         raise ValueError(f"block index i must be a non-negative integer, got {i!r}")
     i = int(i)
@@ -205,21 +225,28 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip: bool = True,
         raise ValueError(f"model has no weight {e.args[0]!r} (block index i={i})") from None
     short = {n: k for k, n in names.items()}
 
-    def run(weights, norms=None, record=None, cached=None, skip=()):
-        """Block forward with these linear weights; ``record`` collects inputs/outputs,
-        ``cached`` maps linears to fixed outputs, ``skip`` linears output zeros."""
+    def hook(weights, record=None, cached=None, skip=()):
+        """A ``linear`` with these weights; ``record`` collects inputs/outputs, ``cached``
+        maps linears to fixed outputs, ``skip`` linears output zeros."""
         def linear(name, x):
             k = short.get(name)
             if k is None:
                 raise ValueError(f"block {i} called linear {name!r}, not one of its own")
+            n_out = weights[k].shape[0]
             if k in skip:
-                return np.zeros(x.shape[:-1] + (weights[k].shape[0],), np.float32)
-            y = cached[k] if cached and k in cached else x @ weights[k].T
+                return np.zeros(x.shape[:-1] + (n_out,), np.float32)
+            if cached and k in cached:
+                y = cached[k].copy()                                         # the block may
+            else:                                                            # work in place
+                y = (x.reshape(-1, x.shape[-1]) @ weights[k].T).reshape(x.shape[:-1] + (n_out,))
             if record is not None:
-                record[k] = (x, y)
+                record[k] = (x.copy(), y.copy())
             return y
+        return linear
+
+    def run(weights, norms=None, **kw):
         view = model if norms is None else _with_weights(model, norms)
-        return block_fn(view, i, X_in, linear=linear)
+        return block_fn(view, i, X_in, linear=hook(weights, **kw))
 
     # 1. the float block: inputs and outputs of every linear
     rec = {}
@@ -237,12 +264,16 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip: bool = True,
 
     def attention_out(ws):                                                   # [B, T, d]
         cand = dict(W, q_proj=ws[0], k_proj=ws[1], v_proj=ws[2])
+        if attention_fn is not None:
+            return attention_fn(model, i, rec["q_proj"][0], linear=hook(cand))
         r = {}
         run(cand, record=r, skip=("gate_proj", "up_proj", "down_proj"))
         return r["o_proj"][1]
 
     def mlp_out(ws):                                                         # [B, T, d]
         cand = dict(W, gate_proj=ws[0], up_proj=ws[1])
+        if mlp_fn is not None:
+            return mlp_fn(model, i, rec["gate_proj"][0], linear=hook(cand))
         r = {}
         run(cand, record=r, cached={k: rec[k][1] for k in ATTENTION})
         return r["down_proj"][1]
