@@ -48,6 +48,7 @@ import numbers
 
 import numpy as np
 
+from .entropy import histograms, kl_window_prefix, prefix_sums
 from .numerics import as_float_array, check_positive_int, round_to_int
 from .spec import QParams, QuantSpec, grouped, param_shape
 from .uniform import qparams_from_range
@@ -272,115 +273,6 @@ class MSEObserver(_KeepData):
         return best_alpha * lo, best_alpha * hi
 
 
-def _histograms(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int):
-    """Counts of ``v`` ``[*P, m]`` (NaN-padded) in ``bins`` equal bins over ``[lo, hi]`` ``[*P]``.
-
-    Bin ``j`` is ``[lo + j w, lo + (j+1) w)`` with ``w = (hi - lo) / bins``; ``hi`` itself
-    falls into the last bin. Groups with ``hi == lo`` get ``w = 1`` (all members in bin 0).
-    Returns ``(counts int64 [*P, bins], w float64 [*P])``.
-    """
-    w = np.where(hi > lo, (hi - lo) / bins, 1.0)                      # [*P]
-    valid = ~np.isnan(v)
-    j = np.floor((np.where(valid, v, 0.0) - lo[..., None]) / w[..., None])
-    j = np.clip(j, 0, bins - 1).astype(np.int64)                      # [*P, m]
-    n_groups = int(np.prod(lo.shape))
-    flat = np.arange(n_groups).reshape(lo.shape)[..., None] * bins + j
-    counts = np.bincount(flat[valid], minlength=n_groups * bins)
-    return counts.reshape(lo.shape + (bins,)), w
-
-
-def _kl_candidate(counts, cum, start, t, levels, eps):
-    """``KL(P || Q)`` of every group for the window of ``t`` bins starting at bin ``start``.
-
-    ``counts`` is ``[*P, B]``, ``cum`` its cumulative sums with a leading 0 ``[*P, B+1]``,
-    ``start`` ``[*P]`` int. P is the window with the counts left of
-    it added to its first bin and those right of it to its last bin (the clipped outliers);
-    Q merges the window's own counts into ``levels`` consecutive chunks (bin ``k`` of the
-    window belongs to chunk ``floor(k levels / t)``) and spreads each chunk's count evenly
-    over the bins of the chunk where P is nonzero. Both are normalized; bins where P > 0 but
-    Q = 0 get Q = ``eps`` before Q is normalized again.
-    """
-    k = np.arange(t)
-    window = np.take_along_axis(counts, start[..., None] + k, axis=-1).astype(np.float64)
-    total = cum[..., -1].astype(np.float64)
-    left = np.take_along_axis(cum, start[..., None], axis=-1)[..., 0]
-    right = total - np.take_along_axis(cum, (start + t)[..., None], axis=-1)[..., 0]
-    P = window.copy()                                                 # [*P, t]
-    P[..., 0] += left
-    P[..., -1] += right
-    chunk = k * levels // t                                           # [t] chunk of each bin
-    first = np.flatnonzero(np.diff(chunk, prepend=-1))                # [levels] first bin of each
-    support = P > 0
-    chunk_count = np.add.reduceat(window, first, axis=-1)             # [*P, levels]
-    chunk_nnz = np.add.reduceat(support.astype(np.int64), first, axis=-1)
-    Q = np.where(support, (chunk_count / np.maximum(chunk_nnz, 1))[..., chunk], 0.0)
-    p = P / total[..., None]
-    q_sum = Q.sum(axis=-1, keepdims=True)
-    q = Q / np.where(q_sum > 0, q_sum, 1.0)                           # all 0 if the window is empty
-    q = np.where(support & (q == 0), eps, q)
-    q = q / q.sum(axis=-1, keepdims=True)
-    ratio = np.divide(p, q, out=np.ones_like(p), where=support)       # p, q > 0 on the support
-    return np.sum(p * np.log(ratio), axis=-1)
-
-
-def _xlogx(v):
-    v = np.asarray(v, np.float64)
-    return v * np.log(np.where(v > 0, v, 1.0))                         # 0 log 0 = 0
-
-
-def _prefix_sums(counts):
-    """Cumulative sums with a leading 0 along the bins of ``counts`` ``[*P, B]``: of the counts
-    (int64), of the indicator ``n > 0`` (int64) and of ``n log n`` (float64)."""
-    def cumsum0(a):
-        return np.concatenate([np.zeros(a.shape[:-1] + (1,), a.dtype), np.cumsum(a, axis=-1)], -1)
-    return cumsum0(counts), cumsum0((counts > 0).astype(np.int64)), cumsum0(_xlogx(counts))
-
-
-def _kl_candidate_prefix(counts, sums, start, t, levels, eps):
-    """The divergence of :func:`_kl_candidate`, in ``O(levels)`` per group from prefix sums.
-
-    Inside a chunk ``j`` every bin of the support of P gets the same ``q_j``, so with ``M_j``
-    the mass of P in the chunk and ``T`` the total count,
-
-    .. math::
-
-        D_{KL}(P \\| Q) = \\frac{1}{T}\\Big(\\sum_k P_k \\log P_k - \\sum_j M_j \\log q_j\\Big)
-                         - \\log T .
-
-    ``sum_k P_k log P_k`` is the prefix sum of ``n log n`` over the window with its two end
-    bins corrected for the folded-in outliers; only those end bins can have ``P > 0 = Q``
-    (they get ``eps``). Equal to :func:`_kl_candidate` up to rounding (tested).
-    """
-    cum, nonzero, nlogn = sums
-
-    def at(a, idx):
-        return np.take_along_axis(a, idx[..., None], axis=-1)[..., 0]
-
-    T = cum[..., -1].astype(np.float64)                               # [*P]
-    f = -(-np.arange(levels + 1) * t // levels)                       # [L+1] chunk starts, f_L = t
-    edges = start[..., None] + f                                      # [*P, L+1]
-    c = np.diff(np.take_along_axis(cum, edges, axis=-1), axis=-1).astype(np.float64)  # [*P, L]
-    nnz = np.diff(np.take_along_axis(nonzero, edges, axis=-1), axis=-1)
-    left = at(cum, start).astype(np.float64)
-    right = T - at(cum, start + t)
-    n_first = at(counts, start).astype(np.float64)
-    n_last = at(counts, start + t - 1).astype(np.float64)
-    nnz[..., 0] += (n_first == 0) & (left > 0)         # end bins holding only outliers
-    nnz[..., -1] += (n_last == 0) & (right > 0)
-    M = c.copy()                                                      # [*P, L] mass of P per chunk
-    M[..., 0] += left
-    M[..., -1] += right
-    own = c.sum(axis=-1)                                              # [*P] the window's counts
-    n_eps = np.sum(np.where(c == 0, nnz, 0), axis=-1)                 # support bins with Q = 0
-    norm = np.where(own > 0, 1.0, 0.0) + eps * n_eps
-    q = np.where(c > 0, c / np.maximum(nnz, 1) / np.where(own > 0, own, 1.0)[..., None], eps)
-    q = q / norm[..., None]
-    sum_PlogP = (at(nlogn, start + t) - at(nlogn, start) - _xlogx(n_first) - _xlogx(n_last)
-                 + _xlogx(n_first + left) + _xlogx(n_last + right))
-    cross = np.sum(np.where(M > 0, M * np.log(np.where(M > 0, q, 1.0)), 0.0), axis=-1)
-    return (sum_PlogP - cross) / T - np.log(T)
-
-
 class KLObserver(_KeepData):
     """Entropy (KL-divergence) calibration, as in TensorRT's INT8 entropy calibrator [1]_.
 
@@ -433,8 +325,9 @@ class KLObserver(_KeepData):
     Notes
     -----
     The loop runs over the ``B - L + 1`` candidate widths, vectorized over parameter groups.
-    :func:`_kl_candidate` states the divergence of one window directly (``O(t)`` per group);
-    the search uses :func:`_kl_candidate_prefix`, the same value from prefix sums in
+    :func:`refquant.entropy.kl_window` states the divergence of one window directly (``O(t)``
+    per group); the search uses :func:`~refquant.entropy.kl_window_prefix`, the same value
+    from prefix sums in
     ``O(L)`` per group, so the whole search costs ``O(groups * B * L)``.
 
     The narrowest window has ``L`` bins, i.e. ``L / B`` of the range (1/16 for 8-bit
@@ -467,16 +360,16 @@ class KLObserver(_KeepData):
         lo, hi = _covered_range(x, self.spec)                         # [*P]
         v = np.abs(x) if self.spec.symmetric else x
         lo_h = np.zeros_like(lo) if self.spec.symmetric else lo
-        counts, w = _histograms(v, lo_h, hi, self.bins)               # [*P, B], [*P]
+        counts, w = histograms(v, lo_h, hi, self.bins)               # [*P, B], [*P]
         B = self.bins
-        sums = _prefix_sums(counts)                                   # 3 x [*P, B+1]
+        sums = prefix_sums(counts)                                   # 3 x [*P, B+1]
         L = self.levels
         best_kl = np.full(lo.shape, np.inf)
         best_t = np.full(lo.shape, B)
         best_start = np.zeros(lo.shape, np.int64)
 
         def kl_of(start, t):
-            return _kl_candidate_prefix(counts, sums, start, t, L, self.eps)
+            return kl_window_prefix(counts, sums, start, t, L, self.eps)
 
         def keep_if_better(kl, t, start):
             nonlocal best_kl, best_t, best_start

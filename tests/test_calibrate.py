@@ -264,7 +264,7 @@ def _oracle_hist_sym(values, bins):
 @given(st.integers(0, 2**32 - 1))
 def test_kl_prefix_sum_form_equals_direct_form(seed):
     """The search's O(L) prefix-sum divergence equals the O(t) direct statement of P and Q."""
-    from refquant.calibrate import _kl_candidate, _kl_candidate_prefix, _prefix_sums
+    from refquant.entropy import kl_window, kl_window_prefix, prefix_sums
     rng = np.random.default_rng(seed)
     B = int(rng.integers(4, 60))
     L = int(rng.integers(2, B + 1))
@@ -272,9 +272,9 @@ def test_kl_prefix_sum_form_equals_direct_form(seed):
     counts[:, rng.integers(0, B)] += 1                                         # no empty group
     t = int(rng.integers(L, B + 1))
     start = rng.integers(0, B - t + 1, 3)
-    sums = _prefix_sums(counts)
-    direct = _kl_candidate(counts, sums[0], start, t, L, 1e-4)
-    fast = _kl_candidate_prefix(counts, sums, start, t, L, 1e-4)
+    sums = prefix_sums(counts)
+    direct = kl_window(counts, sums[0], start, t, L, 1e-4)
+    fast = kl_window_prefix(counts, sums, start, t, L, 1e-4)
     np.testing.assert_allclose(fast, direct, rtol=1e-10, atol=1e-12)
 
 
