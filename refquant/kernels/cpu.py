@@ -186,8 +186,9 @@ def kernels():
             acc = np.zeros(j1 - j0, np.int32)
             for k in range(K):
                 aik = np.int32(a[i, k])
-                for j in range(j0, j1):
-                    acc[j - j0] += aik * np.int32(b[k, j])
+                bk = b[k, j0:j1]
+                for j in range(j1 - j0):
+                    acc[j] = np.int32(acc[j] + np.int32(aik * np.int32(bk[j])))
             for j in range(j0, j1):
                 C[i, j] = acc[j - j0]
         return C
@@ -204,41 +205,91 @@ def kernels():
             out[i] = s
         return out
 
+    f32 = ir.FloatType()
+    v8f32 = ir.VectorType(f32, 8)
+    shifts = ir.Constant(v8i32, [4 * i for i in range(8)])
+    mask15 = ir.Constant(v8i32, [15] * 8)
+
+    @intrinsic
+    def _w4_dot(typingctx, Q, q_off, X, x_off, n_words):
+        """sum_{w < n_words} sum_{i < 8} X[x_off + 8w + i] * ((Q[q_off + w] >> 4i) & 15).
+
+        One 8-lane vector per word: broadcast the word, shift lane i right by 4i, mask, convert
+        to float and fuse-multiply-add with 8 contiguous x; two accumulators alternate over the
+        words (float32 sums, in this fixed order).
+        """
+        sig = types.float32(Q, q_off, X, x_off, n_words)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+            q_arr, q_off_, x_arr, x_off_, n_ = args
+            i64 = ir.IntType(64)
+            q_off_, x_off_, n_ = (builder.sext(v, i64) if v.type != i64 else v
+                                  for v in (q_off_, x_off_, n_))
+            pq = context.make_array(signature.args[0])(context, builder, q_arr).data
+            px = context.make_array(signature.args[2])(context, builder, x_arr).data
+            v8fp = v8f32.as_pointer()
+            accs = [cgutils.alloca_once(builder, v8f32) for _ in range(2)]
+            for a in accs:
+                builder.store(ir.Constant(v8f32, [0.0] * 8), a)
+
+            def word_step(w, slot):
+                word = builder.load(builder.gep(pq, [builder.add(q_off_, w)]), align=4)
+                vec = builder.insert_element(ir.Constant(v8i32, None), word, ir.Constant(i32, 0))
+                bc = builder.shuffle_vector(vec, vec, splat0)
+                codes = builder.and_(builder.lshr(bc, shifts), mask15)
+                fc = builder.sitofp(codes, v8f32)
+                xo = builder.add(x_off_, builder.mul(w, ir.Constant(i64, 8)))
+                xv = builder.load(builder.bitcast(builder.gep(px, [xo]), v8fp), align=4)
+                prod = builder.fmul(xv, fc)
+                builder.store(builder.fadd(builder.load(slot), prod), slot)
+
+            half = builder.lshr(n_, ir.Constant(i64, 1))
+            with cgutils.for_range(builder, half) as loop:
+                w = builder.mul(loop.index, ir.Constant(i64, 2))
+                word_step(w, accs[0])
+                word_step(builder.add(w, ir.Constant(i64, 1)), accs[1])
+            odd = builder.icmp_unsigned("!=", builder.and_(n_, ir.Constant(i64, 1)),
+                                        ir.Constant(i64, 0))
+            with builder.if_then(odd):
+                word_step(builder.sub(n_, ir.Constant(i64, 1)), accs[0])
+            acc = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+            # horizontal sum of the 8 lanes: (0+4, 1+5, 2+6, 3+7) -> (.+.) -> .
+            lo = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(i32, 4), [0, 1, 2, 3]))
+            hi = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(i32, 4), [4, 5, 6, 7]))
+            s4 = builder.fadd(lo, hi)
+            s2 = builder.fadd(builder.shuffle_vector(s4, s4, ir.Constant(ir.VectorType(i32, 2), [0, 1])),
+                              builder.shuffle_vector(s4, s4, ir.Constant(ir.VectorType(i32, 2), [2, 3])))
+            return builder.fadd(builder.extract_element(s2, ir.Constant(i32, 0)),
+                                builder.extract_element(s2, ir.Constant(i32, 1)))
+
+        return sig, codegen
+
     @njit(**opts)
     def w4_gemm(x, packed, scales, zeros, group_size):
-        # x f32 [M, K], packed i32 [N, W], scales [N, G], zeros [N, G] -> y f32 [M, N]
+        # x f32 [M, K], packed i32 [N, W], scales f32 [N, G], zeros i32 [N, G] -> y f32 [M, N]
         # requires group_size % 8 == 0 (a group is a whole number of words)
         M, K = x.shape
         N, W = packed.shape
         G = scales.shape[1]
         wpg = group_size // 8                               # words per group
-        xT = np.zeros((M, 8, W), np.float32)                # xT[m, i, w] = x[m, 8w + i]
+        xp = np.zeros((M, 8 * W), np.float32)               # x padded to whole words
         xs = np.zeros((M, G), np.float32)                   # per-group sums of x
         for m in range(M):
             for k in range(K):
-                xT[m, k & 7, k >> 3] = x[m, k]
+                xp[m, k] = x[m, k]
                 xs[m, k // group_size] += x[m, k]
+        xf = xp.reshape(M * 8 * W)
+        pf = packed.reshape(N * W)
         y = np.zeros((M, N), np.float32)
         for n in prange(N):
-            wrow = packed[n]
             for m in range(M):
-                xm = xT[m]
                 total = np.float32(0.0)
                 for g in range(G):
                     w0 = g * wpg
-                    w1 = min(W, w0 + wpg)
-                    acc = np.float32(0.0)
-                    for w in range(w0, w1):
-                        q = wrow[w]
-                        acc += (xm[0, w] * np.float32(q & 15)
-                                + xm[1, w] * np.float32((q >> 4) & 15)
-                                + xm[2, w] * np.float32((q >> 8) & 15)
-                                + xm[3, w] * np.float32((q >> 12) & 15)
-                                + xm[4, w] * np.float32((q >> 16) & 15)
-                                + xm[5, w] * np.float32((q >> 20) & 15)
-                                + xm[6, w] * np.float32((q >> 24) & 15)
-                                + xm[7, w] * np.float32((q >> 28) & 15))
-                    total += np.float32(scales[n, g]) * (acc - np.float32(zeros[n, g]) * xs[m, g])
+                    nw = min(W, w0 + wpg) - w0
+                    acc = _w4_dot(pf, n * W + w0, xf, m * 8 * W + 8 * w0, nw)
+                    total += scales[n, g] * (acc - np.float32(zeros[n, g]) * xs[m, g])
                 y[m, n] = total
         return y
 
@@ -289,4 +340,5 @@ def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
     k = kernels()
     f = k["w4_gemm"] if group_size % 8 == 0 else k["w4_gemm_general"]
     return f(np.ascontiguousarray(x), np.ascontiguousarray(packed),
-             np.ascontiguousarray(scales), np.ascontiguousarray(zeros), int(group_size))
+             np.ascontiguousarray(scales, np.float32), np.ascontiguousarray(zeros, np.int32),
+             int(group_size))

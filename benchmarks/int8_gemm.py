@@ -1,0 +1,59 @@
+"""int8 GEMM throughput: the Numba kernel vs NumPy float32 matmul (OpenBLAS), same run.
+
+For each shape (M, K, N) the script times ``rq.int8_matmul(a, b, backend="numba")`` on int8
+operands and ``a_f @ b_f`` on float32 copies, interleaved, best of ``--repeats``, and prints the
+ratio ``t_float32 / t_int8`` (> 1: int8 is faster). Target (issue 3): >= 1.5 on the large shapes
+(K or N >= 1536). The int8 result is checked against the NumPy specification once per shape.
+The other helpers share this machine's cores: numbers are noisy, which is why both sides are
+measured in the same run and the best of several repeats is kept.
+
+Usage: python benchmarks/int8_gemm.py [--repeats 7] [--threads N]
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+import refquant as rq
+
+SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)]
+
+
+def best_pair(f, g, repeats):
+    """Best times of f and g, timed alternately so both see the same machine load."""
+    tf, tg = [], []
+    for _ in range(repeats):
+        t = time.perf_counter(); f(); tf.append(time.perf_counter() - t)
+        t = time.perf_counter(); g(); tg.append(time.perf_counter() - t)
+    return min(tf), min(tg)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
+    args = ap.parse_args()
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    print(f"{'M':>5} {'K':>5} {'N':>5} | {'f32 ms':>8} {'int8 ms':>8} | {'f32 GFLOP/s':>11} "
+          f"{'int8 GOP/s':>10} | {'ratio':>5} target")
+    for M, K, N in SHAPES:
+        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+        b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+        af, bf = a.astype(np.float32), b.astype(np.float32)
+        c = rq.int8_matmul(a, b, backend="numba")                       # compile + check
+        if not np.array_equal(c, rq.int8_matmul(a, b, backend="numpy")):
+            raise SystemExit(f"numba result differs from the specification at {(M, K, N)}")
+        t32, t8 = best_pair(lambda: af @ bf, lambda: rq.int8_matmul(a, b, backend="numba"),
+                            args.repeats)
+        ops = 2.0 * M * K * N
+        target = ">=1.5" if max(K, N) >= 1536 and M > 1 else "-"
+        print(f"{M:>5} {K:>5} {N:>5} | {t32 * 1e3:8.2f} {t8 * 1e3:8.2f} | {ops / t32 / 1e9:11.1f} "
+              f"{ops / t8 / 1e9:10.1f} | {t32 / t8:5.2f} {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""W4 GEMV (one token): the fused Numba kernel vs NumPy float32 GEMV on the dequantized weight.
+
+For each weight shape [N, K] (4-bit codes, groups of 128, packed int32 as
+``rq.pack(codes, 4, "int32")``) the script times ``rq.w4_matmul(x, packed, scales, zeros, 128,
+backend="numba")`` for ``x`` of shape [1, K] and ``x @ W_hat.T`` with the float32 weight
+``W_hat`` already dequantized (the baseline reads 8x more bytes), interleaved, best of
+``--repeats``. Target (issue 3): ratio t_float32 / t_w4 >= 2. The kernel's output is checked
+against the specification within :func:`refquant.kernels.w4_tolerance` once per shape.
+
+Usage: python benchmarks/w4_gemv.py [--repeats 15] [--m 1]
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+import refquant as rq
+from refquant.kernels import reference, w4_tolerance
+
+SHAPES = [(4096, 4096), (11008, 4096)]      # [N, K]: out, in
+GROUP = 128
+
+
+def best_pair(f, g, repeats):
+    tf, tg = [], []
+    for _ in range(repeats):
+        t = time.perf_counter(); f(); tf.append(time.perf_counter() - t)
+        t = time.perf_counter(); g(); tg.append(time.perf_counter() - t)
+    return min(tf), min(tg)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--m", type=int, default=1, help="tokens (1 = GEMV)")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"{'N':>6} {'K':>5} {'M':>3} | {'f32 ms':>7} {'w4 ms':>7} | {'f32 GB/s':>8} "
+          f"{'w4 GB/s':>7} | {'ratio':>5} target")
+    for N, K in SHAPES:
+        G = -(-K // GROUP)
+        codes = rng.integers(0, 16, (N, K), dtype=np.uint8)
+        packed = rq.pack(codes, 4, "int32")
+        scales = rng.uniform(0.001, 0.02, (N, G)).astype(np.float32)
+        zeros = rng.integers(0, 16, (N, G), dtype=np.int32)
+        x = rng.standard_normal((args.m, K)).astype(np.float32)
+        W_hat = reference.dequantize_w4(packed, scales, zeros, GROUP, K)    # [N, K] float32
+        y = rq.w4_matmul(x, packed, scales, zeros, GROUP, backend="numba")  # compile + check
+        if not np.all(np.abs(y - x @ W_hat.T) <= w4_tolerance(x, scales, zeros, GROUP)):
+            raise SystemExit(f"numba W4 result outside the tolerance at {(N, K)}")
+        t32, t4 = best_pair(lambda: x @ W_hat.T,
+                            lambda: rq.w4_matmul(x, packed, scales, zeros, GROUP,
+                                                 backend="numba"), args.repeats)
+        print(f"{N:>6} {K:>5} {args.m:>3} | {t32 * 1e3:7.2f} {t4 * 1e3:7.2f} | "
+              f"{W_hat.nbytes / t32 / 1e9:8.1f} {packed.nbytes / t4 / 1e9:7.1f} | "
+              f"{t32 / t4:5.2f} >=2")
+
+
+if __name__ == "__main__":
+    main()
