@@ -365,17 +365,19 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
 def hessian(X, H=None, n_seen: int = 0):
     """Running ``H = 2 X X^T / n`` over batches of layer inputs ``X [..., d_col]``.
 
-    Returns ``(H, n)``; pass them back with the next batch. ``H`` is float64 ``[d_col, d_col]``.
+    Returns ``(H, n)``; pass them back with the next batch. ``H`` is float64 ``[d_col, d_col]``;
+    each batch's product ``X^T X`` is computed in the input's precision (float32 inputs: a
+    float32 product, as the reference implementation) and accumulated in float64.
     """
     X = as_float_array(X, "X")
-    X = X.reshape(-1, X.shape[-1]).astype(np.float64)                   # [n_new, d_col]
+    X = X.reshape(-1, X.shape[-1])                                      # [n_new, d_col]
     n_new = X.shape[0]
     if H is None:
         H = np.zeros((X.shape[1], X.shape[1]), np.float64)
     elif H.shape != (X.shape[1], X.shape[1]):
         raise ValueError(f"H has shape {H.shape}, inputs have {X.shape[1]} features")
     n = n_seen + n_new
-    H = H * (n_seen / n) + (2.0 / n) * (X.T @ X)
+    H = H * (n_seen / n) + (2.0 / n) * (X.T @ X).astype(np.float64)
     return H, n
 
 
