@@ -72,7 +72,7 @@ def test_registry():
     assert OBSERVERS["percentile"] is PercentileObserver and OBSERVERS["mse"] is MSEObserver
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(cases())
 def test_clip_range_inside_the_data_range(case):
     x, spec, method, opts = case
@@ -102,7 +102,7 @@ def test_clip_range_inside_the_data_range(case):
     assert np.all(np.isfinite(y)) and np.all(y[x == 0] == 0)
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(cases(methods=("mse",)))
 def test_mse_error_never_above_minmax(case):
     x, spec, _, opts = case
