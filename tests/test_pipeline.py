@@ -340,16 +340,22 @@ def test_bundled_model_two_blocks(bundled, bundled_runs, method):
         assert err < bundled_runs["rtn"][1], (method, err, bundled_runs["rtn"][1])
 
 
-def test_bundled_export_and_reload(bundled, tmp_path):
-    """quantize -> GPTQ checkpoint -> load_quantized_model: the reloaded linears equal the pipeline's
-    up to the float16 rounding of the scales; everything else is the model's own float weights."""
-    from refquant.commands.quantize import export_result
+def test_bundled_quantize_command_export_and_reload(bundled, tmp_path):
+    """`refquant quantize` -> GPTQ checkpoint -> load_quantized_model: the reloaded linears equal
+    the pipeline's (re-run here on the same calibration batch) up to the float16 rounding of the
+    scales; everything else is the model's own float weights."""
+    pytest.importorskip("refquant.data", reason="refquant.data has not landed")
+    from refquant.cli import main
+    from refquant.commands.quantize import calibration_batch
     from refquant.formats.gptq import load_quantized_model
 
-    model, tokens = bundled
-    res = quantize_model(model, tokens[:1], LayerSetting("gptq", 4, 128), n_blocks=1)
-    out = export_result(model, res, tmp_path / "ckpt")
-    back = load_quantized_model(out, base_model=model)
+    model, _ = bundled
+    out = tmp_path / "ckpt"
+    assert main(["quantize", "--method", "gptq", "--bits", "4", "--group-size", "128", "--calib-tokens", "128",
+                 "--seq-len", "64", "--n-blocks", "1", "--no-progress", "-o", str(out)]) == 0
+    res = quantize_model(model, calibration_batch(model.tokenizer, 128, 64, 0), LayerSetting("gptq", 4, 128), n_blocks=1)
+    back = load_quantized_model(out)
+    assert set(back.weights) >= set(model.weights)
     for n, ly in res.layers.items():
         w16 = (ly.qparams.scale.astype(np.float16).astype(np.float32)[:, ly.g_idx]
                * (ly.codes.astype(np.float32) - ly.qparams.zero_point[:, ly.g_idx]))

@@ -27,6 +27,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("gptq", "gptq_v2"), default="gptq",
                    help="zero-point convention: gptq (v1, stores zero-1) or gptq_v2 (stores zero)")
+    p.add_argument("--n-blocks", type=int, default=None, help="quantize only the first N blocks (quick checks)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -70,7 +71,8 @@ def run(args) -> int:
     model = rq.load_model(args.model)
     calib = calibration_batch(model.tokenizer, args.calib_tokens, args.seq_len, args.seed)
     print(f"model {model.source}; calibration {calib.shape[0]} x {calib.shape[1]} tokens; {setting.label()}")
-    res = quantize_model(model, calib, setting, damp=args.damp, progress=not args.no_progress)
+    res = quantize_model(model, calib, setting, damp=args.damp, progress=not args.no_progress,
+                         n_blocks=args.n_blocks)
     out = export_result(model, res, args.output, checkpoint_format=args.format,
                         extra={"method": args.method, "damp_percent": args.damp,
                                "calibration": {"tokens": int(calib.size), "seq_len": args.seq_len, "seed": args.seed}})
