@@ -1,0 +1,64 @@
+"""Perplexity: the float64 log-softmax against scipy, the windowing against a brute-force loop,
+and a hand-computed case (zero logits give perplexity = vocabulary size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+
+import refquant as rq
+from refquant.evaluate import token_nll
+from refquant.models.llama import LlamaModel, forward
+
+from helpers_model import tiny_config, tiny_weights
+
+
+def tiny_model():
+    cfg = tiny_config()
+    return LlamaModel(cfg, tiny_weights(cfg))
+
+
+def test_token_nll_matches_scipy_and_is_stable():
+    z = np.random.default_rng(0).standard_normal((5, 40)).astype(np.float32) * 30
+    z[0, 3] = 1e30                                  # huge logit: no overflow
+    t = np.array([3, 0, 39, 7, 7])
+    ref = -log_softmax(z.astype(np.float64), axis=-1)[np.arange(5), t]
+    np.testing.assert_allclose(token_nll(z, t), ref, rtol=1e-12, atol=1e-12)
+    assert token_nll(z, t)[0] == 0.0
+
+
+def test_perplexity_equals_brute_force_windows():
+    m = tiny_model()
+    tokens = np.random.default_rng(1).integers(0, 300, 50)
+    r = rq.perplexity(m, tokens, seq_len=16)
+    assert (r.n_windows, r.n_tokens, r.seq_len) == (3, 45, 16)
+    total = 0.0
+    for w in range(3):
+        x = tokens[16 * w:16 * (w + 1)]
+        lp = log_softmax(forward(m, x[None])[0].astype(np.float64), axis=-1)
+        total -= sum(lp[t, x[t + 1]] for t in range(15))
+    # float32 logits: the head runs on position chunks here and on the whole window there, and
+    # BLAS may round differently for different block sizes (~1e-9 relative on the NLL)
+    assert r.nll == pytest.approx(total / 45, rel=1e-6)
+    assert r.ppl == pytest.approx(np.exp(total / 45), rel=1e-6)
+    assert rq.perplexity(m, tokens, seq_len=16, max_windows=1).n_windows == 1
+
+
+def test_zero_logits_give_vocabulary_size():
+    m = tiny_model()
+    m.weights["lm_head.weight"] = np.zeros((300, 32), np.float32)
+    r = rq.perplexity(m, np.arange(40), seq_len=20)
+    assert r.ppl == pytest.approx(300.0, rel=1e-12)      # -log(1/300) per token
+
+
+def test_perplexity_input_errors():
+    m = tiny_model()
+    with pytest.raises(ValueError, match="seq_len"):
+        rq.perplexity(m, np.arange(10), seq_len=1)
+    with pytest.raises(ValueError, match="one window"):
+        rq.perplexity(m, np.arange(10), seq_len=16)
+    with pytest.raises(ValueError, match="1-D integer"):
+        rq.perplexity(m, np.zeros((2, 16), int), seq_len=16)
+    with pytest.raises(ValueError, match="max_windows"):
+        rq.perplexity(m, np.arange(32), seq_len=16, max_windows=0)
