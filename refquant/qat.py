@@ -243,7 +243,8 @@ class LSQ:
         initialisation) and the zero point 0 (the spec must be symmetric).
     n_per_step : int, optional
         ``N`` in the gradient scale; by default the number of elements per parameter group of
-        the first forward input (right for weights; for activations pass the features per sample).
+        the forward input (right for weights; for activations pass the features per sample, as
+        the paper does, since the default would count the batch too).
     grad_scale : bool
         Multiply the step gradient by ``g = 1 / sqrt(N Q_P)`` (default, as in the paper).
     dtype : numpy dtype
