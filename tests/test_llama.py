@@ -75,6 +75,7 @@ def tiny_model(seed=0, **kw) -> LlamaModel:
 def test_forward_matches_naive_oracle(kw):
     m = tiny_model(**kw)
     tokens = np.random.default_rng(1).integers(0, m.config.vocab_size, (2, 7))
+    # (the causal query blocks are exercised with QUERY_BLOCK lowered in the test below)
     got = forward(m, tokens)
     assert got.shape == (2, 7, m.config.vocab_size) and got.dtype == np.float32
     for b in range(2):
@@ -186,3 +187,16 @@ def test_bundled_model_knows_the_capital_of_france():
     m = rq.load_model()
     ids = generate(m, m.tokenizer.encode("The capital of France is"), 3)
     assert m.tokenizer.decode(ids).startswith(" Paris")
+
+
+def test_causal_query_blocks_match_the_oracle(monkeypatch):
+    """Queries processed in blocks of 3 (several blocks, a short last one, with a KV cache)."""
+    import refquant.models.llama as llama
+    monkeypatch.setattr(llama, "QUERY_BLOCK", 3)
+    m = tiny_model()
+    tokens = np.random.default_rng(4).integers(0, 300, (1, 11))
+    ref = naive_logits(m.config, m.weights, tokens[0].tolist())
+    np.testing.assert_allclose(forward(m, tokens)[0], ref, rtol=0, atol=2e-5)
+    cache = KVCache.empty(m.config, 1, 11)
+    parts = [forward(m, tokens[:, :4], cache=cache), forward(m, tokens[:, 4:11], cache=cache)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1)[0], ref, rtol=0, atol=2e-5)

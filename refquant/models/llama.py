@@ -45,6 +45,7 @@ Linear = Callable[[str, np.ndarray], np.ndarray]
 LAYER_WEIGHTS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                  "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
                  "mlp.down_proj")
+QUERY_BLOCK = 128     # queries per causal attention block (skips most masked scores)
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -263,14 +264,21 @@ def attention(model: LlamaModel, i: int, x: np.ndarray, *, linear: Linear,
     elif start_pos:
         raise ValueError(f"start_pos={start_pos} needs a KV cache holding the earlier positions")
     # query head j*r + m shares key/value head j: group the r query heads of each KV head
-    q = q.reshape(B, H_kv, r * T, hd) * np.float32(1.0 / np.sqrt(hd))          # [B, H_kv, r*T, h_d]
-    s = q @ k.transpose(0, 1, 3, 2)                             # [B, H_kv, r*T, S]
-    if T > 1:
-        t_pos = np.arange(start_pos, S)[:, None]                # [T, 1]
-        mask = np.where(np.arange(S)[None, :] > t_pos, np.float32(-np.inf), np.float32(0))
-        s.reshape(B, H_kv, r, T, S)[...] += mask                # [T, S] broadcast
-    softmax_(s)
-    o = s @ v                                                   # [B, H_kv, r*T, h_d]
+    q = q.reshape(B, H_kv, r, T, hd) * np.float32(1.0 / np.sqrt(hd))     # [B, H_kv, r, T, h_d]
+    o = np.empty((B, H_kv, r, T, hd), np.float32)
+    # causal blocks of queries: block [a, b) only needs the keys 0 .. start_pos + b - 1
+    for a in range(0, T, QUERY_BLOCK):
+        b = min(a + QUERY_BLOCK, T)
+        n, S_b = b - a, start_pos + b
+        qb = q[:, :, :, a:b].reshape(B, H_kv, r * n, hd)        # [B, H_kv, r*n, h_d]
+        s = qb @ k[:, :, :S_b].transpose(0, 1, 3, 2)            # [B, H_kv, r*n, S_b]
+        if n > 1:   # query start_pos+t (t in [a, b)) must not see keys after it
+            t_pos = np.arange(start_pos + a, S_b)[:, None]      # [n, 1]
+            s_pos = np.arange(start_pos + a, S_b)[None, :]      # [1, n]
+            mask = np.where(s_pos > t_pos, np.float32(-np.inf), np.float32(0))     # [n, n]
+            s.reshape(B, H_kv, r, n, S_b)[..., start_pos + a:] += mask
+        softmax_(s)
+        o[:, :, :, a:b] = (s @ v[:, :, :S_b]).reshape(B, H_kv, r, n, hd)
     o = o.reshape(B, H, T, hd).transpose(0, 2, 1, 3).reshape(B, T, H * hd)   # [B, T, H*h_d]
     return linear(p + "o_proj", o)                              # [B, T, d]
 
