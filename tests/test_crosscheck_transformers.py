@@ -84,3 +84,21 @@ def test_weights_match_transformers(ours, theirs):
                  "layers.29.mlp.down_proj.weight", "embed_tokens.weight", "norm.weight"):
         np.testing.assert_array_equal(ours.weights[name], sd["model." + name].numpy(),
                                       err_msg=name)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_hf_directory_loads_in_transformers(tmp_path, tied):
+    """A tiny random model exported by save_hf is read by transformers' LlamaForCausalLM
+    (config mapping, tensor names, Q/K layout) and gives refquant's logits."""
+    from helpers_model import tiny_config, tiny_weights
+    from refquant.models.llama import LlamaModel
+    from refquant.models.loaders import save_hf
+
+    cfg = tiny_config(tied_embeddings=tied, rope_theta=500.0)
+    m = LlamaModel(cfg, tiny_weights(cfg, seed=3))
+    d = save_hf(m, tmp_path / "tiny")
+    ref = transformers.LlamaForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(forward(m, tokens), expected, rtol=0, atol=1e-5)

@@ -62,3 +62,23 @@ def test_perplexity_input_errors():
         rq.perplexity(m, np.zeros((2, 16), int), seq_len=16)
     with pytest.raises(ValueError, match="max_windows"):
         rq.perplexity(m, np.arange(32), seq_len=16, max_windows=0)
+
+
+def test_eval_and_generate_commands_on_a_tiny_checkpoint(tmp_path, capsys):
+    """The two commands end to end on a tiny random GGUF (real text, tiny byte-level vocabulary)."""
+    from refquant.cli import main
+
+    from helpers_model import write_tiny_gguf
+    cfg = tiny_config()
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", cfg, tiny_weights(cfg))
+    assert main(["eval", str(path), "--tokens", "64", "--seq-len", "16"]) == 0
+    out = capsys.readouterr().out
+    m = rq.load_model(path)
+    from refquant.data import evaluation_tokens
+    expected = rq.perplexity(m, evaluation_tokens(m.tokenizer, 64), seq_len=16)
+    assert f"perplexity: {expected.ppl:.3f}" in out and "4 windows of 16" in out
+    assert main(["generate", "the", "--model", str(path), "--n-new", "3"]) == 0
+    out = capsys.readouterr().out
+    from refquant.models.llama import generate
+    new = generate(m, m.tokenizer.encode("the"), 3)
+    assert out.startswith("the" + m.tokenizer.decode(new) + "\n")
