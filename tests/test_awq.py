@@ -10,7 +10,6 @@ Oracles written here, independent of the code under test:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -352,6 +351,8 @@ def test_bad_input():
         awq_block(model, 0, np.zeros((4, 32)), G4, block_fn=naive_block)
     with pytest.raises(ValueError, match="layers.7"):
         awq_block(model, 7, block_input(model), G4, block_fn=naive_block)
+    with pytest.raises(ValueError, match="attention_loss"):
+        awq_block(model, 0, block_input(model), G4, attention_loss="attn", block_fn=naive_block)
     with pytest.raises(ValueError, match="keys"):
         awq_block(model, 0, block_input(model), {"q_proj": G4}, block_fn=naive_block)
 
@@ -410,3 +411,92 @@ def test_block_spec_mapping_keeps_float_layers():
     for k in ("o_proj", "down_proj"):
         name = f"layers.0.{LINEARS[k]}.weight"
         assert np.array_equal(r.weights[name], model.weights[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# the project's Llama forward pass (refquant.models.llama): the default path of awq_block
+
+
+def llama_tiny(seed=0):
+    from helpers_model import tiny_config, tiny_weights
+
+    from refquant.models.llama import LlamaModel
+    cfg = tiny_config(d_model=32, n_heads=4, n_kv_heads=2, d_ff=48)
+    w = tiny_weights(cfg, seed)
+    rng = np.random.default_rng(seed + 100)
+    for name in w:                                      # salient channels in every RMSNorm
+        if name.endswith("layernorm.weight"):
+            w[name][rng.choice(32, 3, replace=False)] *= 12.0
+    return LlamaModel(cfg, w)
+
+
+def test_naive_block_oracle_matches_llama_block():
+    """The oracle block of this file equals the project's block on the same weights."""
+    from refquant.models import llama
+    model = llama_tiny()
+    x = llama.embed(model, np.random.default_rng(2).integers(0, 300, (2, 12)))
+    for i in range(2):
+        np.testing.assert_allclose(naive_block(model, i, x), llama.block(model, i, x),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_awq_block_on_llama_keeps_logits_and_beats_rtn():
+    from refquant.models import llama
+    model = llama_tiny()
+    tokens = np.random.default_rng(3).integers(0, 300, (3, 16))
+    x = llama.embed(model, tokens)
+    folded, quantized = {}, {}
+    for i in range(2):
+        r = awq_block(model, i, x, G3, n_grid=8)        # llama.block / attention / mlp
+        assert r.mse < r.mse_rtn
+        # the same searches through block runs only (no sub-module functions): same losses
+        def block_only(m, i, x, *, linear):             # not llama.block itself: no sub-modules
+            return llama.block(m, i, x, linear=linear)
+        r2 = awq_block(model, i, x, G3, n_grid=8, block_fn=block_only)
+        for g in r.scales:
+            np.testing.assert_allclose(r2.scales[g].losses, r.scales[g].losses, rtol=1e-6)
+        # the reference's attention-output loss: sub-module and block-run paths agree too
+        m1 = awq_block(model, i, x, G3, n_grid=4, attention_loss="module", clip=False)
+        m2 = awq_block(model, i, x, G3, n_grid=4, attention_loss="module", clip=False,
+                       block_fn=block_only)
+        for g in ("qkv", "o"):
+            np.testing.assert_allclose(m2.scales[g].losses, m1.scales[g].losses, rtol=1e-6)
+            assert not np.allclose(m1.scales[g].losses, r.scales[g].losses[::2])
+        folded.update(r.folded)
+        quantized.update(r.weights)
+        x = llama.block(model, i, x)
+    logits = llama.forward(model, tokens)
+    model_f = type(model)(model.config, {**model.weights, **folded})
+    np.testing.assert_allclose(llama.forward(model_f, tokens), logits, rtol=1e-4, atol=1e-4)
+    model_q = type(model)(model.config, {**model.weights, **quantized})
+    assert not np.allclose(llama.forward(model_q, tokens), logits, atol=1e-3)
+
+
+def test_real_block_of_bundled_model():
+    """One block of SmolLM2-135M (GGUF), 2 x 64 calibration tokens: folding keeps the block's
+    output, AWQ's output error is below RTN's at W3 g128; RTN's error recomputed here from
+    rq.fake_quantize and the model's block."""
+    from refquant import data
+    from refquant.models import llama
+    model = rq.load_model()
+    tokens = np.asarray(data.calibration_tokens(model.tokenizer, 128))[:128].reshape(2, 64)
+    i = 2
+    x = llama.embed(model, tokens)
+    for j in range(i):
+        x = llama.block(model, j, x)
+    spec = rq.QuantSpec(bits=3, symmetric=False, granularity="group", group_size=128)
+    r = awq_block(model, i, x, spec, n_grid=5, clip_grid=10)
+    y = llama.block(model, i, x)
+
+    def with_w(new):
+        return type(model)(model.config, {**{k: model.weights[k] for k in
+                                             model.config.weight_shapes() if f"layers.{i}." in k},
+                                          **new})
+    y_fold = llama.block(with_w(r.folded), i, x)
+    np.testing.assert_allclose(y_fold, y, rtol=1e-3, atol=1e-3 * np.abs(y).max())
+    rtn = {f"layers.{i}.{LINEARS[k]}.weight":
+           rq.fake_quantize(model.weights[f"layers.{i}.{LINEARS[k]}.weight"], spec) for k in LINEARS}
+    y_rtn = llama.block(with_w(rtn), i, x)
+    assert r.mse_rtn == pytest.approx(np.mean((y_rtn.astype(np.float64) - y) ** 2), rel=1e-5)
+    assert np.array_equal(r.y, llama.block(with_w(r.weights), i, x))
+    assert r.mse < 0.9 * r.mse_rtn
