@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from refquant.models.llama import (KVCache, LlamaConfig, LlamaModel, block, default_linear, embed,
+from refquant.models.llama import (LINEAR_NAMES, KVCache, LlamaConfig, LlamaModel, block,
+                                   default_linear, embed,
                                    forward, generate, head)
 
 from helpers_model import tiny_config, tiny_weights
@@ -121,6 +122,7 @@ def test_linear_hook_sees_every_projection_and_changes_the_output():
     assert names[:7] == ["layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj",
                          "layers.0.self_attn.v_proj", "layers.0.self_attn.o_proj",
                          "layers.0.mlp.gate_proj", "layers.0.mlp.up_proj", "layers.0.mlp.down_proj"]
+    assert names[:7] == ["layers.0." + n for n in LINEAR_NAMES]
     assert dict(seen)["layers.1.mlp.down_proj"] == (1, 5, m.config.d_ff)
 
     def zero_mlp(name, x):

@@ -5,6 +5,7 @@
 - :mod:`refquant.models.loaders`: ``load_model(path=None)`` (``None`` = the bundled GGUF) and
   ``save_hf(model, directory)``.
 - :mod:`refquant.models.tokenizer`: the checkpoint's own tokenizer.
+- :mod:`refquant.models.gguffile`: the GGUF container (metadata, tensor table, memory map).
 """
 
 from __future__ import annotations

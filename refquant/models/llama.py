@@ -42,10 +42,8 @@ import numpy as np
 
 Linear = Callable[[str, np.ndarray], np.ndarray]
 
-LAYER_WEIGHTS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                 "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-                 "mlp.down_proj")
 QUERY_BLOCK = 128     # queries per causal attention block (skips most masked scores)
+# the linear layers of block i, in the order the forward pass calls them: f"layers.{i}." + name
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
