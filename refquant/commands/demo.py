@@ -31,6 +31,8 @@ def add_arguments(p):
     p.add_argument("--settings", default="w8,w4g128,w3g128", help="comma-separated subset of w8,w4g128,w3g128,w4")
     p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision recipe")
     p.add_argument("--n-blocks", type=int, default=None, help="quantize only the first N blocks (quick checks)")
+    p.add_argument("--awq-grid", type=int, default=20, help="AWQ: grid points of alpha and of the clipping search (default 20)")
+    p.add_argument("--awq-seqs", type=int, default=None, help="AWQ: calibration sequences its searches see")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -91,7 +93,7 @@ def format_table(rows) -> str:
 
 
 def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, progress=False,
-                    log=None, awq_max_seqs=8):
+                    log=None, awq_max_seqs=8, awq_kw=None):
     """Float baseline, then each ``(method, recipe)`` of ``runs``: quantize with
     :func:`refquant.pipeline.quantize_model` on ``calib`` and measure perplexity on
     ``eval_tokens``. Returns one row (dict) per run, the float baseline first."""
@@ -111,7 +113,7 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
         log(f"float: perplexity {base_ppl:.3f}")
     for method, recipe in runs:
         res = quantize_model(model, calib, recipe, n_blocks=n_blocks, progress=progress,
-                             awq_max_seqs=awq_max_seqs)
+                             awq_max_seqs=awq_max_seqs, awq_kw=awq_kw)
         settings = resolve_recipe(recipe, linear_names(res.n_blocks))
         size = recipe_size(model, settings)
         t = time.perf_counter()
@@ -136,7 +138,7 @@ def run(args) -> int:
     from refquant.data import evaluation_tokens
 
     sizes = dict(FULL if args.full else DEFAULTS)
-    for k in ("calib_tokens", "eval_tokens", "seq_len"):
+    for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs"):
         if getattr(args, k) is not None:
             sizes[k] = getattr(args, k)
     progress = not args.no_progress
@@ -161,12 +163,14 @@ def run(args) -> int:
     if not args.no_mixed and "gptq" in args.methods:
         runs.append(("mixed", mixed_recipe(L)))
     rows = run_experiments(model, calib, ev, runs, seq_len=sizes["seq_len"], n_blocks=args.n_blocks,
-                           progress=progress, log=print, awq_max_seqs=sizes["awq_seqs"])
+                           progress=progress, log=print, awq_max_seqs=sizes["awq_seqs"],
+                           awq_kw=dict(n_grid=args.awq_grid, clip_grid=args.awq_grid))
     n_blocks = args.n_blocks
     table = format_table(rows)
     print()
     print(table)
     summary = dict(model=str(model.source), sizes=sizes, seed=args.seed, n_blocks=n_blocks,
+                   awq_grid=args.awq_grid, methods=args.methods, settings=args.settings,
                    total_seconds=time.perf_counter() - t0, rows=rows,
                    notes="size: block linears as stored in the GPTQ format (codes, float16 scales, "
                          "b-bit zeros, int32 g_idx), everything else float16; float = 16 bits/weight")
