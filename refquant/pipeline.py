@@ -30,6 +30,15 @@ bytes, independent of the number of blocks except for the result (which a stream
 would write out block by block). :class:`QuantizeResult` records the ``tracemalloc`` peak when
 asked (``track_memory=True``).
 
+Measured on the bundled SmolLM2-135M (30 blocks, ``d = 576``, ``d_ff = 1536``), GPTQ W3 g128 with
+2048 calibration tokens (8 x 256, ``batch_size=8``): ``tracemalloc`` peak 667 MB, of which the
+result is ~531 MB (106M weights: float32 dequantized copies plus uint8 codes); the formula's
+working part is ~9 MB activations + 27 MB Hessians + 11 MB GPTQ scratch + ~100 MB of one
+chunk's forward temporaries. For a 7B Llama (``d = 4096``, ``d_ff = 11008``, 128 x 2048
+calibration tokens) the working part is ~8.6 GB of activations + 1.4 GB of Hessians + ~2 GB of
+forward temporaries at ``batch_size=1``; the result must then be streamed to disk per block
+(not implemented: :func:`quantize_model` keeps it in memory).
+
 References
 ----------
 .. [1] E. Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
