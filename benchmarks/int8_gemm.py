@@ -11,11 +11,17 @@ Usage: python benchmarks/int8_gemm.py [--repeats 7] [--threads N]
 """
 
 import argparse
+import os
 import time
 
-import numpy as np
+# Numba's OpenMP workers spin while they wait (GOMP's default active policy); on a machine whose
+# cores are shared with other jobs that costs ~10 ms per parallel region. Passive waiting is the
+# setting for shared machines; set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-import refquant as rq
+import numpy as np             # noqa: E402
+
+import refquant as rq          # noqa: E402
 
 SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)]
 

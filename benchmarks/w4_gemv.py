@@ -11,11 +11,17 @@ Usage: python benchmarks/w4_gemv.py [--repeats 15] [--m 1]
 """
 
 import argparse
+import os
 import time
 
-import numpy as np
+# Numba's OpenMP workers spin while they wait (GOMP's default active policy); on a machine whose
+# cores are shared with other jobs that costs ~10 ms per parallel region. Passive waiting is the
+# setting for shared machines; set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-import refquant as rq
+import numpy as np             # noqa: E402
+
+import refquant as rq          # noqa: E402
 from refquant.kernels import reference, w4_tolerance
 
 SHAPES = [(4096, 4096), (11008, 4096)]      # [N, K]: out, in
