@@ -343,7 +343,8 @@ def fold_scales(s, prev, weights, *, channel_map=None) -> FoldResult:
         raise ValueError("s must be a 1-D array of finite positive scales")
     prev = as_float_array(prev, "prev").astype(np.float32)
     if prev.ndim not in (1, 2) or prev.shape[0] != s.shape[0]:
-        raise ValueError(f"prev must have shape ({s.shape[0]},) or ({s.shape[0]}, n), got {prev.shape}")
+        raise ValueError(f"prev must have shape ({s.shape[0]},) or ({s.shape[0]}, n), "
+                         f"got {prev.shape}")
     Ws = [_matrix(W, f"weights[{i}]").astype(np.float32) for i, W in enumerate(weights)]
     out = []
     for i, W in enumerate(Ws):
@@ -507,7 +508,7 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     else:
         lo0, hi0 = np.minimum(lo0, 0.0), np.maximum(hi0, 0.0)
 
-    def shaped(p):                                                           # [out, G] -> param shape
+    def shaped(p):                                             # [out, G] -> the parameter shape
         return p if spec.granularity == "group" else p[:, 0]
 
     H = _group_moments(X, gs)                                                # G x [gs, gs]
@@ -542,6 +543,7 @@ def awq(model, i, X_in, spec, **kw):
     return awq_block(model, i, X_in, spec, **kw)
 
 
-__all__ = ["awq", "activation_scale", "scale_from_alpha", "scaled_fake_quantize", "awq_search_scale",
+__all__ = ["awq", "activation_scale", "scale_from_alpha", "scaled_fake_quantize",
+           "awq_search_scale",
            "AWQScaleResult", "fold_scales", "FoldResult", "awq_clip", "AWQClipResult",
            "group_output_error"]

@@ -242,8 +242,8 @@ def test_fold_into_norm_and_linear_keeps_function(seed, log_s):
                                    rmsnorm(x, g) @ W.astype(np.float32).T, rtol=1e-4, atol=1e-4)
     # up -> down through SwiGLU
     s2 = np.exp(rng.uniform(-log_s, log_s, f)).astype(np.float32)
-    Wg, Wu, Wd = (rng.normal(size=(f, d)).astype(np.float32), rng.normal(size=(f, d)).astype(np.float32),
-                  rng.normal(size=(d, f)).astype(np.float32))
+    Wg, Wu = rng.normal(size=(2, f, d)).astype(np.float32)
+    Wd = rng.normal(size=(d, f)).astype(np.float32)
     fr2 = fold_scales(s2, Wu, [Wd])
 
     def mlp(Wu_, Wd_):
@@ -494,8 +494,8 @@ def test_real_block_of_bundled_model():
                                           **new})
     y_fold = llama.block(with_w(r.folded), i, x)
     np.testing.assert_allclose(y_fold, y, rtol=1e-3, atol=1e-3 * np.abs(y).max())
-    rtn = {f"layers.{i}.{LINEARS[k]}.weight":
-           rq.fake_quantize(model.weights[f"layers.{i}.{LINEARS[k]}.weight"], spec) for k in LINEARS}
+    names = [f"layers.{i}.{LINEARS[k]}.weight" for k in LINEARS]
+    rtn = {n: rq.fake_quantize(model.weights[n], spec) for n in names}
     y_rtn = llama.block(with_w(rtn), i, x)
     assert r.mse_rtn == pytest.approx(np.mean((y_rtn.astype(np.float64) - y) ** 2), rel=1e-5)
     assert np.array_equal(r.y, llama.block(with_w(r.weights), i, x))
