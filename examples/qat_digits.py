@@ -15,6 +15,16 @@ Held-out accuracy is measured on a stratified 30 % test split that no step ever 
 calibrates on. All hyperparameters are fixed below (nothing is tuned on the test split) and
 every random choice is seeded.
 
+Measured (seed 0; float64 model 98.1 % held-out; ~80 s on 2 shared CPU cores)::
+
+    weight bits   PTQ min-max   PTQ MSE   QAT (LSQ)
+    8             98.1 %        98.1 %    98.1 %
+    4             98.1 %        98.5 %    98.7 %
+    3             97.0 %        98.0 %    98.3 %
+    2             71.7 %        95.4 %    98.0 %
+
+(540 test images: at 3 bits QAT's lead over PTQ MSE is 2 images, at 2 bits 14.)
+
 Usage::
 
     python examples/qat_digits.py [--plot qat_digits.png] [--qat-epochs 30]
