@@ -74,6 +74,9 @@ def test_fake_quant_and_ste_against_scalar_oracle(spec):
         assert dv[idx] == (dy[idx] if inside else 0.0)
     assert n_clipped > 0, "the test needs clipped elements"
     np.testing.assert_array_equal(ste_mask(v, qp, spec), dv != 0)
+    np.testing.assert_array_equal(fake_quant(v, qp, spec), out)
+    with pytest.raises(ValueError, match="floating"):
+        fake_quant(np.arange(3), qp, spec)
 
 
 def test_dynamic_fake_quant_recalibrates_every_forward():
