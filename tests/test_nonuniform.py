@@ -57,14 +57,20 @@ def table_and_data(draw):
 
 @given(table_and_data())
 def test_codebook_is_nearest_level_with_ties_to_lower(args):
-    c, x, s = args            # power-of-two scale: x / s is exact, so ties stay ties
+    c, x, s = args            # power-of-two scale: x / s is exact in float64, so ties stay ties
     q = codebook_quantize(x, c, s)
     assert q.dtype == np.uint8 and q.shape == x.shape
-    assert np.array_equal(q, brute_nearest(x / s, c))
+    # The oracle divides in float64 as the quantizer does: in float32, a subnormal x / 2 rounds
+    # (x = -2^-149, s = 2 lands on the tie between -2^-149 and 0; Hypothesis found it).
+    assert np.array_equal(q, brute_nearest(x.astype(np.float64) / s, c))
+    exact = s * c.astype(np.float64)[q]
     x_hat = codebook_dequantize(q, c, s)
-    assert np.array_equal(x_hat, (s * c.astype(np.float64)[q]).astype(np.float32))
-    # idempotence: the dequantized values are levels, which map to themselves
-    assert np.array_equal(codebook_quantize(x_hat, c, s), q)
+    assert np.array_equal(x_hat, exact.astype(np.float32))
+    # Idempotence: a dequantized value that is exactly s * level maps back to that level. Where
+    # s * level is below float32's subnormal grid (c = -2^-149, s = 1/2), the float32 output
+    # cannot hold it and rounds to another level's value: there the property does not apply.
+    representable = x_hat.astype(np.float64) == exact
+    assert np.array_equal(codebook_quantize(x_hat, c, s)[representable], q[representable])
 
 
 def test_codebook_hand_table():
