@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")     # a local file: never ask the h
 torch = pytest.importorskip("torch", reason="cross-check needs torch (pip install '.[crosscheck]')")
 transformers = pytest.importorskip("transformers",
                                    reason="cross-check needs transformers (pip install '.[crosscheck]')")
-pytest.importorskip("accelerate", reason="transformers needs accelerate to read a GGUF file")
 
 import refquant as rq  # noqa: E402
 from refquant.data import evaluation_tokens, load_articles, split_articles  # noqa: E402
@@ -38,6 +37,7 @@ def ours():
 
 @pytest.fixture(scope="module")
 def theirs():
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to read a GGUF file")
     path = bundled_model_path()
     torch.set_num_threads(2)
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
