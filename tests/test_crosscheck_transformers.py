@@ -19,8 +19,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")     # a local file: never ask the hub
 torch = pytest.importorskip("torch", reason="cross-check needs torch (pip install '.[crosscheck]')")
-transformers = pytest.importorskip("transformers",
-                                   reason="cross-check needs transformers (pip install '.[crosscheck]')")
+transformers = pytest.importorskip(
+    "transformers", reason="cross-check needs transformers (pip install '.[crosscheck]')")
 
 import refquant as rq  # noqa: E402
 from refquant.data import evaluation_tokens, load_articles, split_articles  # noqa: E402

@@ -202,3 +202,17 @@ def test_causal_query_blocks_match_the_oracle(monkeypatch):
     cache = KVCache.empty(m.config, 1, 11)
     parts = [forward(m, tokens[:, :4], cache=cache), forward(m, tokens[:, 4:11], cache=cache)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1)[0], ref, rtol=0, atol=2e-5)
+
+
+def test_outputs_of_the_linear_are_not_modified():
+    m = tiny_model()
+    base = default_linear(m)
+    kept = []
+
+    def keeping(name, x):
+        y = base(name, x)
+        kept.append((y, y.copy()))
+        return y
+
+    forward(m, np.arange(5)[None, :], linear=keeping)
+    assert all(np.array_equal(y, c) for y, c in kept)

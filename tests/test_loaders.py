@@ -9,7 +9,6 @@ and a loop-based llama.cpp permutation for the Q/K rows.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -119,7 +118,8 @@ def test_gguf_kquant_tensor_equals_gguf_dequantize(tmp_path, ktype, block_bytes,
         if t.type_id == int(gguf.GGMLQuantizationType.F32):
             w.add_tensor(name, data.view(np.float32).reshape(t.shape))
         else:
-            w.add_tensor(name, data.reshape(t.shape[0], -1), raw_dtype=gguf.GGMLQuantizationType(t.type_id))
+            w.add_tensor(name, data.reshape(t.shape[0], -1),
+                         raw_dtype=gguf.GGMLQuantizationType(t.type_id))
     w.add_tensor("blk.0.ffn_up.weight", raw, raw_dtype=q)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -353,7 +353,8 @@ def test_hf_errors(tmp_path):
     W2 = dict(W)
     del W2["layers.0.self_attn.v_proj.weight"]
     d2 = write_tiny_hf(tmp_path / "hf2", cfg, W2)
-    with pytest.raises(ModelFormatError, match=r"model\.layers\.0\.self_attn\.v_proj\.weight.*missing"):
+    with pytest.raises(ModelFormatError,
+                       match=r"model\.layers\.0\.self_attn\.v_proj\.weight.*missing"):
         rq.load_model(d2)
     (d2 / "model.safetensors").unlink()
     (d2 / "pytorch_model.bin").write_bytes(b"not read")

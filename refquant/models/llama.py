@@ -282,7 +282,10 @@ def attention(model: LlamaModel, i: int, x: np.ndarray, *, linear: Linear,
 
 
 def mlp(model: LlamaModel, i: int, x: np.ndarray, *, linear: Linear) -> np.ndarray:
-    """SwiGLU MLP of block ``i``: :math:`W_{down}\\,(\\operatorname{SiLU}(W_{gate} x) \\odot W_{up} x)`."""
+    """SwiGLU MLP of block ``i``, ``[B, T, d] -> [B, T, d]``:
+
+    .. math:: W_{down}\\,(\\operatorname{SiLU}(W_{gate} x) \\odot W_{up} x)
+    """
     p = f"layers.{i}.mlp."
     g = linear(p + "gate_proj", x)                              # [B, T, f]
     u = linear(p + "up_proj", x)                                # [B, T, f]
@@ -290,14 +293,17 @@ def mlp(model: LlamaModel, i: int, x: np.ndarray, *, linear: Linear) -> np.ndarr
     with np.errstate(over="ignore"):                            # exp(-g) = inf -> silu = -0
         np.exp(e, out=e)
     e += np.float32(1)
-    g /= e                                                      # SiLU(g) = g / (1 + exp(-g))
-    g *= u
-    return linear(p + "down_proj", g)                           # [B, T, f] -> [B, T, d]
+    h = np.divide(g, e, out=e)                                  # SiLU(g) = g / (1 + exp(-g))
+    h *= u                        # (never written in place: g and u belong to the linear)
+    return linear(p + "down_proj", h)                           # [B, T, f] -> [B, T, d]
 
 
 def block(model: LlamaModel, i: int, x: np.ndarray, *, linear: Linear | None = None,
           cache: KVCache | None = None, start_pos: int = 0) -> np.ndarray:
-    """Transformer block ``i``: ``x + attn(norm(x))``, then ``+ mlp(norm(.))``. ``[B,T,d] -> [B,T,d]``."""
+    """Transformer block ``i``: ``x + attn(norm(x))``, then ``+ mlp(norm(.))``.
+
+    ``x``: ``[B, T, d]`` float32 (not modified) -> ``[B, T, d]``.
+    """
     if linear is None:
         linear = default_linear(model)
     w, eps = model.weights, model.config.norm_eps

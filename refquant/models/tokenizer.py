@@ -34,7 +34,8 @@ import pathlib
 
 from . import ModelFormatError
 
-# llama.cpp's split regex for Llama 3 style vocabularies (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)
+# llama.cpp's split regex for Llama 3 style vocabularies
+# (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _GPT2_PRE = {"default", "gpt2"}
