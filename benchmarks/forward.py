@@ -8,11 +8,13 @@ NumPy is imported, and ``torch.set_num_threads``). Prints tokens/s of each and t
     python benchmarks/forward.py [--threads 2] [--seq-len 512] [--batches 4] [--batch-size 1]
 
 Measured on the development machine (2 cores shared with other jobs, load average 5-9):
-``--threads 1``: 138.2 vs 138.1 tokens/s, ratio 1.00; ``--threads 2``: ratios 0.48-1.16 over four
-runs (0.60 with 4 x 512-token batches), varying with the load. What limits the 2-thread number
-there is OpenBLAS's threading on oversubscribed cores (a [1, 576] x [576, 1536] product took 16 ms
-with 2 threads against 0.17 ms with 1); torch's OpenMP pool suffers less. Rerun on an idle
-machine for a clean 2-thread ratio. Logits agree to ~2e-4.
+``--threads 1``: 138.2 vs 138.1 tokens/s, ratio 1.00; ``--threads 2``: ratios 0.48-1.16 over five
+runs (0.55 at load 4: 54 vs 98 tokens/s; 0.60 with 4 x 512-token batches), varying with the load.
+What limits the 2-thread number: OpenBLAS's threading on oversubscribed cores (a [1, 576] x
+[576, 1536] product took 16 ms with 2 threads against 0.17 ms with 1; NumPy ran slower with 2
+threads than with 1), and NumPy's element-wise work (softmax, RoPE, SiLU, RMSNorm) runs on one
+thread where torch uses both. Rerun on an idle machine for a clean 2-thread ratio. Logits agree
+to ~2e-4.
 """
 
 from __future__ import annotations
