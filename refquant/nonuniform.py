@@ -71,7 +71,7 @@ from .codebook import (_C_MAX, NF4_LEVELS, _absmax, _check_scale, _nearest_index
                        _separable, _twice_thresholds, codebook_dequantize, codebook_quantize,
                        nf4_dequantize, nf4_quantize)
 from .numerics import as_float_array, check_positive_int, normalize_axis
-from .spec import GRANULARITIES, expand, param_shape
+from .spec import check_granularity, expand, param_shape
 
 MAX_LOG_LEVELS = 127          # codes [-L, L] fit in int8
 
@@ -102,15 +102,7 @@ class LogSpec:
         if (isinstance(self.levels, bool) or not isinstance(self.levels, (int, np.integer))
                 or not 1 <= self.levels <= MAX_LOG_LEVELS):
             raise ValueError(f"levels must be an integer in 1..{MAX_LOG_LEVELS}, got {self.levels!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)):
-            raise ValueError(f"axis must be an integer, got {self.axis!r}")
-        if self.granularity == "group":
-            check_positive_int(self.group_size, "group_size")
-        elif self.group_size is not None:
-            raise ValueError(f"group_size={self.group_size!r} is only meaningful with "
-                             f"granularity='group', not {self.granularity!r}")
+        check_granularity(self.granularity, self.axis, self.group_size)
 
     @property
     def bits(self) -> int:

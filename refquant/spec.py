@@ -35,6 +35,19 @@ from .numerics import (ROUNDING_MODES, check_bits, check_positive_int, code_dtyp
 GRANULARITIES = ("tensor", "channel", "group")
 
 
+def check_granularity(granularity, axis, group_size) -> None:
+    """Validate the granularity fields shared by every spec (``QuantSpec``, ``LogSpec``)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    if granularity == "group":
+        check_positive_int(group_size, "group_size")
+    elif group_size is not None:
+        raise ValueError(f"group_size={group_size!r} is only meaningful with "
+                         f"granularity='group', not {granularity!r}")
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How to quantize: bit width, symmetry, granularity and rounding.
@@ -71,15 +84,7 @@ class QuantSpec:
         check_bits(self.bits)
         if not isinstance(self.symmetric, (bool, np.bool_)):
             raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)):
-            raise ValueError(f"axis must be an integer, got {self.axis!r}")
-        if self.granularity == "group":
-            check_positive_int(self.group_size, "group_size")
-        elif self.group_size is not None:
-            raise ValueError(f"group_size={self.group_size!r} is only meaningful with "
-                             f"granularity='group', not {self.granularity!r}")
+        check_granularity(self.granularity, self.axis, self.group_size)
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {self.rounding!r}")
         if self.restricted and not self.symmetric:
