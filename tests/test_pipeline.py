@@ -250,7 +250,7 @@ def test_sensitivity_and_auto_recipe():
 
 
 def _random_llama(seed=0):
-    llama = pytest.importorskip("refquant.models.llama", reason="the Llama model module has not landed")
+    from refquant.models import llama
     cfg = llama.LlamaConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=40, vocab_size=60,
                             tied_embeddings=True)
     rng = np.random.default_rng(seed)
@@ -299,7 +299,7 @@ _TEXT = ("The river rises in the northern hills and flows south through farmland
 
 @pytest.fixture(scope="module")
 def bundled():
-    loaders = pytest.importorskip("refquant.models.loaders", reason="the model loaders have not landed")
+    from refquant.models import loaders
     model = loaders.load_model(None)
     ids = np.asarray(model.tokenizer.encode(_TEXT))
     assert ids.size >= 96, ids.size
@@ -340,11 +340,10 @@ def test_bundled_model_two_blocks(bundled, bundled_runs, method):
         assert err < bundled_runs["rtn"][1], (method, err, bundled_runs["rtn"][1])
 
 
-def test_bundled_quantize_command_export_and_reload(bundled, tmp_path):
+def test_bundled_quantize_command_export_and_reload(bundled, tmp_path, capsys):
     """`refquant quantize` -> GPTQ checkpoint -> load_quantized_model: the reloaded linears equal
     the pipeline's (re-run here on the same calibration batch) up to the float16 rounding of the
     scales; everything else is the model's own float weights."""
-    pytest.importorskip("refquant.data", reason="refquant.data has not landed")
     from refquant.cli import main
     from refquant.commands.quantize import calibration_batch
     from refquant.formats.gptq import load_quantized_model
@@ -365,6 +364,15 @@ def test_bundled_quantize_command_export_and_reload(bundled, tmp_path):
         assert np.all(np.abs(back.weights[n + ".weight"] - exact) <= np.abs(exact) * (2**-11 + 2**-22) + 1e-12)
     for n in ("embed_tokens.weight", "layers.5.mlp.up_proj.weight", "norm.weight"):
         np.testing.assert_array_equal(back.weights[n], model.weights[n])
+    # `refquant eval DIR` evaluates the checkpoint: the same perplexity as the reloaded model's
+    import refquant as rq
+    from refquant.data import evaluation_tokens
+
+    capsys.readouterr()
+    assert main(["eval", str(out), "--tokens", "130", "--seq-len", "64"]) == 0
+    printed = capsys.readouterr().out
+    want = rq.perplexity(back, evaluation_tokens(model.tokenizer, 130), seq_len=64)
+    assert f"perplexity: {want.ppl:.3f}" in printed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +381,7 @@ def test_bundled_quantize_command_export_and_reload(bundled, tmp_path):
 
 @pytest.mark.slow
 def test_quality_targets_whole_model(capsys):
-    data = pytest.importorskip("refquant.data", reason="refquant.data has not landed")
+    from refquant import data
     import refquant as rq
     from refquant.commands.demo import format_table, run_experiments
     from refquant.commands.quantize import calibration_batch

@@ -16,8 +16,10 @@ import time
 import numpy as np
 
 # default: ~15 minutes on 2 cores (an evaluation of 2048 tokens is ~0.55 TFLOP of forward pass)
-DEFAULTS = dict(calib_tokens=2048, eval_tokens=2048, seq_len=256, calib_seq_len=256, awq_seqs=4)
-FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512, awq_seqs=16)
+# AWQ's searches dominate the default's time (each grid point re-runs a sub-module of every block):
+# the default gives them 2 sequences and 10 grid points; --full the paper's 20 points.
+DEFAULTS = dict(calib_tokens=2048, eval_tokens=2048, seq_len=256, calib_seq_len=256, awq_seqs=2, awq_grid=10)
+FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512, awq_seqs=16, awq_grid=20)
 
 
 def add_arguments(p):
@@ -31,7 +33,8 @@ def add_arguments(p):
     p.add_argument("--settings", default="w8,w4g128,w3g128", help="comma-separated subset of w8,w4g128,w3g128,w4")
     p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision recipe")
     p.add_argument("--n-blocks", type=int, default=None, help="quantize only the first N blocks (quick checks)")
-    p.add_argument("--awq-grid", type=int, default=20, help="AWQ: grid points of alpha and of the clipping search (default 20)")
+    p.add_argument("--awq-grid", type=int, default=None,
+                   help="AWQ: grid points of alpha and of the clipping search (default 10; --full 20)")
     p.add_argument("--awq-seqs", type=int, default=None, help="AWQ: calibration sequences its searches see")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -138,7 +141,7 @@ def run(args) -> int:
     from refquant.data import evaluation_tokens
 
     sizes = dict(FULL if args.full else DEFAULTS)
-    for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs"):
+    for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs", "awq_grid"):
         if getattr(args, k) is not None:
             sizes[k] = getattr(args, k)
     progress = not args.no_progress
@@ -147,12 +150,13 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     model = rq.load_model(args.model)
-    L = model.config.n_layers if hasattr(model.config, "n_layers") else model.config.num_hidden_layers
+    L = model.config.n_layers
     calib = calibration_batch(model.tokenizer, sizes["calib_tokens"], sizes["calib_seq_len"], args.seed)
     ev = np.asarray(evaluation_tokens(model.tokenizer, sizes["eval_tokens"])).reshape(-1)
     print(f"model: {model.source}")
     print(f"calibration: {calib.shape[0]} sequences x {calib.shape[1]} tokens = {calib.size} tokens "
-          f"(seed {args.seed}; AWQ's searches use the first {sizes['awq_seqs']} sequences); "
+          f"(seed {args.seed}; AWQ's searches use the first {sizes['awq_seqs']} sequences and "
+          f"{sizes['awq_grid']} grid points); "
           f"evaluation: {ev.size} tokens in windows of {sizes['seq_len']}")
 
     runs = []
@@ -164,13 +168,13 @@ def run(args) -> int:
         runs.append(("mixed", mixed_recipe(L)))
     rows = run_experiments(model, calib, ev, runs, seq_len=sizes["seq_len"], n_blocks=args.n_blocks,
                            progress=progress, log=print, awq_max_seqs=sizes["awq_seqs"],
-                           awq_kw=dict(n_grid=args.awq_grid, clip_grid=args.awq_grid))
+                           awq_kw=dict(n_grid=sizes["awq_grid"], clip_grid=sizes["awq_grid"]))
     n_blocks = args.n_blocks
     table = format_table(rows)
     print()
     print(table)
     summary = dict(model=str(model.source), sizes=sizes, seed=args.seed, n_blocks=n_blocks,
-                   awq_grid=args.awq_grid, methods=args.methods, settings=args.settings,
+                   awq_grid=sizes["awq_grid"], methods=args.methods, settings=args.settings,
                    total_seconds=time.perf_counter() - t0, rows=rows,
                    notes="size: block linears as stored in the GPTQ format (codes, float16 scales, "
                          "b-bit zeros, int32 g_idx), everything else float16; float = 16 bits/weight")

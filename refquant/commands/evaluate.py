@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="GGUF file or Hugging Face directory (default: the bundled SmolLM2-135M)")
+                   help="GGUF file, Hugging Face directory, or a GPTQ checkpoint written by "
+                        "`refquant quantize` (default: the bundled SmolLM2-135M)")
     p.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
     p.add_argument("--tokens", type=int, default=16384,
                    help="evaluation tokens taken from the stream (default 16384)")
@@ -17,9 +19,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from refquant.data import evaluation_tokens
     from refquant.evaluate import perplexity
+    from refquant.formats.gptq import is_gptq_checkpoint, load_quantized_model
     from refquant.models.loaders import load_model
 
-    model = load_model(args.model)
+    if args.model is not None and pathlib.Path(args.model).is_dir() and is_gptq_checkpoint(args.model):
+        model = load_quantized_model(args.model)    # dequantized linears over the source model
+    else:
+        model = load_model(args.model)
     if model.tokenizer is None:
         raise SystemExit(f"{model.source}: the model has no tokenizer (tokenizer.json)")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
