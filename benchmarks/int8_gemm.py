@@ -12,27 +12,18 @@ Usage: python benchmarks/int8_gemm.py [--repeats 7] [--threads N]
 
 import argparse
 import os
-import time
 
 # Numba's OpenMP workers spin while they wait (GOMP's default active policy); on a machine whose
 # cores are shared with other jobs that costs ~10 ms per parallel region. Passive waiting is the
 # setting for shared machines; set OMP_WAIT_POLICY yourself to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+from _timing import best_pair  # noqa: E402  (benchmarks/ is on sys.path)
 import numpy as np             # noqa: E402
 
 import refquant as rq          # noqa: E402
 
 SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)]
-
-
-def best_pair(f, g, repeats):
-    """Best times of f and g, timed alternately so both see the same machine load."""
-    tf, tg = [], []
-    for _ in range(repeats):
-        t = time.perf_counter(); f(); tf.append(time.perf_counter() - t)
-        t = time.perf_counter(); g(); tg.append(time.perf_counter() - t)
-    return min(tf), min(tg)
 
 
 def main():

@@ -12,13 +12,13 @@ Usage: python benchmarks/w4_gemv.py [--repeats 15] [--m 1]
 
 import argparse
 import os
-import time
 
 # Numba's OpenMP workers spin while they wait (GOMP's default active policy); on a machine whose
 # cores are shared with other jobs that costs ~10 ms per parallel region. Passive waiting is the
 # setting for shared machines; set OMP_WAIT_POLICY yourself to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+from _timing import best_pair  # noqa: E402  (benchmarks/ is on sys.path)
 import numpy as np             # noqa: E402
 
 import refquant as rq          # noqa: E402
@@ -26,14 +26,6 @@ from refquant.kernels import reference, w4_tolerance
 
 SHAPES = [(4096, 4096), (11008, 4096)]      # [N, K]: out, in
 GROUP = 128
-
-
-def best_pair(f, g, repeats):
-    tf, tg = [], []
-    for _ in range(repeats):
-        t = time.perf_counter(); f(); tf.append(time.perf_counter() - t)
-        t = time.perf_counter(); g(); tg.append(time.perf_counter() - t)
-    return min(tf), min(tg)
 
 
 def main():
