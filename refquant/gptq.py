@@ -97,6 +97,9 @@ class GPTQResult:
         groups, where group ``g`` covers the original columns with ``g_idx == g``).
     w_hat : numpy.ndarray [d_row, d_col] float32
         Dequantized weights ``scale[:, g_idx] * (codes - zero_point[:, g_idx])``.
+
+        ``codes`` and ``w_hat`` are returned in the column-major (Fortran) memory order in which
+        GPTQ builds them, column by column; ``np.ascontiguousarray`` gives a row-major copy.
     perm : numpy.ndarray [d_col] int64
         The processing order (``W[:, perm]`` was quantized left to right).
     loss : float
@@ -128,13 +131,15 @@ def _check_inputs(W, H, spec, block_size, damp):
     if H.shape != (d_col, d_col):
         raise ValueError(f"H must have shape ({d_col}, {d_col}) for W of shape {W.shape}, got {H.shape}")
     H = H.astype(np.float64, copy=False)
-    D = H - H.T                                                         # [d_col, d_col]
+    D = np.subtract(H, H.T)                                             # [d_col, d_col]
     # |H_ij| <= max(H_ii, H_jj) for a PSD matrix: the diagonal sets the scale
-    if np.abs(D).max() > 1e-5 * max(float(np.abs(np.diag(H)).max()), np.finfo(np.float64).tiny):
+    if max(D.max(), -D.min()) > 1e-5 * max(float(np.abs(np.diag(H)).max()), np.finfo(np.float64).tiny):
         worst = np.unravel_index(np.argmax(np.abs(D)), H.shape)
         raise ValueError(f"H must be symmetric; H{worst} = {H[worst]!r} but "
                          f"H{worst[::-1]} = {H[worst[::-1]]!r}")
-    H = H - 0.5 * D                                                     # (H + H^T) / 2
+    D *= -0.5
+    D += H                                                              # (H + H^T) / 2, a new array
+    H = D
     if np.any(np.diag(H) < 0):
         raise ValueError(f"H must have a non-negative diagonal, found {np.diag(H).min()!r}")
     check_positive_int(block_size, "block_size")
@@ -155,10 +160,13 @@ def _column_spec(spec: QuantSpec) -> QuantSpec:
 _SUB = 16          # columns per cache-sized sub-block inside a lazy batch
 
 
-def _matmul_f(A, B):
-    """``A @ B`` as a Fortran-ordered array (computed as ``(B^T A^T)^T``), so that subtracting it
-    from the column-major working copies of ``W`` streams through memory in order."""
-    return (B.T @ A.T).T
+def _sub_matmul_(C, A, B):
+    """``C -= A @ B`` in place for a Fortran-ordered ``C`` (one BLAS ``gemm`` call with
+    ``beta = 1``, so no temporary of ``C``'s size is made)."""
+    (gemm,) = scipy.linalg.blas.get_blas_funcs(("gemm",), (C,))
+    out = gemm(-1.0, A, B, beta=1.0, c=C, overwrite_c=True)
+    if not np.shares_memory(out, C):                                   # not expected for F-order C
+        C[...] = out
 
 
 def _as_columns(qp: QParams):
@@ -182,15 +190,18 @@ def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
     triangular with a positive diagonal (so it is *the* Cholesky factor). One factorization
     and one triangular inverse instead of the three ``n^3`` steps of the reference.
     """
+    # P H P is symmetric, so its row-major copy read as column-major (``.T``) is the same
+    # matrix: LAPACK gets a Fortran array without a transposing copy
+    PHP = np.ascontiguousarray(H[::-1, ::-1]).T
     try:
-        L = scipy.linalg.cholesky(H[::-1, ::-1], lower=True)           # P H P = L L^T
+        L = scipy.linalg.cholesky(PHP, lower=True, overwrite_a=True)   # P H P = L L^T
     except np.linalg.LinAlgError as exc:
         raise ValueError("H + lambda I is not positive definite; increase damp") from exc
     (trtri,) = scipy.linalg.lapack.get_lapack_funcs(("trtri",), (L,))
     Linv, info = trtri(L, lower=1)                                      # L^-1, lower
     if info != 0:
         raise ValueError(f"inverting the Cholesky factor of H failed (LAPACK trtri info={info})")
-    return np.ascontiguousarray(Linv[::-1, ::-1])                      # U = P L^-1 P, upper
+    return np.asfortranarray(Linv[::-1, ::-1])                         # U = P L^-1 P, upper
 
 
 def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
@@ -260,8 +271,7 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     grouped = spec.granularity == "group"
     gs = spec.group_size if grouped else d_col
 
-    W = W.copy()
-    H = H.copy()
+    W = W.copy()                                                        # (H is already a new array)
     dead = np.diag(H) == 0                                              # [d_col]
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -281,8 +291,9 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         static_sz = [_as_columns(p) for p in static_qp]
 
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(d_col)
-    W = W[:, perm]                                                      # [d_row, d_col] processing order
-    H = H[np.ix_(perm, perm)]
+    if act_order:
+        W = W[:, perm]                                                  # [d_row, d_col] processing order
+        H = H[np.ix_(perm, perm)]
 
     lam = damp * float(np.mean(np.diag(H)))
     H[np.diag_indices(d_col)] += lam
@@ -337,13 +348,14 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
                 W1[:, i:s2] -= np.multiply.outer(Hinv1[i, i:s2], err1).T  # [d_row, s2 - i]
                 Err1[:, i] = err1
             if s2 < count:
-                W1[:, s2:] -= _matmul_f(Err1[:, s1:s2], Hinv1[s1:s2, s2:])
+                _sub_matmul_(W1[:, s2:], Err1[:, s1:s2], Hinv1[s1:s2, s2:])
         Q[:, i1:i2] = Q1
         Losses[:, i1:i2] = Losses1 / 2
         if i2 < d_col:
-            W[:, i2:] -= _matmul_f(Err1, Hinv[i1:i2, i2:])              # lazy batch update
+            _sub_matmul_(W[:, i2:], Err1, Hinv[i1:i2, i2:])                # lazy batch update
 
     invperm = np.argsort(perm)
+    unperm = (lambda A: A[:, invperm]) if act_order else (lambda A: A)   # back to input order
     g_idx = None
     if grouped:
         if static_groups:
@@ -358,8 +370,8 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         qparams = static_qp[0]
     else:
         qparams = QParams(static_qp[0].scale[0], static_qp[0].zero_point[0])
-    return GPTQResult(codes=np.ascontiguousarray(codes[:, invperm]), qparams=qparams,
-                      w_hat=np.ascontiguousarray(Q[:, invperm], dtype=np.float32),
+    return GPTQResult(codes=np.asfortranarray(unperm(codes)), qparams=qparams,
+                      w_hat=np.asfortranarray(unperm(Q), dtype=np.float32),
                       perm=perm.astype(np.int64), loss=float(Losses.sum(dtype=np.float64)), g_idx=g_idx,
                       spec=spec)
 
