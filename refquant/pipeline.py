@@ -16,28 +16,38 @@ deterministic function of the model, the calibration tokens and the recipe.
 
 Peak memory
 -----------
-Besides the model's own weights (memory-mapped where the loader can) the pipeline holds
+Besides the model's own weights (memory-mapped where the loader can; a block's float32 copies
+are read when the block is processed) the pipeline holds
 
 * the calibration activations, twice (``X_i`` and ``X_{i+1}``): ``2 n_tok d`` float32;
 * one block's transient forward state for a chunk of ``batch_size`` sequences (the MLP
   activation ``[chunk, T, d_ff]`` and attention scores ``[chunk, heads, T, T]``);
 * one block's four Hessians ``3 d^2 + d_ff^2`` float64 (``H`` of q/k/v, o, gate/up, down) and the
   GPTQ working copies of one weight (``W``, ``Q``, ``Losses``: ``3 d_out d_in`` float64);
-* the quantized weights produced so far (the result), ``7`` linears per block, float32.
+* one block's weights: float32 as read, and dequantized (``2 x 4 P_block`` bytes);
+* the quantized result: with a ``sink`` (streaming) only the current block's, which the sink
+  writes out (``refquant quantize`` writes and verifies one checkpoint shard per block);
+  without one, every block's (float32 dequantized weights and codes), and the model's cache
+  keeps every block's float32 weights too.
 
-so ``peak ~ 8 n_tok d + 8 (3 d^2 + d_ff^2) + 24 max(d_out d_in) + 4 B_chunk T (d_ff + h T) + result``
-bytes, independent of the number of blocks except for the result (which a streaming exporter
-would write out block by block). :class:`QuantizeResult` records the ``tracemalloc`` peak when
-asked (``track_memory=True``).
+so, streamed, ``peak ~ 8 n_tok d + 8 (3 d^2 + d_ff^2) + 24 max(d_out d_in) + 8 P_block +
+4 B_chunk T (d_ff + h T) + 4 V d`` bytes (the last term the float32 embedding), independent of
+the number of blocks. :class:`QuantizeResult` records the ``tracemalloc`` peak when asked
+(``track_memory=True``).
 
-Measured on the bundled SmolLM2-135M (30 blocks, ``d = 576``, ``d_ff = 1536``), GPTQ W3 g128 with
-2048 calibration tokens (8 x 256, ``batch_size=8``): ``tracemalloc`` peak 667 MB, of which the
-result is ~531 MB (106M weights: float32 dequantized copies plus uint8 codes); the formula's
-working part is ~9 MB activations + 27 MB Hessians + 11 MB GPTQ scratch + ~100 MB of one
-chunk's forward temporaries. For a 7B Llama (``d = 4096``, ``d_ff = 11008``, 128 x 2048
-calibration tokens) the working part is ~8.6 GB of activations + 1.4 GB of Hessians + ~2 GB of
-forward temporaries at ``batch_size=1``; the result must then be streamed to disk per block
-(not implemented: :func:`quantize_model` keeps it in memory).
+Measured on the bundled SmolLM2-135M (30 blocks, ``d = 576``, ``d_ff = 1536``, ``V = 49152``),
+GPTQ W3 g128 with act_order and static groups, 2048 calibration tokens (8 x 256,
+``batch_size=8``), ``tracemalloc`` peak: **266 MB streamed** (a sink per block) against
+**1,190 MB in memory** (the result, ~531 MB, plus the model's cached float32 block weights,
+~425 MB). Of the streamed peak, the float32 embedding is 113 MB and the gguf dequantization of
+it transient buffers of similar size; the formula's working part is ~9 MB of activations, 27 MB
+of Hessians, 11 MB of GPTQ scratch, 28 MB of one block's weights and ~40 MB of one chunk's
+forward temporaries. For a 7B Llama (``d = 4096``, ``d_ff = 11008``, ``V = 32000``,
+``P_block = 202M``, 128 x 2048 calibration tokens, ``batch_size=1``) the formula gives ~8.6 GB of
+activations + 1.4 GB of Hessians + 0.4 GB of GPTQ scratch + 1.6 GB of block weights + ~2 GB
+of forward temporaries (attention scores ``32 x 2048^2`` float32 and their softmax) + 0.5 GB of
+embedding: ~15 GB, within a 24 GiB machine (not run here:
+no 7B checkpoint is bundled and none may be downloaded).
 
 References
 ----------
@@ -193,6 +203,8 @@ class QuantizeResult:
     peak_bytes : int or None
         ``tracemalloc`` peak during the run (``track_memory=True``), else None.
     n_blocks : int
+    streamed : bool
+        True when the blocks went to a ``sink`` (``weights`` and ``layers`` are then empty).
     """
 
     weights: dict
@@ -202,9 +214,13 @@ class QuantizeResult:
     block_seconds: list = field(default_factory=list)
     peak_bytes: int | None = None
     n_blocks: int = 0
+    streamed: bool = False
 
     def apply(self, model):
         """The model with these weights laid over its own (the original is not modified)."""
+        if self.streamed:
+            raise ValueError("this result was streamed to a sink block by block and holds no weights; "
+                             "load what the sink wrote (e.g. refquant.formats.gptq.load_quantized_model)")
         return with_weights(model, self.weights)
 
 
@@ -237,7 +253,7 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                    n_blocks: int | None = None, batch_size: int = 8, awq_kw: dict | None = None,
                    awq_max_seqs: int | None = None,
                    progress: bool = False, track_memory: bool = False,
-                   block_fn=None, embed_fn=None) -> QuantizeResult:
+                   block_fn=None, embed_fn=None, sink=None) -> QuantizeResult:
     """Quantize the linears of a Llama model block by block (see the module docstring).
 
     Parameters
@@ -265,6 +281,15 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     block_fn, embed_fn : callable, optional
         ``block_fn(model, i, x, *, linear=None)`` and ``embed_fn(model, tokens)``; default
         :func:`refquant.models.llama.block` and :func:`refquant.models.llama.embed`.
+    sink : callable, optional
+        Streaming: ``sink(i, layers, tensors)`` receives each finished block ``i`` -- its
+        :class:`QuantizedLayer` s by name and its other tensors (``{name: float32 array}``: the
+        RMSNorm weights, folded by AWQ, and any linear kept in float) -- once the next block's
+        input has been computed. The pipeline then forgets the block: its results, and the model's
+        cached float weights of the block where the weights mapping can drop them
+        (:meth:`refquant.models.loaders.LazyWeights.drop_cache`), so memory does not grow with
+        the number of blocks. The returned result then has ``streamed=True`` and no weights.
+        :class:`refquant.formats.gptq.CheckpointWriter` writes such blocks to disk.
 
     Returns
     -------
@@ -352,6 +377,8 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                 del Hs
             # the quantized block's output is the next block's input
             X = np.concatenate([block(view, i, X[s]) for s in _chunks(len(X), batch_size)])
+            if sink is not None:
+                _stream_block(sink, i, model, view, overrides, layers)
             block_seconds.append(time.perf_counter() - t0)
         peak = tracemalloc.get_traced_memory()[1] if track_memory else None
     finally:
@@ -359,7 +386,24 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
             tracemalloc.stop()
     return QuantizeResult(weights=dict(overrides), layers=layers, settings=settings,
                           seconds=time.perf_counter() - t_start, block_seconds=block_seconds,
-                          peak_bytes=peak, n_blocks=n_blocks)
+                          peak_bytes=peak, n_blocks=n_blocks, streamed=sink is not None)
+
+
+def _stream_block(sink, i: int, model, view, overrides: dict, layers: dict) -> None:
+    """Hand block ``i`` to ``sink``, then drop it from ``overrides``, ``layers`` and the model's cache."""
+    prefix = f"layers.{i}."
+    names = [k for k in model.weights if k.startswith(prefix)]
+    block_layers = {n: ly for n, ly in layers.items() if n.startswith(prefix)}
+    tensors = {k: np.asarray(view.weights[k], np.float32) for k in names
+               if k[: -len(".weight")] not in block_layers}
+    sink(i, block_layers, tensors)
+    for k in names:
+        overrides.pop(k, None)
+    for n in block_layers:
+        del layers[n]
+    drop = getattr(model.weights, "drop_cache", None)
+    if drop is not None:
+        drop(names)
 
 
 # ---------------------------------------------------------------------------------------------

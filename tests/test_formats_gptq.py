@@ -162,3 +162,42 @@ def test_bad_layer_input():
     with pytest.raises(ValueError, match="checkpoint_format"):
         fmt.pack_layer(fmt.PackedLayer(np.zeros((1, 8), np.uint8), np.ones((1, 1), np.float16),
                                        np.zeros((1, 1), np.int32), np.zeros(8, np.int32), 4, 8), "v3")
+
+
+def test_writer_shards_index_and_their_checks(tmp_path):
+    """CheckpointWriter: one verified shard per write, HF-style names and index; the reader
+    refuses a missing shard, a shard not in the index, and a tensor stored twice."""
+    r1, s1 = _quantized(bits=4, group_size=16, seed=6)
+    r2, s2 = _quantized(bits=3, group_size=16, seed=7)
+    w = fmt.CheckpointWriter(tmp_path / "s", checkpoint_format="gptq_v2")
+    w.write({"layers.0.mlp.up_proj": fmt.layer_from_quantized(r1.codes, r1.qparams, s1)},
+            {"layers.0.input_layernorm.weight": np.ones(4, np.float32)})
+    w.write({"layers.1.mlp.up_proj": fmt.layer_from_quantized(r2.codes, r2.qparams, s2)}, {})
+    w.write({}, {"embed_tokens.weight": np.zeros((3, 4), np.float32)})
+    out = w.close()
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert shards == [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"]["model.layers.1.mlp.up_proj.qweight"] == shards[1]
+    assert index["weight_map"]["model.embed_tokens.weight"] == shards[2]
+    cfg = json.loads((out / "quantize_config.json").read_text())
+    assert cfg["refquant_layers"]["layers.1.mlp.up_proj"] == {"bits": 3, "group_size": 16}
+    layers, floats, _ = fmt.read_checkpoint(out)
+    np.testing.assert_array_equal(layers["layers.1.mlp.up_proj"].codes, r2.codes)
+    assert set(floats) == {"layers.0.input_layernorm.weight", "embed_tokens.weight"}
+    with pytest.raises(fmt.CheckpointError, match="closed"):
+        w.write({}, {})
+    with pytest.raises(fmt.CheckpointError, match="already holds"):
+        fmt.CheckpointWriter(out)                       # stale shards would mix into a new export
+
+    (out / shards[1]).rename(tmp_path / "aside.safetensors")
+    with pytest.raises(fmt.CheckpointError, match="missing"):
+        fmt.read_checkpoint(out)
+    (tmp_path / "aside.safetensors").rename(out / shards[1])
+    (out / "extra.safetensors").write_bytes((out / shards[1]).read_bytes())
+    with pytest.raises(fmt.CheckpointError, match="not listed"):
+        fmt.read_checkpoint(out)
+    (out / "extra.safetensors").unlink()
+    (out / shards[2]).write_bytes((out / shards[0]).read_bytes())   # shard 1's tensors twice
+    with pytest.raises(fmt.CheckpointError, match="also in another shard"):
+        fmt.read_checkpoint(out)

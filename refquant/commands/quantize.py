@@ -2,7 +2,9 @@
 
 Quantizes every block linear of a model (GGUF file or Hugging Face directory; default the
 bundled SmolLM2) with the sequential pipeline and exports a GPTQ-style checkpoint
-(:mod:`refquant.formats.gptq`) that ``refquant eval DIR`` reads back.
+(:mod:`refquant.formats.gptq`) that ``refquant eval DIR`` reads back. The export is streamed: each
+block is packed, written as its own shard and verified by re-reading as soon as it is quantized
+(:class:`refquant.formats.gptq.CheckpointWriter`), so memory does not grow with the model's depth.
 """
 
 from __future__ import annotations
@@ -43,25 +45,9 @@ def calibration_batch(tokenizer, n_tokens: int, seq_len: int, seed: int) -> np.n
     return toks[: n_seq * seq_len].reshape(n_seq, seq_len)
 
 
-def export_result(model, result, directory, *, checkpoint_format="gptq", extra=None):
-    """Write ``result`` (a :class:`refquant.pipeline.QuantizeResult`) as a GPTQ checkpoint."""
-    from refquant.formats.gptq import export_checkpoint, layer_from_quantized
-
-    layers = {n: layer_from_quantized(ly.codes, ly.qparams, ly.spec, ly.g_idx) for n, ly in result.layers.items()}
-    view = result.apply(model)
-    floats = {k: np.asarray(view.weights[k], np.float32) for k in model.weights
-              if k[: -len(".weight")] not in layers}
-    any_layer = next(iter(result.layers.values()), None)
-    config = {"source_model": str(model.source), "sym": bool(any_layer and any_layer.spec.symmetric)}
-    config.update(extra or {})
-    return export_checkpoint(directory, layers, floats, checkpoint_format=checkpoint_format,
-                             desc_act=bool(any_layer and any_layer.setting.act_order),
-                             static_groups=bool(any_layer and any_layer.setting.static_groups),
-                             extra_config=config)
-
-
 def run(args) -> int:
     import refquant as rq
+    from refquant.formats.gptq import CheckpointWriter, layer_from_quantized
     from refquant.pipeline import LayerSetting, quantize_model
 
     gs = None if args.group_size in (0, -1) else args.group_size
@@ -71,12 +57,28 @@ def run(args) -> int:
     model = rq.load_model(args.model)
     calib = calibration_batch(model.tokenizer, args.calib_tokens, args.seq_len, args.seed)
     print(f"model {model.source}; calibration {calib.shape[0]} x {calib.shape[1]} tokens; {setting.label()}")
-    res = quantize_model(model, calib, setting, damp=args.damp, progress=not args.no_progress,
-                         n_blocks=args.n_blocks)
-    out = export_result(model, res, args.output, checkpoint_format=args.format,
-                        extra={"method": args.method, "damp_percent": args.damp,
-                               "calibration": {"tokens": int(calib.size), "seq_len": args.seq_len, "seed": args.seed}})
-    print(f"quantized {len(res.layers)} linears in {res.seconds:.1f} s; wrote {out} "
-          f"(verified by re-import); total {time.perf_counter() - t0:.1f} s")
-    return 0
+    # streamed: each block is packed, written and verified as soon as it is quantized, so peak
+    # memory is one block plus the calibration activations whatever the model's size
+    writer = CheckpointWriter(args.output, checkpoint_format=args.format, desc_act=args.act_order,
+                              static_groups=args.static_groups, damp_percent=args.damp,
+                              extra_config={"source_model": str(model.source), "sym": bool(args.sym),
+                                            "method": args.method,
+                                            "calibration": {"tokens": int(calib.size), "seq_len": args.seq_len,
+                                                            "seed": args.seed}})
+    n_layers = [0]
 
+    def sink(i, layers, tensors):
+        writer.write({n: layer_from_quantized(ly.codes, ly.qparams, ly.spec, ly.g_idx) for n, ly in layers.items()},
+                     tensors)
+        n_layers[0] += len(layers)
+
+    res = quantize_model(model, calib, setting, damp=args.damp, progress=not args.no_progress,
+                         n_blocks=args.n_blocks, sink=sink)
+    # what the pipeline did not touch, in float: the blocks after --n-blocks, then the rest
+    for i in range(res.n_blocks, model.config.n_layers):
+        writer.write({}, {k: model.weights[k] for k in model.weights if k.startswith(f"layers.{i}.")})
+    writer.write({}, {k: model.weights[k] for k in model.weights if not k.startswith("layers.")})
+    out = writer.close()
+    print(f"quantized {n_layers[0]} linears in {res.seconds:.1f} s; wrote {out} block by block "
+          f"(each shard verified by re-import); total {time.perf_counter() - t0:.1f} s")
+    return 0

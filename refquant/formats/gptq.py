@@ -1,6 +1,8 @@
 """GPTQ-style packed checkpoints (the AutoGPTQ / Hugging Face ``quant_method: gptq`` layout).
 
-A directory holds ``model.safetensors`` and ``quantize_config.json``. For every quantized linear
+A directory holds ``model.safetensors`` (or shards ``model-00001-of-0000N.safetensors`` with the
+Hugging Face ``model.safetensors.index.json``, as :class:`CheckpointWriter` writes them block by
+block) and ``quantize_config.json``. For every quantized linear
 layer ``P`` (Hugging Face name, e.g. ``model.layers.0.self_attn.q_proj``) with ``K`` inputs, ``N``
 outputs, ``b`` bits and ``G`` groups:
 
@@ -69,6 +71,7 @@ from ..spec import QParams, QuantSpec, n_groups
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "quantize_config.json"
+INDEX_FILE = "model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):
@@ -215,7 +218,7 @@ def export_checkpoint(directory, layers: dict[str, PackedLayer], float_tensors: 
     Parameters
     ----------
     directory : path
-        Created if missing.
+        Created if missing; must not hold ``.safetensors`` files already.
     layers : dict
         refquant layer name (``layers.3.mlp.down_proj``, without ``.weight``) -> :class:`PackedLayer`.
     float_tensors : dict
@@ -232,51 +235,139 @@ def export_checkpoint(directory, layers: dict[str, PackedLayer], float_tensors: 
     CheckpointError
         If re-importing does not give back every code, zero point, float16 scale, ``g_idx`` and
         hence the dequantized weight (:func:`dequantize_layer`) bit for bit, or any float tensor.
+
+    See :class:`CheckpointWriter` to write a checkpoint block by block.
     """
-    from safetensors.numpy import save_file
+    writer = CheckpointWriter(directory, checkpoint_format=checkpoint_format, desc_act=desc_act,
+                              static_groups=static_groups, damp_percent=damp_percent,
+                              extra_config=extra_config)
+    writer.write(layers, float_tensors, filename=WEIGHTS_FILE)
+    return writer.close()
 
-    if checkpoint_format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, layer in layers.items():
-        for key, t in pack_layer(layer, checkpoint_format).items():
-            tensors[f"{_hf_name(name)}.{key}"] = t
-    for name, t in float_tensors.items():
-        tensors[_hf_name(name)] = np.ascontiguousarray(np.asarray(t, dtype=np.float32))
-    settings = [(ly.bits, ly.group_size) for ly in layers.values()]
-    bits, group_size = max(set(settings), key=settings.count) if settings else (4, 128)
-    config = {
-        "quant_method": "gptq", "bits": int(bits), "group_size": int(group_size),
-        "desc_act": bool(desc_act), "static_groups": bool(static_groups), "sym": False,
-        "damp_percent": float(damp_percent), "true_sequential": True,
-        "checkpoint_format": checkpoint_format,
-        "refquant_layers": {name: {"bits": int(ly.bits), "group_size": int(ly.group_size)}
-                            for name, ly in layers.items()},
-    }
-    if extra_config:
-        config.update(extra_config)
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
-    # verify: read everything back and compare bit for bit
-    back_layers, back_float, _ = read_checkpoint(directory)
+class CheckpointWriter:
+    """Write a GPTQ checkpoint in shards, e.g. one per block, so a model larger than memory can be
+    exported while it is quantized (:func:`refquant.pipeline.quantize_model`'s ``sink``).
+
+    Each :meth:`write` stores one ``.safetensors`` shard and verifies it at once by re-reading it
+    (codes, zero points, float16 scale bits, ``g_idx``, the dequantized weight and every float
+    tensor bit for bit; :class:`CheckpointError` otherwise), so only one shard is ever in memory.
+    :meth:`close` names the shards ``model-00001-of-0000N.safetensors`` and writes
+    ``model.safetensors.index.json`` (the Hugging Face ``weight_map``) and ``quantize_config.json``
+    (global ``bits`` / ``group_size``: the most common setting; every layer's own in
+    ``refquant_layers``). A single shard written as ``model.safetensors`` gets no index.
+    """
+
+    def __init__(self, directory, *, checkpoint_format: str = "gptq", desc_act: bool = False,
+                 static_groups: bool = False, damp_percent: float = 0.01, extra_config: dict | None = None):
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        old = sorted(p.name for p in self.directory.glob("*.safetensors"))
+        if old:
+            # a reader takes every shard in the directory: stale ones would mix into the model
+            raise CheckpointError(f"{self.directory} already holds {old}; export into a new or empty directory")
+        self.checkpoint_format = checkpoint_format
+        self.desc_act, self.static_groups, self.damp_percent = desc_act, static_groups, damp_percent
+        self.extra_config = dict(extra_config or {})
+        self._shards: list[tuple[str, list[str]]] = []      # file name, tensor names
+        self._layer_meta: dict[str, tuple[int, int]] = {}   # name -> (bits, group_size)
+        self._total_bytes = 0
+        self._closed = False
+
+    def write(self, layers: dict[str, PackedLayer], float_tensors: dict[str, np.ndarray], *,
+              filename: str | None = None) -> pathlib.Path:
+        """Store ``layers`` and ``float_tensors`` (refquant names) as the next shard and verify it."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file, save_file
+
+        if self._closed:
+            raise CheckpointError("this CheckpointWriter is closed")
+        tensors = {}
+        for name, layer in layers.items():
+            if name in self._layer_meta:
+                raise CheckpointError(f"{name}: written twice")
+            for key, t in pack_layer(layer, self.checkpoint_format).items():
+                tensors[f"{_hf_name(name)}.{key}"] = t
+        for name, t in float_tensors.items():
+            tensors[_hf_name(name)] = np.ascontiguousarray(np.asarray(t, dtype=np.float32))
+        filename = filename or f"model-{len(self._shards) + 1:05d}.safetensors"
+        path = self.directory / filename
+        save_file(tensors, str(path), metadata={"format": "pt"})
+        try:
+            raw = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot read back the shard just written ({exc})") from exc
+        per_layer = {n: {"bits": ly.bits, "group_size": ly.group_size} for n, ly in layers.items()}
+        back_layers, back_float = _split_tensors(raw, per_layer, {}, self.checkpoint_format)
+        _verify_round_trip(layers, float_tensors, back_layers, back_float, path)
+        self._layer_meta.update({n: (int(ly.bits), int(ly.group_size)) for n, ly in layers.items()})
+        self._shards.append((filename, list(tensors)))
+        self._total_bytes += sum(t.nbytes for t in tensors.values())
+        return path
+
+    def close(self) -> pathlib.Path:
+        """Name the shards, write the index and ``quantize_config.json``; returns the directory."""
+        if self._closed:
+            raise CheckpointError("this CheckpointWriter is already closed")
+        if not self._shards:
+            raise CheckpointError("no shard was written")
+        self._closed = True
+        n = len(self._shards)
+        if n > 1 or self._shards[0][0] != WEIGHTS_FILE:
+            weight_map = {}
+            for k, (name, keys) in enumerate(self._shards, start=1):
+                final = f"model-{k:05d}-of-{n:05d}.safetensors"
+                (self.directory / name).rename(self.directory / final)
+                weight_map.update({key: final for key in keys})
+            index = {"metadata": {"total_size": self._total_bytes}, "weight_map": weight_map}
+            (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        settings = list(self._layer_meta.values())
+        bits, group_size = max(set(settings), key=settings.count) if settings else (4, 128)
+        config = {
+            "quant_method": "gptq", "bits": int(bits), "group_size": int(group_size),
+            "desc_act": bool(self.desc_act), "static_groups": bool(self.static_groups), "sym": False,
+            "damp_percent": float(self.damp_percent), "true_sequential": True,
+            "checkpoint_format": self.checkpoint_format,
+            "refquant_layers": {name: {"bits": b, "group_size": g} for name, (b, g) in self._layer_meta.items()},
+        }
+        config.update(self.extra_config)
+        (self.directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return self.directory
+
+
+def _verify_round_trip(layers, float_tensors, back_layers, back_float, where):
+    """Raise :class:`CheckpointError` unless what was read back equals what was written, bit for bit."""
     for name, layer in layers.items():
         got = back_layers.get(name)
         if got is None:
-            raise CheckpointError(f"{name}: missing after re-import")
+            raise CheckpointError(f"{where}: {name} missing after re-import")
         for field in ("codes", "zeros", "g_idx"):
             if not np.array_equal(getattr(got, field), getattr(layer, field)):
-                raise CheckpointError(f"{name}.{field}: re-imported values differ")
+                raise CheckpointError(f"{where}: {name}.{field}: re-imported values differ")
         if not np.array_equal(got.scales.view(np.uint16), layer.scales.astype(np.float16).view(np.uint16)):
-            raise CheckpointError(f"{name}.scales: re-imported float16 bits differ")
+            raise CheckpointError(f"{where}: {name}.scales: re-imported float16 bits differ")
         if not np.array_equal(dequantize_layer(got), dequantize_layer(layer)):
-            raise CheckpointError(f"{name}: re-imported dequantized weight differs")
+            raise CheckpointError(f"{where}: {name}: re-imported dequantized weight differs")
     for name, t in float_tensors.items():
-        if not np.array_equal(back_float[name], np.asarray(t, dtype=np.float32)):
-            raise CheckpointError(f"{name}: re-imported float tensor differs")
-    return directory
+        if name not in back_float or not np.array_equal(back_float[name], np.asarray(t, dtype=np.float32)):
+            raise CheckpointError(f"{where}: {name}: re-imported float tensor differs")
+
+
+def _split_tensors(raw: dict, per_layer: dict, config: dict, fmt: str):
+    """Stored tensors (Hugging Face names) -> ``(layers, float_tensors)`` with refquant names."""
+    prefixes = sorted({k[: -len(".qweight")] for k in raw if k.endswith(".qweight")})
+    layers = {}
+    for prefix in prefixes:
+        name = _rq_name(prefix)
+        lc = per_layer.get(name, {})
+        bits, gs = int(lc.get("bits", config.get("bits", 4))), int(lc.get("group_size", config.get("group_size", 128)))
+        layers[name] = unpack_layer({k: raw.get(f"{prefix}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")
+                                     if f"{prefix}.{k}" in raw}, bits, gs, fmt, name)
+    quant_keys = {f"{p}.{k}" for p in prefixes for k in ("qweight", "qzeros", "scales", "g_idx", "bias")}
+    float_tensors = {_rq_name(k): v.astype(np.float32) for k, v in raw.items() if k not in quant_keys}
+    return layers, float_tensors
 
 
 def read_checkpoint(directory) -> tuple[dict[str, PackedLayer], dict[str, np.ndarray], dict]:
@@ -311,23 +402,38 @@ def read_checkpoint(directory) -> tuple[dict[str, PackedLayer], dict[str, np.nda
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory} has no .safetensors file")
+    weight_map = None
+    if (directory / INDEX_FILE).is_file():
+        try:
+            weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{directory / INDEX_FILE}: no valid weight_map ({exc})") from exc
+        listed = sorted(set(weight_map.values()))
+        missing = [f for f in listed if not (directory / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{directory}: shard(s) {missing} listed in {INDEX_FILE} are missing")
+        unlisted = sorted({f.name for f in files} - set(listed))
+        if unlisted:
+            raise CheckpointError(f"{directory}: {unlisted} not listed in {INDEX_FILE}")
     raw = {}
     for f in files:
         try:
-            raw.update(load_file(str(f)))
+            part = load_file(str(f))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from exc
-    per_layer = config.get("refquant_layers", {})
-    prefixes = sorted({k[: -len(".qweight")] for k in raw if k.endswith(".qweight")})
-    layers = {}
-    for prefix in prefixes:
-        name = _rq_name(prefix)
-        lc = per_layer.get(name, {})
-        bits, gs = int(lc.get("bits", config.get("bits", 4))), int(lc.get("group_size", config.get("group_size", 128)))
-        layers[name] = unpack_layer({k: raw.get(f"{prefix}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")
-                                     if f"{prefix}.{k}" in raw}, bits, gs, fmt, name)
-    quant_keys = {f"{p}.{k}" for p in prefixes for k in ("qweight", "qzeros", "scales", "g_idx", "bias")}
-    float_tensors = {_rq_name(k): v.astype(np.float32) for k, v in raw.items() if k not in quant_keys}
+        twice = sorted(set(part) & set(raw))
+        if twice:
+            raise CheckpointError(f"{f}: tensor {twice[0]!r} is also in another shard")
+        if weight_map is not None:
+            wrong = sorted(k for k in part if weight_map.get(k) != f.name)
+            if wrong:
+                raise CheckpointError(f"{f}: tensor {wrong[0]!r} is not mapped to this shard in {INDEX_FILE}")
+        raw.update(part)
+    if weight_map is not None:
+        absent = sorted(set(weight_map) - set(raw))
+        if absent:
+            raise CheckpointError(f"{directory}: tensor {absent[0]!r} listed in {INDEX_FILE} is in no shard")
+    layers, float_tensors = _split_tensors(raw, config.get("refquant_layers", {}), config, fmt)
     return layers, float_tensors, config
 
 
@@ -357,7 +463,7 @@ def is_gptq_checkpoint(directory) -> bool:
 
 
 __all__ = ["PackedLayer", "CheckpointError", "layer_from_quantized", "pack_layer", "unpack_layer",
-           "dequantize_layer", "export_checkpoint", "read_checkpoint", "load_weights",
+           "dequantize_layer", "export_checkpoint", "CheckpointWriter", "read_checkpoint", "load_weights",
            "is_gptq_checkpoint", "load_quantized_model", "CHECKPOINT_FORMATS"]
 
 

@@ -115,6 +115,10 @@ class LazyWeights(MutableMapping):
         """Shape of ``name`` without reading it."""
         return self._shapes[name]
 
+    def cached_names(self) -> frozenset:
+        """Names whose float32 arrays are held in memory now (read and cached, or assigned)."""
+        return frozenset(self._cache) | frozenset(self._assigned)
+
     def drop_cache(self, names=None) -> None:
         """Forget the cached float32 arrays (all, or ``names``); assigned weights stay."""
         if names is None:
