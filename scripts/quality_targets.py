@@ -18,66 +18,16 @@ import time
 import numpy as np
 
 import refquant as rq
-from refquant.commands.demo import format_table, run_experiments
+from refquant.commands.demo import QUALITY_SIZES, format_table, quality_runs, quality_targets, run_experiments
 from refquant.commands.quantize import calibration_batch
 from refquant.data import evaluation_tokens
-from refquant.pipeline import LayerSetting
-
-
-def runs():
-    best = dict(act_order=True)
-    return [
-        ("rtn", LayerSetting("rtn", 8, None)),
-        ("gptq", LayerSetting("gptq", 8, None, **best)),
-        ("awq", LayerSetting("awq", 8, None)),
-        ("rtn", LayerSetting("rtn", 4, 128)),
-        ("gptq-plain", LayerSetting("gptq", 4, 128)),
-        ("gptq", LayerSetting("gptq", 4, 128, static_groups=True, **best)),
-        ("awq", LayerSetting("awq", 4, 128)),
-        ("rtn", LayerSetting("rtn", 4, None)),
-        ("gptq-plain", LayerSetting("gptq", 4, None)),
-        ("gptq", LayerSetting("gptq", 4, None, **best)),
-        ("rtn", LayerSetting("rtn", 3, 128)),
-        ("gptq", LayerSetting("gptq", 3, 128, static_groups=True, **best)),
-        ("awq", LayerSetting("awq", 3, 128)),
-    ]
-
-
-def check_targets(rows):
-    """The issue's targets as (text, met) pairs, from the measured rows."""
-    base = rows[0]["ppl"]
-    ppl = {(r["method"], r["bits"], r["group"]): r["ppl"] for r in rows[1:]}
-    inc = {k: v - base for k, v in ppl.items()}
-
-    def recovered(method, bits, group):
-        return 1 - inc[(method, bits, group)] / inc[("rtn", bits, group)]
-
-    out = [(f"W8 per-channel RTN increase {100 * inc[('rtn', 8, None)] / base:+.2f}% <= 0.5%",
-            inc[("rtn", 8, None)] / base <= 0.005)]
-    for m in ("gptq", "awq"):
-        out.append((f"W4 g128 {m} {ppl[(m, 4, 128)]:.3f} < RTN {ppl[('rtn', 4, 128)]:.3f}",
-                    ppl[(m, 4, 128)] < ppl[("rtn", 4, 128)]))
-    out.append((f"(not a target) W4 g128 plain GPTQ {ppl[('gptq-plain', 4, 128)]:.3f} vs RTN "
-                f"{ppl[('rtn', 4, 128)]:.3f}: plain GPTQ {'beats' if ppl[('gptq-plain', 4, 128)] < ppl[('rtn', 4, 128)] else 'does not beat'} RTN",
-                None))
-    r = recovered("gptq", 4, None)
-    out.append((f"W4 per-channel GPTQ recovers {100 * r:.0f}% of RTN's increase (>= 33%)", r >= 1 / 3))
-    rg, ra = recovered("gptq", 3, 128), recovered("awq", 3, 128)
-    out.append((f"W3 g128 best of GPTQ/AWQ recovers {100 * max(rg, ra):.0f}% (>= 50%)", max(rg, ra) >= 0.5))
-    out.append((f"W3 g128 GPTQ recovers {100 * rg:.0f}%, AWQ {100 * ra:.0f}% (each >= 25%)",
-                min(rg, ra) >= 0.25))
-    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", default="results/quality")
-    ap.add_argument("--eval-tokens", type=int, default=16384)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=4096)
-    ap.add_argument("--calib-seq-len", type=int, default=512)
-    ap.add_argument("--awq-seqs", type=int, default=4)
-    ap.add_argument("--awq-grid", type=int, default=20)
+    for k, v in QUALITY_SIZES.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-blocks", type=int, default=None, help="only the first N blocks (smoke test)")
     args = ap.parse_args()
@@ -90,13 +40,11 @@ def main():
     print(f"calibration {calib.shape[0]} x {calib.shape[1]} tokens (AWQ searches: {args.awq_seqs} "
           f"sequences, {args.awq_grid} grid points); evaluation {ev.size} tokens, windows of {args.seq_len}",
           flush=True)
-    rows = run_experiments(model, calib, ev, runs(), seq_len=args.seq_len, n_blocks=args.n_blocks,
+    rows = run_experiments(model, calib, ev, quality_runs(), seq_len=args.seq_len, n_blocks=args.n_blocks,
                            progress=False, log=lambda s: print(s, flush=True), awq_max_seqs=args.awq_seqs,
                            awq_kw=dict(n_grid=args.awq_grid, clip_grid=args.awq_grid))
-    for r, (m, _) in zip(rows[1:], runs()):
-        r["method"] = m
     table = format_table(rows)
-    targets = check_targets(rows)
+    targets = quality_targets(rows)
     print()
     print(table)
     print()
