@@ -30,9 +30,12 @@ Per output ``n`` and group ``g`` the zero point is taken out of the inner loop,
 .. math::  \\sum_{k \\in g} x_k\\, s_{ng} (q_{nk} - z_{ng})
            = s_{ng} \\Big(\\sum_{k \\in g} x_k q_{nk} - z_{ng} \\sum_{k \\in g} x_k\\Big),
 
-and ``x`` is transposed to ``xT[i, w] = x[8w + i]`` so that the nibble ``i`` of the words
-``w, w+1, ...`` multiplies contiguous ``xT[i, w:]``: the loop over words vectorizes with
-shifts, masks, int->float conversions and fused multiply-adds, and the weight is never expanded.
+so a row is ``sum_g s_ng (sum_{k in g} x_k q_nk) - sum_g s_ng z_ng (sum_{k in g} x_k)``, the
+second sum from per-group sums of ``x`` computed once. The first is LLVM vector IR
+(:func:`_w4_row`): each int32 word is broadcast to 8 lanes, lane ``i`` shifted right by ``4i``
+and masked, converted to float and multiply-added with ``x[8w : 8w + 8]``; a group's sum is
+scaled into one row accumulator and the row ends with one horizontal sum. The weight is never
+expanded.
 
 References
 ----------
@@ -211,28 +214,32 @@ def kernels():
     mask15 = ir.Constant(v8i32, [15] * 8)
 
     @intrinsic
-    def _w4_dot(typingctx, Q, q_off, X, x_off, n_words):
-        """sum_{w < n_words} sum_{i < 8} X[x_off + 8w + i] * ((Q[q_off + w] >> 4i) & 15).
+    def _w4_row(typingctx, Q, q_off, X, x_off, S, s_off, n_words, wpg):
+        """sum_g S[s_off + g] * sum_{w in group g} sum_{i < 8} X[x_off + 8w + i] * ((Q[q_off + w] >> 4i) & 15)
 
-        One 8-lane vector per word: broadcast the word, shift lane i right by 4i, mask, convert
-        to float and multiply-add (contracted to an FMA where the CPU has one) with the 8
-        contiguous x; four vector accumulators take turns over the words, then a horizontal sum
-        (a fixed float32 summation order).
+        over the ``n_words`` words of one row in groups of ``wpg`` words (the last may be
+        shorter). One 8-lane vector per word: broadcast the word, shift lane i right by 4i,
+        mask, convert to float and multiply-add (contracted to an FMA where the CPU has one)
+        with the 8 contiguous x; four vector accumulators take turns over a group's words, the
+        group's sum is scaled into one row accumulator, and a single horizontal sum ends the
+        row (a fixed float32 summation order).
         """
-        sig = types.float32(Q, q_off, X, x_off, n_words)
+        sig = types.float32(Q, q_off, X, x_off, S, s_off, n_words, wpg)
 
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
-            q_arr, q_off_, x_arr, x_off_, n_ = args
+            q_arr, q_off_, x_arr, x_off_, s_arr, s_off_, n_, wpg_ = args
             i64 = ir.IntType(64)
-            q_off_, x_off_, n_ = (builder.sext(v, i64) if v.type != i64 else v
-                                  for v in (q_off_, x_off_, n_))
+            q_off_, x_off_, s_off_, n_, wpg_ = (builder.sext(v, i64) if v.type != i64 else v
+                                                for v in (q_off_, x_off_, s_off_, n_, wpg_))
             pq = context.make_array(signature.args[0])(context, builder, q_arr).data
             px = context.make_array(signature.args[2])(context, builder, x_arr).data
+            ps = context.make_array(signature.args[4])(context, builder, s_arr).data
             v8fp = v8f32.as_pointer()
+            zero8 = ir.Constant(v8f32, [0.0] * 8)
             accs = [cgutils.alloca_once(builder, v8f32) for _ in range(4)]
-            for a in accs:
-                builder.store(ir.Constant(v8f32, [0.0] * 8), a)
+            row = cgutils.alloca_once(builder, v8f32)
+            builder.store(zero8, row)
 
             def word_step(w, slot):
                 word = builder.load(builder.gep(pq, [builder.add(q_off_, w)]), align=4)
@@ -245,16 +252,31 @@ def kernels():
                 prod = builder.fmul(xv, fc, flags=("contract",))
                 builder.store(builder.fadd(builder.load(slot), prod, flags=("contract",)), slot)
 
-            quarter = builder.lshr(n_, ir.Constant(i64, 2))
-            with cgutils.for_range(builder, quarter) as loop:
-                w = builder.mul(loop.index, ir.Constant(i64, 4))
-                for u in range(4):
-                    word_step(builder.add(w, ir.Constant(i64, u)), accs[u])
-            done = builder.mul(quarter, ir.Constant(i64, 4))
-            with cgutils.for_range(builder, builder.and_(n_, ir.Constant(i64, 3))) as loop:
-                word_step(builder.add(done, loop.index), accs[0])
-            acc = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
-                               builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
+            one = ir.Constant(i64, 1)
+            n_groups = builder.sdiv(builder.sub(builder.add(n_, wpg_), one), wpg_)
+            with cgutils.for_range(builder, n_groups) as gl:
+                g = gl.index
+                w0 = builder.mul(g, wpg_)
+                rest = builder.sub(n_, w0)
+                nw = builder.select(builder.icmp_signed("<", rest, wpg_), rest, wpg_)
+                for a in accs:
+                    builder.store(zero8, a)
+                quarter = builder.lshr(nw, ir.Constant(i64, 2))
+                with cgutils.for_range(builder, quarter) as loop:
+                    w = builder.add(w0, builder.mul(loop.index, ir.Constant(i64, 4)))
+                    for u in range(4):
+                        word_step(builder.add(w, ir.Constant(i64, u)), accs[u])
+                done = builder.add(w0, builder.mul(quarter, ir.Constant(i64, 4)))
+                with cgutils.for_range(builder, builder.and_(nw, ir.Constant(i64, 3))) as loop:
+                    word_step(builder.add(done, loop.index), accs[0])
+                gacc = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
+                                    builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
+                sc = builder.load(builder.gep(ps, [builder.add(s_off_, g)]), align=4)
+                sv = builder.insert_element(ir.Constant(v8f32, None), sc, ir.Constant(i32, 0))
+                sv = builder.shuffle_vector(sv, sv, splat0)
+                builder.store(builder.fadd(builder.load(row), builder.fmul(sv, gacc, flags=("contract",)),
+                                           flags=("contract",)), row)
+            acc = builder.load(row)
             # horizontal sum of the 8 lanes: (0+4, 1+5, 2+6, 3+7) -> (.+.) -> .
             lo = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(i32, 4), [0, 1, 2, 3]))
             hi = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(i32, 4), [4, 5, 6, 7]))
@@ -282,16 +304,14 @@ def kernels():
                 xs[m, k // group_size] += x[m, k]
         xf = xp.reshape(M * 8 * W)
         pf = packed.reshape(N * W)
+        sf = scales.reshape(N * G)
         y = np.zeros((M, N), np.float32)
         for n in prange(N):
             for m in range(M):
-                total = np.float32(0.0)
+                zterm = np.float32(0.0)                     # sum_g s_g z_g sum_{k in g} x_k
                 for g in range(G):
-                    w0 = g * wpg
-                    nw = min(W, w0 + wpg) - w0
-                    acc = _w4_dot(pf, n * W + w0, xf, m * 8 * W + 8 * w0, nw)
-                    total += scales[n, g] * (acc - np.float32(zeros[n, g]) * xs[m, g])
-                y[m, n] = total
+                    zterm += scales[n, g] * (np.float32(zeros[n, g]) * xs[m, g])
+                y[m, n] = _w4_row(pf, n * W, xf, m * 8 * W, sf, n * G, W, wpg) - zterm
         return y
 
     @njit(**opts)
