@@ -2,11 +2,26 @@
 
 import time
 
+# OpenBLAS's worker threads keep spinning for a while after each call (2^28 cycles, about 0.1 s,
+# by default: OPENBLAS_THREAD_TIMEOUT). A Numba kernel timed right after a NumPy matmul would
+# share its cores with them, and a NumPy call timed after a pause would pay for waking them. So
+# each side is timed in its own burst of calls, after a pause long enough for the other side's
+# threads to go to sleep: both are measured warm and alone.
+PAUSE = 0.3
+BURST = 5
+
 
 def best_pair(f, g, repeats):
-    """Best times of f and g, timed alternately so both see the same machine load."""
-    tf, tg = [], []
-    for _ in range(repeats):
-        t = time.perf_counter(); f(); tf.append(time.perf_counter() - t)
-        t = time.perf_counter(); g(); tg.append(time.perf_counter() - t)
-    return min(tf), min(tg)
+    """Best times of ``f`` and ``g``: ``repeats`` rounds, each a warm-up call and a burst of
+    timed calls of ``f``, a pause, then the same for ``g`` (rounds alternate, so both see the
+    same machine load over the run)."""
+    best = [float("inf"), float("inf")]
+    for _ in range(max(1, repeats // BURST)):
+        for side, fn in enumerate((f, g)):
+            time.sleep(PAUSE)
+            fn()
+            for _ in range(BURST):
+                t = time.perf_counter()
+                fn()
+                best[side] = min(best[side], time.perf_counter() - t)
+    return best[0], best[1]

@@ -11,17 +11,16 @@ Usage: python benchmarks/int8_gemm.py [--repeats 7] [--threads N]
 """
 
 import argparse
-import os
 
-# Numba's OpenMP workers spin while they wait (GOMP's default active policy); on a machine whose
-# cores are shared with other jobs that costs ~10 ms per parallel region. Passive waiting is the
-# setting for shared machines; set OMP_WAIT_POLICY yourself to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Threads: GOMP's default wait policy (spin a little, then sleep) for Numba's workers and
+# OpenBLAS's defaults; OMP_WAIT_POLICY=passive costs a wake-up per parallel region (about a
+# millisecond on this virtual machine), =active keeps Numba's workers spinning during the NumPy
+# side. _timing.best_pair times each side in its own burst after a pause (see there).
 
-from _timing import best_pair  # noqa: E402  (benchmarks/ is on sys.path)
-import numpy as np             # noqa: E402
+from _timing import best_pair  # (benchmarks/ is on sys.path)
+import numpy as np
 
-import refquant as rq          # noqa: E402
+import refquant as rq
 
 SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)]
 

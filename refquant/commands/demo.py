@@ -87,12 +87,13 @@ def plot(rows, path):
 
 
 def format_table(rows) -> str:
-    head = f"{'method':<8} {'bits':>4} {'group':>6} {'ppl':>9} {'change':>8} {'size MB':>8} {'bits/w':>7} {'seconds':>8}"
+    w = max([8] + [len(r["method"]) for r in rows])
+    head = f"{'method':<{w}} {'bits':>4} {'group':>6} {'ppl':>9} {'change':>8} {'size MB':>8} {'bits/w':>7} {'seconds':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         g = "-" if r["group"] is None else str(r["group"])
         b = "-" if r["bits"] is None else str(r["bits"])
-        lines.append(f"{r['method']:<8} {b:>4} {g:>6} {r['ppl']:>9.3f} {r['change_pct']:>+7.2f}% "
+        lines.append(f"{r['method']:<{w}} {b:>4} {g:>6} {r['ppl']:>9.3f} {r['change_pct']:>+7.2f}% "
                      f"{r['size_mb']:>8.1f} {r['bits_per_weight']:>7.3f} {r['seconds']:>8.1f}")
     return "\n".join(lines)
 

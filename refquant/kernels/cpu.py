@@ -180,8 +180,9 @@ def kernels():
         # GotoBLAS order: for each block of KC pairs (its rows of B touch few pages, its A block
         # stays in L2), the 16-column panels in parallel, each packed into L1 and swept by all
         # row tiles of C
-        for p0 in range(0, P, KC):
-            pn = min(KC, P - p0)
+        kc = (P + (P + KC - 1) // KC - 1) // ((P + KC - 1) // KC)   # KC or less, in equal blocks
+        for p0 in range(0, P, kc):
+            pn = min(kc, P - p0)
             for jb in prange(n_panels):
                 j0 = jb * NR
                 jn = min(NR, N - j0)
