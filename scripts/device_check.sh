@@ -10,6 +10,13 @@ OUT=${OUT:-/tmp/refquant-device}
 mkdir -p "$OUT"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# wheels carried to a machine that cannot download (.whl/, ignored by git) go first on the path:
+# the device image's numba-cuda 0.30.4 fails to import with its NumPy 2.5 (np.row_stack is gone),
+# so a NumPy 2.4 wheel travels with the run
+if [ "${SMOKE:-0}" != 1 ] && compgen -G ".whl/*.whl" > /dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
 bench=(--repeats 20)
 if [ "${SMOKE:-0}" = 1 ]; then export NUMBA_ENABLE_CUDASIM=1; bench=(--smoke); fi
 {

@@ -30,9 +30,10 @@ def _rand_i8(rng, shape):
     return rng.integers(-128, 128, shape, dtype=np.int8)
 
 
-# shapes: 1, primes, not multiples of the 16 x 16 tile, one exact tile, more than one tile
+# shapes: 1, primes, not multiples of the 16-step in k or of the 64 x 64 block tile, one exact
+# k step, several k steps, several block tiles in M and N (the last ones partial)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 5, 3), (3, 17, 2), (16, 16, 16), (17, 7, 19),
-                                   (2, 33, 5)])
+                                   (2, 33, 5), (67, 19, 71)])
 def test_cuda_int8_equals_reference(shape):
     M, K, N = shape
     rng = np.random.default_rng(M + 10 * K + 100 * N)
@@ -74,7 +75,10 @@ def _w4_case(rng, M, K, N, group_size):
     return x, codes, rq.pack(codes, 4, "int32"), scales, zeros
 
 
-@pytest.mark.parametrize("case", [(1, 37, 3, 8), (2, 64, 2, 32), (1, 130, 2, 128), (1, 21, 2, 5)])
+# (M, K, N, group_size): groups of whole words and not; more rows than one block's 32 (the last
+# block and warp partly empty) and more words than a warp's 32 lanes
+@pytest.mark.parametrize("case", [(1, 37, 3, 8), (2, 64, 2, 32), (1, 130, 2, 128), (1, 21, 2, 5),
+                                  (2, 300, 37, 64), (1, 300, 9, 20)])
 def test_cuda_w4_within_tolerance_of_reference(case):
     M, K, N, gs = case
     rng = np.random.default_rng(K + gs)
