@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from _cases import w4_problem  # (benchmarks/ is on sys.path)
 
 import refquant as rq
 from refquant.kernels import reference, w4_tolerance
@@ -113,12 +114,7 @@ def main():
     shapes = [(24, 40)] if args.smoke else [(4096, 4096), (11008, 4096)]
     gs = 8 if args.smoke else 128
     for N, K in shapes:
-        G = -(-K // gs)
-        codes = rng.integers(0, 16, (N, K), dtype=np.uint8)
-        packed = rq.pack(codes, 4, "int32")
-        scales = rng.uniform(0.001, 0.02, (N, G)).astype(np.float32)
-        zeros = rng.integers(0, 16, (N, G), dtype=np.int32)
-        x = rng.standard_normal((1, K)).astype(np.float32)
+        x, packed, scales, zeros = w4_problem(rng, N, K, gs)
         dev = [cuda.to_device(v) for v in (x, packed, scales, zeros)]
         d_y = cuda.device_array((1, N), np.float32)
         grid_w4 = (-(-N // rq_cuda.W4_ROWS), 1)

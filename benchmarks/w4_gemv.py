@@ -17,7 +17,8 @@ import argparse
 # millisecond on this virtual machine), =active keeps Numba's workers spinning during the NumPy
 # side. _timing.best_pair times each side in its own burst after a pause (see there).
 
-from _timing import best_pair  # (benchmarks/ is on sys.path)
+from _cases import w4_problem  # (benchmarks/ is on sys.path)
+from _timing import best_pair
 import numpy as np
 
 import refquant as rq
@@ -36,12 +37,7 @@ def main():
     print(f"{'N':>6} {'K':>5} {'M':>3} | {'f32 ms':>7} {'w4 ms':>7} | {'f32 GB/s':>8} "
           f"{'w4 GB/s':>7} | {'ratio':>5} target")
     for N, K in SHAPES:
-        G = -(-K // GROUP)
-        codes = rng.integers(0, 16, (N, K), dtype=np.uint8)
-        packed = rq.pack(codes, 4, "int32")
-        scales = rng.uniform(0.001, 0.02, (N, G)).astype(np.float32)
-        zeros = rng.integers(0, 16, (N, G), dtype=np.int32)
-        x = rng.standard_normal((args.m, K)).astype(np.float32)
+        x, packed, scales, zeros = w4_problem(rng, N, K, GROUP, args.m)
         W_hat = reference.dequantize_w4(packed, scales, zeros, GROUP, K)    # [N, K] float32
         y = rq.w4_matmul(x, packed, scales, zeros, GROUP, backend="numba")  # compile + check
         if not np.all(np.abs(y - x @ W_hat.T) <= w4_tolerance(x, scales, zeros, GROUP)):
