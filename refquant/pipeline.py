@@ -389,10 +389,16 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                           peak_bytes=peak, n_blocks=n_blocks, streamed=sink is not None)
 
 
+def block_tensor_names(weights, i: int) -> list[str]:
+    """The names in ``weights`` that belong to block ``i`` (``layers.{i}.*``)."""
+    prefix = f"layers.{i}."
+    return [k for k in weights if k.startswith(prefix)]
+
+
 def _stream_block(sink, i: int, model, view, overrides: dict, layers: dict) -> None:
     """Hand block ``i`` to ``sink``, then drop it from ``overrides``, ``layers`` and the model's cache."""
     prefix = f"layers.{i}."
-    names = [k for k in model.weights if k.startswith(prefix)]
+    names = block_tensor_names(model.weights, i)
     block_layers = {n: ly for n, ly in layers.items() if n.startswith(prefix)}
     tensors = {k: np.asarray(view.weights[k], np.float32) for k in names
                if k[: -len(".weight")] not in block_layers}

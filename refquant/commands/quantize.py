@@ -48,7 +48,7 @@ def calibration_batch(tokenizer, n_tokens: int, seq_len: int, seed: int) -> np.n
 def run(args) -> int:
     import refquant as rq
     from refquant.formats.gptq import CheckpointWriter, layer_from_quantized
-    from refquant.pipeline import LayerSetting, quantize_model
+    from refquant.pipeline import LayerSetting, block_tensor_names, quantize_model
 
     gs = None if args.group_size in (0, -1) else args.group_size
     setting = LayerSetting(args.method, args.bits, gs, symmetric=args.sym, act_order=args.act_order,
@@ -65,20 +65,17 @@ def run(args) -> int:
                                             "method": args.method,
                                             "calibration": {"tokens": int(calib.size), "seq_len": args.seq_len,
                                                             "seed": args.seed}})
-    n_layers = [0]
-
     def sink(i, layers, tensors):
         writer.write({n: layer_from_quantized(ly.codes, ly.qparams, ly.spec, ly.g_idx) for n, ly in layers.items()},
                      tensors)
-        n_layers[0] += len(layers)
 
     res = quantize_model(model, calib, setting, damp=args.damp, progress=not args.no_progress,
                          n_blocks=args.n_blocks, sink=sink)
     # what the pipeline did not touch, in float: the blocks after --n-blocks, then the rest
     for i in range(res.n_blocks, model.config.n_layers):
-        writer.write({}, {k: model.weights[k] for k in model.weights if k.startswith(f"layers.{i}.")})
+        writer.write({}, {k: model.weights[k] for k in block_tensor_names(model.weights, i)})
     writer.write({}, {k: model.weights[k] for k in model.weights if not k.startswith("layers.")})
     out = writer.close()
-    print(f"quantized {n_layers[0]} linears in {res.seconds:.1f} s; wrote {out} block by block "
+    print(f"quantized {writer.n_layers} linears in {res.seconds:.1f} s; wrote {out} block by block "
           f"(each shard verified by re-import); total {time.perf_counter() - t0:.1f} s")
     return 0

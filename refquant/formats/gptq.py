@@ -307,6 +307,11 @@ class CheckpointWriter:
         self._total_bytes += sum(t.nbytes for t in tensors.values())
         return path
 
+    @property
+    def n_layers(self) -> int:
+        """Quantized layers written so far."""
+        return len(self._layer_meta)
+
     def close(self) -> pathlib.Path:
         """Name the shards, write the index and ``quantize_config.json``; returns the directory."""
         if self._closed:
