@@ -85,6 +85,19 @@ def _first(x: np.ndarray, mask: np.ndarray):
     return x[mask].ravel()[0]
 
 
+def _finite_bits(bits, exp_mask: int, name: str) -> np.ndarray:
+    """``bits`` as a uint16 array, or ``ValueError`` for another dtype or for the first NaN/Inf
+    pattern (all exponent bits of ``exp_mask`` set) of the 16-bit format ``name``."""
+    b = np.asarray(bits)
+    if b.dtype != np.uint16:
+        raise ValueError(f"{name} bit patterns must be uint16, got dtype {b.dtype}")
+    special = (b & np.uint16(exp_mask)) == np.uint16(exp_mask)
+    if np.any(special):
+        article = "an" if name == "fp16" else "a"
+        raise ValueError(f"bit pattern {hex(int(_first(b, special)))} is {article} {name} NaN or Inf")
+    return b
+
+
 # --------------------------------------------------------------------------------------------
 # BF16
 
@@ -126,12 +139,7 @@ def from_bf16_bits(bits) -> np.ndarray:
     >>> from_bf16_bits(np.array([0x3F80, 0xC000, 0x0001], np.uint16)).tolist()
     [1.0, -2.0, 9.183549615799121e-41]
     """
-    b = np.asarray(bits)
-    if b.dtype != np.uint16:
-        raise ValueError(f"bf16 bit patterns must be uint16, got dtype {b.dtype}")
-    special = (b & np.uint16(_EXP16_MASK_BF16)) == np.uint16(_EXP16_MASK_BF16)
-    if np.any(special):
-        raise ValueError(f"bit pattern {hex(int(_first(b, special)))} is a bf16 NaN or Inf")
+    b = _finite_bits(bits, _EXP16_MASK_BF16, "bf16")
     return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
@@ -212,12 +220,7 @@ def from_fp16_bits(bits) -> np.ndarray:
 
     NaN and Inf patterns (exponent bits all ones) raise ``ValueError`` naming the first one.
     """
-    b = np.asarray(bits)
-    if b.dtype != np.uint16:
-        raise ValueError(f"fp16 bit patterns must be uint16, got dtype {b.dtype}")
-    special = (b & np.uint16(_EXP16_MASK_FP16)) == np.uint16(_EXP16_MASK_FP16)
-    if np.any(special):
-        raise ValueError(f"bit pattern {hex(int(_first(b, special)))} is an fp16 NaN or Inf")
+    b = _finite_bits(bits, _EXP16_MASK_FP16, "fp16")
     return b.view(np.float16).astype(np.float32)
 
 
