@@ -38,7 +38,7 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import refquant as rq  # noqa: E402
-from refquant.data import evaluation_tokens  # noqa: E402
+from refquant.pipeline.data import evaluation_tokens  # noqa: E402
 from refquant.models.llama import forward  # noqa: E402
 from refquant.models.loaders import save_hf  # noqa: E402
 

@@ -1,7 +1,7 @@
 """W8A8 perplexity of the bundled SmolLM2-135M beside the float one, on the same tokens.
 
 W8A8 = per-channel int8 weights, per-token dynamic int8 activations, every linear layer's
-product exact in int32 through ``rq.int8_matmul`` (``refquant.w8a8``). The float baseline uses
+product exact in int32 through ``rq.int8_matmul`` (``refquant.integer.w8a8``). The float baseline uses
 the model's float32 weights (the GGUF's Q4_1 weights dequantized). Both are evaluated on the
 first ``--tokens`` tokens of the evaluation split in windows of ``--seq-len``; the script prints
 both perplexities, their ratio and the wall times.
@@ -16,9 +16,9 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")     # see benchmarks/int8_gemm.py
 
 import refquant as rq                                    # noqa: E402
-from refquant.data import evaluation_tokens              # noqa: E402
+from refquant.pipeline.data import evaluation_tokens              # noqa: E402
 from refquant.kernels import auto_backend                # noqa: E402
-from refquant.w8a8 import w8a8_linear                    # noqa: E402
+from refquant.integer.w8a8 import w8a8_linear                    # noqa: E402
 
 
 def main():

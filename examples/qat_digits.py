@@ -6,7 +6,7 @@ Trains a small MLP (64-128-128-10, ReLU) in float64 on the bundled 8x8 handwritt
 (asymmetric, one scale per tensor, fixed after calibration on the training set) in three ways:
 
 - PTQ min-max: weight scales and activation ranges from min-max calibration;
-- PTQ MSE: both from the MSE grid-search calibration of :func:`refquant.calibrate`;
+- PTQ MSE: both from the MSE grid-search calibration of :func:`refquant.calibration.observers`;
 - QAT: start from the MSE-calibrated model, then fine-tune the weights *and* the weight step
   sizes (LSQ, Esser et al., ICLR 2020, arXiv:1902.08153) with straight-through gradients on the
   training set, activations fake-quantized in the forward pass.
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import refquant as rq
-from refquant import nn
-from refquant.qat import LSQ, FakeQuant
+from refquant.training import nn
+from refquant.training.qat import LSQ, FakeQuant
 
 HIDDEN = 128
 FLOAT_EPOCHS = 60

@@ -6,16 +6,16 @@ squared error of the MLP's *output* against the float MLP,
 ``||Y_hat - Y||^2 / ||Y||^2``, on held-out activations:
 
 - RTN min-max: round-to-nearest with min-max ranges;
-- RTN MSE: round-to-nearest with MSE-searched ranges (:func:`refquant.calibrate`);
-- GPTQ: :func:`refquant.gptq` on each projection with the Hessian of its calibration inputs
+- RTN MSE: round-to-nearest with MSE-searched ranges (:func:`refquant.calibration.observers`);
+- GPTQ: :func:`refquant.algorithms.gptq` on each projection with the Hessian of its calibration inputs
   (gate and up from the MLP input, down from the input the quantized gate/up produce);
-- QAT: :func:`refquant.qat_mlp.qat_swiglu_mlp` from the RTN-MSE start, latent weights and
+- QAT: :func:`refquant.training.qat_mlp.qat_swiglu_mlp` from the RTN-MSE start, latent weights and
   LSQ step sizes trained with straight-through gradients (Adam) to match the float output on
   the calibration activations;
 - GPTQ + QAT: the same fine-tuning started from GPTQ's weights and parameters.
 
 Calibration activations come from the calibration articles of the bundled text, held-out ones
-from the evaluation articles (:mod:`refquant.data`; disjoint by article). The MLP input is
+from the evaluation articles (:mod:`refquant.pipeline.data`; disjoint by article). The MLP input is
 recorded by wrapping the model's ``linear`` at ``layers.{i}.mlp.gate_proj``. All
 hyperparameters are fixed below; nothing is tuned on the held-out activations.
 
@@ -47,8 +47,8 @@ import time
 import numpy as np
 
 import refquant as rq
-from refquant.gptq import hessian
-from refquant.qat_mlp import qat_swiglu_mlp, relative_error, swiglu_mlp
+from refquant.algorithms.gptq import hessian
+from refquant.training.qat_mlp import qat_swiglu_mlp, relative_error, swiglu_mlp
 
 SPEC = rq.QuantSpec(bits=3, symmetric=False, granularity="group", group_size=128)
 NAMES = {"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -125,7 +125,7 @@ def compare_mlp(W: dict, X_cal: np.ndarray, X_eval: np.ndarray, spec=SPEC, *, st
 
 def run(layer: int = 10, n_cal: int = 4096, n_eval: int = 4096, seq_len: int = 256,
         steps: int = STEPS, seed: int = 0) -> dict:
-    from refquant import data
+    from refquant.pipeline import data
 
     model = rq.load_model()
     X_cal = mlp_inputs(model, data.calibration_tokens(model.tokenizer, n_cal), layer, seq_len)

@@ -3,7 +3,7 @@
 The subject is the ``gguf`` package's NumPy port of llama.cpp's Q8_0 / Q4_0 / Q4_1 quantizers
 (``gguf.quants.quantize``). The oracle is refquant: ``refquant.formats.ggml`` (the same formats,
 written independently from the C reference and itself tested against an exact Fraction oracle,
-see refquant/golden/PROVENANCE.md) and refquant's generic round-to-nearest quantizer.
+see refquant/testing/golden/PROVENANCE.md) and refquant's generic round-to-nearest quantizer.
 
 Run it:  python -m pytest examples/test_oracle_gguf.py -q
 
@@ -41,9 +41,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import refquant as rq
+from refquant.schemes.spec import expand
 from refquant.formats import ggml
-from refquant.formats.layout import scan_gguf
-from refquant.resources import bundled_model_path
+from refquant.models.layout import scan_gguf
+from refquant.models.resources import bundled_model_path
 from refquant.testing import (STRESS_KINDS, assert_ggml_equal, assert_quantized_close,
                               reference_case, stress_tensor, stress_tensors, tie_tensor)
 
@@ -129,7 +130,7 @@ def test_q8_0_differs_from_rtn_half_away_only_at_exact_ties():
     # every disagreement is one code at an exact tie (tie_tol=0: x == (k + 1/2) s exactly) ...
     assert_quantized_close(theirs, ours, spec, qparams=qp, x=x, max_tie_mismatches=n)
     # ... and the cause is the float32 reciprocal: x * fl32(1/s) lands below k + 1/2
-    s = rq.spec.expand(qp.scale, x.shape, spec)                    # [64, 256] float32
+    s = expand(qp.scale, x.shape, spec)                    # [64, 256] float32
     prod = (x * (np.float32(1) / s).astype(np.float32)).astype(np.float32)
     differ = ours != theirs
     assert (np.abs(prod[differ]) < np.abs(x[differ].astype(np.float64) / s[differ])).all()

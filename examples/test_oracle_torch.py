@@ -28,6 +28,7 @@ import pytest
 from hypothesis import given, settings
 
 import refquant as rq
+from refquant.schemes.spec import expand
 from refquant.testing import (STRESS_KINDS, assert_quantized_close, specs_and_tensors,
                               stress_tensor, tie_tensor)
 
@@ -83,7 +84,7 @@ def test_exact_ties_cause_is_the_float32_reciprocal():
     spec = rq.QuantSpec(bits=8, symmetric=False, granularity="channel", axis=0)
     x = tie_tensor(spec, (64, 256), seed=0)
     qp, expected, actual, n_diff = compare(x, spec)
-    ties = int((np.mod(x / rq.spec.expand(qp.scale, x.shape, spec).astype(np.float64), 1) == 0.5).sum())
+    ties = int((np.mod(x / expand(qp.scale, x.shape, spec).astype(np.float64), 1) == 0.5).sum())
     assert 0 < n_diff < ties // 10, (n_diff, ties)
     assert_quantized_close(actual, expected, spec, qparams=qp, x=x, max_tie_mismatches=n_diff)
     # the rows whose scale is a power of two (1/s exact) agree completely

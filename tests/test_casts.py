@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refquant as rq
-from refquant import casts
-from refquant.casts import bf16_bits, fp16_bits, from_bf16_bits, from_fp16_bits
+from refquant.schemes import casts
+from refquant.schemes.casts import bf16_bits, fp16_bits, from_bf16_bits, from_fp16_bits
 
 # ---------------------------------------------------------------------------------------------
 # Independent scalar bf16 oracle (exact arithmetic, no bit tricks beyond reading the fields)

@@ -23,9 +23,9 @@ transformers = pytest.importorskip(
     "transformers", reason="cross-check needs transformers (pip install '.[crosscheck]')")
 
 import refquant as rq  # noqa: E402
-from refquant.data import evaluation_tokens, load_articles, split_articles  # noqa: E402
+from refquant.pipeline.data import evaluation_tokens, load_articles, split_articles  # noqa: E402
 from refquant.models.llama import forward  # noqa: E402
-from refquant.resources import bundled_model_path  # noqa: E402
+from refquant.models.resources import bundled_model_path  # noqa: E402
 
 LOGIT_TOL = 1e-3
 

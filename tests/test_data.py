@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from refquant import data
-from refquant.resources import text_path
+from refquant.pipeline import data
+from refquant.models.resources import text_path
 
 
 class CharTokenizer:

@@ -1,4 +1,4 @@
-"""Tests of refquant.entropy: histograms and the divergence of a clipping window.
+"""Tests of refquant.calibration.entropy: histograms and the divergence of a clipping window.
 
 Oracles: hand-computed histograms and divergences (arithmetic in the comments), and the
 direct O(t) statement ``kl_window`` for the prefix-sum form ``kl_window_prefix``.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refquant.entropy import histograms, kl_window, kl_window_prefix, prefix_sums
+from refquant.calibration.entropy import histograms, kl_window, kl_window_prefix, prefix_sums
 
 EPS = 1e-4
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.special import log_softmax
 
 import refquant as rq
-from refquant.evaluate import token_nll
+from refquant.pipeline.evaluate import token_nll
 from refquant.models.llama import LlamaModel, forward
 
 from helpers_model import tiny_config, tiny_weights
@@ -74,7 +74,7 @@ def test_eval_and_generate_commands_on_a_tiny_checkpoint(tmp_path, capsys):
     assert main(["eval", str(path), "--tokens", "64", "--seq-len", "16"]) == 0
     out = capsys.readouterr().out
     m = rq.load_model(path)
-    from refquant.data import evaluation_tokens
+    from refquant.pipeline.data import evaluation_tokens
     expected = rq.perplexity(m, evaluation_tokens(m.tokenizer, 64), seq_len=16)
     assert f"perplexity: {expected.ppl:.3f}" in out and "4 windows of 16" in out
     assert main(["generate", "the", "--model", str(path), "--n-new", "3"]) == 0

@@ -1,4 +1,4 @@
-"""refquant against its golden vectors (refquant/golden, written by scripts/make_golden.py).
+"""refquant against its golden vectors (refquant/testing/golden, written by scripts/make_golden.py).
 
 The expected values in the .npz files come from the script's exact Fraction oracle (it does not
 import refquant); the GGML cases are also checked against the gguf package here.
@@ -14,7 +14,8 @@ import pytest
 
 import refquant as rq
 from refquant.formats import ggml
-from refquant.testing import (GOLDEN_DIR, GOLDEN_VERSION, assert_ggml_equal, load_case_file,
+from refquant.testing.core import GOLDEN_DIR
+from refquant.testing import (GOLDEN_VERSION, assert_ggml_equal, load_case_file,
                               reference_case, reference_cases)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

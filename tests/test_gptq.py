@@ -1,4 +1,4 @@
-"""Tests of refquant.gptq against an unblocked, column-by-column oracle written here, the
+"""Tests of refquant.algorithms.gptq against an unblocked, column-by-column oracle written here, the
 identity-Hessian / round-to-nearest identity, and the loss identity derived in the module
 docstring (checked against the reconstruction objective computed directly from W, W_hat and X)."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant.gptq import hessian
+from refquant.algorithms.gptq import hessian
 
 
 def _spec(bits=4, granularity="group", group_size=16, symmetric=False):

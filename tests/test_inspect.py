@@ -1,4 +1,4 @@
-"""Tests of `refquant inspect` (refquant.audit + refquant.commands.inspect).
+"""Tests of `refquant inspect` (refquant.formats.audit + refquant.commands.inspect).
 
 Oracles: files written by the gguf package's own writer and quantizers (gguf.GGUFWriter,
 gguf.quants), errors recomputed here with NumPy from gguf's dequantization, a Q/K row
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant.audit import audit_checkpoint, hf_name_of_gguf
+from refquant.formats.audit import audit_checkpoint, hf_name_of_gguf
 from refquant.commands import inspect as inspect_command
 from refquant.formats import gptq
-from refquant.formats.layout import CorruptCheckpoint, scan_gguf, scan_safetensors
-from refquant.resources import bundled_model_path
+from refquant.models.layout import CorruptCheckpoint, scan_gguf, scan_safetensors
+from refquant.models.resources import bundled_model_path
 
 T = gguf.GGMLQuantizationType
 

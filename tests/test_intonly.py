@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refquant import intonly
-from refquant.intonly import (act_qparams, linear_float_sim, linear_int, mlp_float,
+from refquant.integer import intonly
+from refquant.integer.intonly import (act_qparams, linear_float_sim, linear_int, mlp_float,
                               multiply_by_quantized_multiplier, quantize_act, quantize_linear,
                               quantize_mlp, quantize_multiplier)
 

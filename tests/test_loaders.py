@@ -195,7 +195,7 @@ def test_bundled_config(bundled):
 
 def test_container_parser_matches_gguf_reader():
     """refquant's fast parser against gguf.GGUFReader: every metadata value, every tensor."""
-    from refquant.resources import bundled_model_path
+    from refquant.models.resources import bundled_model_path
     path = bundled_model_path()
     ours = read_gguf(path)
     ref = gguf.GGUFReader(path)

@@ -1,4 +1,4 @@
-"""Tests of refquant.nn: every backward pass against central finite differences in float64
+"""Tests of refquant.training.nn: every backward pass against central finite differences in float64
 (relative error < 1e-5), the optimizers against hand-written update formulas, and bad input.
 
 Oracles: the finite differences and the scalar update loops below are computed in this file,
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from refquant import nn
+from refquant.training import nn
 
 H = 1e-6          # central-difference step (float64)
 RTOL = 1e-5       # the issue's bound on the relative error

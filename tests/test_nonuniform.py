@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refquant as rq
-from refquant import codebook, nonuniform
-from refquant.nonuniform import (LogSpec, codebook_dequantize, codebook_quantize, fit_lloyd_max,
+from refquant.schemes import codebook, nonuniform
+from refquant.schemes.nonuniform import (LogSpec, codebook_dequantize, codebook_quantize, fit_lloyd_max,
                                  log_calibrate, log_dequantize, log_fake_quantize, log_quantize,
                                  nf4_dequantize, nf4_quantize)
 
@@ -251,7 +251,7 @@ def test_log_error_bounds_range_sign_zero(x, spec):
     L = spec.levels
     s_param = log_calibrate(x, spec)
     s = naive_absmax(x, spec)
-    from refquant.spec import expand
+    from refquant.schemes.spec import expand
     assert np.array_equal(expand(s_param, x.shape, spec).astype(np.float64) * np.ones(x.shape), s)
     q = log_quantize(x, spec, s_param)
     assert q.dtype == np.int8 and np.all(np.abs(q.astype(int)) <= L)

@@ -1,4 +1,4 @@
-"""Tests of refquant.numerics: integer ranges, rounding modes, input checks.
+"""Tests of refquant.schemes.numerics: integer ranges, rounding modes, input checks.
 
 Oracles: integer ranges are written out by hand below; rounding is checked against Python's
 ``decimal`` module (ROUND_HALF_EVEN / ROUND_HALF_UP, which rounds ties away from zero), an
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import refquant.numerics as numerics
-from refquant.numerics import (as_float_array, check_bits, check_positive_int, code_dtype,
+import refquant.schemes.numerics as numerics
+from refquant.schemes.numerics import (as_float_array, check_bits, check_positive_int, code_dtype,
                                int_range, normalize_axis, round_half_away, round_half_even,
                                round_to_int)
 

@@ -1,4 +1,4 @@
-"""Tests of refquant.packing: round trips, lengths, and the documented bit order.
+"""Tests of refquant.schemes.packing: round trips, lengths, and the documented bit order.
 
 Oracles: a naive packer written here that builds the little-endian bit stream as one Python
 integer (code i at bits [i b, (i+1) b)) and cuts it into bytes / 32-bit words; hand-built bit
@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import refquant.packing as packing
-from refquant.packing import pack, packed_length, unpack
+import refquant.schemes.packing as packing
+from refquant.schemes.packing import pack, packed_length, unpack
 
 WIDTHS = (2, 3, 4, 8)
 CONTAINERS = ("uint8", "int32")

@@ -1,4 +1,4 @@
-"""Tests of refquant.pipeline: the sequential procedure checked against an independent re-run
+"""Tests of refquant.pipeline.blockwise: the sequential procedure checked against an independent re-run
 written here (naive block forward, Hessians from recorded inputs, rq.gptq / rq.fake_quantize per
 layer), recipes, sizes by hand, and -- where the Llama model module is present -- a shortened
 end-to-end run of each method on the bundled model."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant.pipeline import (FLOAT, LINEARS, LayerSetting, layer_bits, linear_names,
+from refquant.pipeline.blockwise import (FLOAT, LINEARS, LayerSetting, layer_bits, linear_names,
                                quantize_model, recipe_size, resolve_recipe)
 
 
@@ -192,9 +192,9 @@ def test_sizes_by_hand():
     assert layer_bits(LayerSetting("gptq", 4, 128), 576, 576) == 4 * 576 * 576 + 5 * 576 * 20 + 32 * 576
     assert layer_bits(LayerSetting("rtn", 8, None), 10, 20) == 8 * 200 + 96 + 10 * 16 + 32 * 20  # qzeros: 3 words
     assert layer_bits(LayerSetting("rtn", 3, 8), 4, 20) == 4 * 64 + 3 * 32 + 3 * 4 * 16 + 32 * 20  # 60 bits -> 2 words
-    # where nothing is padded, the same as refquant.sizes.size_report (float16 scales, zero points
+    # where nothing is padded, the same as refquant.schemes.sizes.size_report (float16 scales, zero points
     # packed at the code width) plus the int32 g_idx
-    from refquant.sizes import size_report
+    from refquant.schemes.sizes import size_report
     for bits, group, shape in ((4, 128, (576, 576)), (3, 128, (192, 576)), (8, None, (576, 1536)), (2, 64, (1536, 576))):
         s = LayerSetting("gptq", bits, group)
         assert layer_bits(s, *shape) == 8 * size_report(shape, s.spec(), scale_bits=16).total_bytes + 32 * shape[1]
@@ -272,7 +272,7 @@ def test_streaming_drops_the_lazy_models_cached_blocks(bundled):
 
 
 def test_sensitivity_and_auto_recipe():
-    from refquant.recipes import auto_recipe, layer_sensitivity
+    from refquant.pipeline.recipes import auto_recipe, layer_sensitivity
 
     model = tiny_model()
     low, high = LayerSetting("rtn", 2, 16), LayerSetting("rtn", 8, None)
@@ -427,7 +427,7 @@ def test_bundled_quantize_command_export_and_reload(bundled, tmp_path, capsys):
         np.testing.assert_array_equal(back.weights[n], model.weights[n])
     # `refquant eval DIR` evaluates the checkpoint: the same perplexity as the reloaded model's
     import refquant as rq
-    from refquant.data import evaluation_tokens
+    from refquant.pipeline.data import evaluation_tokens
 
     capsys.readouterr()
     assert main(["eval", str(out), "--tokens", "130", "--seq-len", "64"]) == 0
@@ -462,7 +462,7 @@ def test_quality_target_arithmetic_by_hand():
 def test_quality_targets_whole_model(capsys):
     """Issue 5's targets on the whole bundled model with scripts/quality_targets.py's sizes (the
     run is deterministic, so this reproduces the script's table; ~30 minutes on 2 cores)."""
-    from refquant import data
+    from refquant.pipeline import data
     from refquant.commands.demo import (QUALITY_SIZES, format_table, quality_runs, quality_targets,
                                         run_experiments)
     from refquant.commands.quantize import calibration_batch

@@ -1,4 +1,4 @@
-"""Tests of refquant.qat: fake quantization and LSQ against scalar oracles written here from the
+"""Tests of refquant.training.qat: fake quantization and LSQ against scalar oracles written here from the
 definitions (Esser et al., ICLR 2020, arXiv:1902.08153, eq. 3 for the step gradient),
 finite differences where the function is differentiable, bad input, and a short QAT run on
 scikit-learn's bundled digits that must beat post-training quantization at 2 bits.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant import nn
-from refquant.qat import LSQ, FakeQuant, fake_quant, lsq_backward, lsq_forward, lsq_grad_scale, ste_mask
+from refquant.training import nn
+from refquant.training.qat import LSQ, FakeQuant, fake_quant, lsq_backward, lsq_forward, lsq_grad_scale, ste_mask
 
 from test_nn import RTOL, numeric_grad, rel_err
 

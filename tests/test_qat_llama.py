@@ -26,7 +26,7 @@ def load_example():
 
 @pytest.mark.slow
 def test_qat_on_a_smollm2_mlp_against_rtn_and_gptq():
-    from refquant import resources
+    from refquant.models import resources
 
     try:
         resources.bundled_model_path()

@@ -1,4 +1,4 @@
-"""Tests of refquant.qat_mlp: the hand-written SwiGLU backward against central finite
+"""Tests of refquant.training.qat_mlp: the hand-written SwiGLU backward against central finite
 differences (float64, relative error < 1e-5), the forward against a per-token loop, bad input,
 and a short QAT run on a synthetic MLP that must lower the held-out output error below its
 MSE-calibrated round-to-nearest starting point.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant.qat_mlp import qat_swiglu_mlp, relative_error, swiglu_mlp, swiglu_mlp_backward
+from refquant.training.qat_mlp import qat_swiglu_mlp, relative_error, swiglu_mlp, swiglu_mlp_backward
 
 from test_nn import RTOL, numeric_grad, rel_err
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant import sizes
-from refquant.nonuniform import LogSpec, nf4_quantize
-from refquant.sizes import CodebookSpec, SizeReport, size_report
+from refquant.schemes import sizes
+from refquant.schemes.nonuniform import LogSpec, nf4_quantize
+from refquant.schemes.sizes import CodebookSpec, SizeReport, size_report
 
 
 def test_int8_per_channel_4096_square_saves_75_percent():

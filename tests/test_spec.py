@@ -1,4 +1,4 @@
-"""Tests of refquant.spec: validation of QuantSpec / QParams and the granularity helpers.
+"""Tests of refquant.schemes.spec: validation of QuantSpec / QParams and the granularity helpers.
 
 Oracles: group membership is checked against a plain Python loop over ``i // group_size``
 written here; parameter shapes are hand-computed (e.g. K = 576, g = 128 -> 5 groups).
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refquant.spec import QParams, QuantSpec, expand, grouped, n_groups, param_shape
+from refquant.schemes.spec import QParams, QuantSpec, expand, grouped, n_groups, param_shape
 
 
 def _named(value) -> str:

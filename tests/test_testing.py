@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import refquant as rq
+from refquant.schemes.spec import expand
 from refquant.formats import ggml
-from refquant.numerics import SUPPORTED_BITS
+from refquant.schemes.numerics import SUPPORTED_BITS
 from refquant.testing import (STRESS_KINDS, assert_ggml_equal, assert_quantized_close,
                               quant_specs, specs_and_tensors, stress_tensor, stress_tensors,
                               tie_tensor, tie_tensors)
@@ -75,7 +76,7 @@ def test_tie_tensors_sit_exactly_on_ties(data):
     spec = data.draw(quant_specs(shape=shape, bits=(2, 3, 4, 8)))
     x = data.draw(tie_tensors(spec, shape))
     qp = rq.calibrate(x, spec)
-    s = np.broadcast_to(rq.spec.expand(qp.scale, shape, spec), shape).astype(np.float64)
+    s = np.broadcast_to(expand(qp.scale, shape, spec), shape).astype(np.float64)
     m, e = np.frexp(s)
     assert ((m * 2.0 ** (21 - spec.bits)) % 1 == 0).all()    # at most 21 - b significant bits
     frac = np.mod(x.astype(np.float64) / s, 1.0)
@@ -126,7 +127,7 @@ def test_off_by_one_away_from_a_tie_fails():
     qp = rq.calibrate(x, spec)
     q = rq.quantize(x, qp, spec)
     bad = q.copy()
-    frac = np.abs(np.mod(x / rq.spec.expand(qp.scale, x.shape, spec), 1.0) - 0.5)
+    frac = np.abs(np.mod(x / expand(qp.scale, x.shape, spec), 1.0) - 0.5)
     i = np.unravel_index(np.argmax(frac), x.shape)           # the element furthest from a tie
     bad[i] += 1 if bad[i] < 127 else -1
     with pytest.raises(AssertionError) as err:

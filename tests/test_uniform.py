@@ -1,11 +1,11 @@
-"""Property and table tests of refquant.uniform (affine quantization at every granularity).
+"""Property and table tests of refquant.schemes.uniform (affine quantization at every granularity).
 
 Oracles
 -------
 * ``_oracle_*`` below: a scalar re-statement of the formulas in plain Python, one value at a
   time, with the rounding done by the ``decimal`` module (ROUND_HALF_EVEN, and ROUND_HALF_UP =
   ties away from zero). It shares only IEEE float64 division ``x / s`` and the float32 storage
-  of the scale with the code under test (both stated in refquant.uniform's docstring).
+  of the scale with the code under test (both stated in refquant.schemes.uniform's docstring).
 * A hand-calculated table (``TABLE``) with the arithmetic in comments; the oracle is checked
   against it too.
 * Algebraic properties (error bound, idempotence, oddness, granularity identities) that need
@@ -21,12 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import refquant.uniform as uniform
+import refquant.schemes.uniform as uniform
 from refquant import QParams, QuantSpec
-from refquant.calibrate import calibrate
-from refquant.spec import expand, grouped, param_shape
-from refquant.uniform import (clip_range, dequantize, fake_quantize, qparams_from_range,
-                              quantize)
+from refquant.calibration.observers import calibrate
+from refquant.schemes.spec import expand, grouped, param_shape
+from refquant.calibration.fake import fake_quantize
+from refquant.schemes.uniform import clip_range, dequantize, qparams_from_range, quantize
 
 ROUNDINGS = ("half_even", "half_away")
 _DEC_MODE = {"half_even": ROUND_HALF_EVEN, "half_away": ROUND_HALF_UP}

@@ -11,7 +11,7 @@ import pytest
 
 import refquant as rq
 from refquant.models import llama
-from refquant.w8a8 import quantize_rows_int8, w8a8_linear, w8a8_matmul
+from refquant.integer.w8a8 import quantize_rows_int8, w8a8_linear, w8a8_matmul
 
 
 def test_quantize_rows_codes_and_error_bound():
@@ -77,7 +77,7 @@ def test_w8a8_skip_keeps_float_layer(model):
 
 @pytest.mark.slow
 def test_w8a8_perplexity_near_float(model):
-    from refquant.data import evaluation_tokens
+    from refquant.pipeline.data import evaluation_tokens
     tokens = evaluation_tokens(model.tokenizer, 2048)
     ref = rq.perplexity(model, tokens, seq_len=256)
     q = rq.perplexity(model, tokens, seq_len=256, linear=w8a8_linear(model))

@@ -46,7 +46,7 @@ SETTINGS = {"w8": (8, None), "w4g128": (4, 128), "w3g128": (3, 128), "w4": (4, N
 
 
 def _setting(method, bits, group):
-    from refquant.pipeline import LayerSetting
+    from refquant.pipeline.blockwise import LayerSetting
 
     if method == "gptq":                          # the best GPTQ setting: act_order + static groups
         return LayerSetting("gptq", bits, group, act_order=True, static_groups=group is not None)
@@ -55,7 +55,7 @@ def _setting(method, bits, group):
 
 def mixed_recipe(n_layers: int):
     """W3 g128 GPTQ, with the first and last blocks' linears and every down_proj at W4 g128."""
-    from refquant.pipeline import LayerSetting
+    from refquant.pipeline.blockwise import LayerSetting
 
     w4 = LayerSetting("gptq", 4, 128, act_order=True, static_groups=True)
     w3 = LayerSetting("gptq", 3, 128, act_order=True, static_groups=True)
@@ -101,10 +101,10 @@ def format_table(rows) -> str:
 def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, progress=False,
                     log=None, awq_max_seqs=8, awq_kw=None):
     """Float baseline, then each ``(method, recipe)`` of ``runs``: quantize with
-    :func:`refquant.pipeline.quantize_model` on ``calib`` and measure perplexity on
+    :func:`refquant.pipeline.blockwise.quantize_model` on ``calib`` and measure perplexity on
     ``eval_tokens``. Returns one row (dict) per run, the float baseline first."""
     import refquant as rq
-    from refquant.pipeline import linear_names, quantize_model, recipe_size, resolve_recipe
+    from refquant.pipeline.blockwise import linear_names, quantize_model, recipe_size, resolve_recipe
 
     def evaluate(m):
         return rq.perplexity(m, eval_tokens, seq_len=seq_len, progress=progress).ppl
@@ -141,7 +141,7 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
 def quality_runs():
     """The runs of issue 5's quality targets (``scripts/quality_targets.py`` and the slow test):
     ``(method, LayerSetting)``; ``gptq-plain`` is GPTQ in column order with dynamic groups."""
-    from refquant.pipeline import LayerSetting
+    from refquant.pipeline.blockwise import LayerSetting
 
     best = dict(act_order=True)
     return [
@@ -191,7 +191,7 @@ def quality_targets(rows):
 def run(args) -> int:
     import refquant as rq
     from refquant.commands.quantize import calibration_batch
-    from refquant.data import evaluation_tokens
+    from refquant.pipeline.data import evaluation_tokens
 
     sizes = dict(FULL if args.full else DEFAULTS)
     for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs", "awq_grid"):

@@ -17,8 +17,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from refquant.data import evaluation_tokens
-    from refquant.evaluate import perplexity
+    from refquant.pipeline.data import evaluation_tokens
+    from refquant.pipeline.evaluate import perplexity
     from refquant.formats.gptq import is_gptq_checkpoint, load_quantized_model
     from refquant.models.loaders import load_model
 

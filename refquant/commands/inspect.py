@@ -1,5 +1,5 @@
 """``refquant inspect PATH [--reference FLOAT_CHECKPOINT] [--json]``: check a quantized
-checkpoint (GGUF file or GPTQ-format directory) tensor by tensor; see :mod:`refquant.audit`.
+checkpoint (GGUF file or GPTQ-format directory) tensor by tensor; see :mod:`refquant.formats.audit`.
 
 Exit status: 0 if every tensor is consistent, 1 if any is not, 2 if the file cannot be read
 (truncated or malformed: the message names the tensor).
@@ -76,8 +76,8 @@ def format_table(report, show_all: bool = False) -> str:
 
 
 def run(args) -> int:
-    from ..audit import CorruptCheckpoint, audit_checkpoint
-    from ..resources import bundled_model_path
+    from refquant.formats.audit import CorruptCheckpoint, audit_checkpoint
+    from refquant.models.resources import bundled_model_path
 
     path = args.path if args.path is not None else bundled_model_path()
     try:

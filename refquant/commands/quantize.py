@@ -35,7 +35,7 @@ def add_arguments(p):
 
 def calibration_batch(tokenizer, n_tokens: int, seq_len: int, seed: int) -> np.ndarray:
     """``[n_tokens // seq_len, seq_len]`` calibration tokens from the calibration articles."""
-    from refquant.data import calibration_tokens
+    from refquant.pipeline.data import calibration_tokens
 
     toks = np.asarray(calibration_tokens(tokenizer, n_tokens, seed=seed))
     toks = toks.reshape(-1)
@@ -48,7 +48,7 @@ def calibration_batch(tokenizer, n_tokens: int, seq_len: int, seed: int) -> np.n
 def run(args) -> int:
     import refquant as rq
     from refquant.formats.gptq import CheckpointWriter, layer_from_quantized
-    from refquant.pipeline import LayerSetting, block_tensor_names, quantize_model
+    from refquant.pipeline.blockwise import LayerSetting, block_tensor_names, quantize_model
 
     gs = None if args.group_size in (0, -1) else args.group_size
     setting = LayerSetting(args.method, args.bits, gs, symmetric=args.sym, act_order=args.act_order,

@@ -71,7 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..numerics import as_float_array, round_to_int
+from refquant.schemes.numerics import as_float_array, round_to_int
 
 QK = 32  # values per block, all three formats
 

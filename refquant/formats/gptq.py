@@ -11,7 +11,7 @@ tensor           dtype, shape                 content
 ===============  ===========================  ======================================================
 ``P.qweight``    int32 ``[ceil(K b/32), N]``  codes packed along the *input* dimension: column ``n``
                                               is ``pack(codes[n, :], b, "int32")`` (see
-                                              :mod:`refquant.packing`: code ``k`` of a 4-bit row at
+                                              :mod:`refquant.schemes.packing`: code ``k`` of a 4-bit row at
                                               bits ``4(k%8)..`` of word ``k//8``; 3-bit codes run
                                               across word boundaries, 32 codes per 3 words)
 ``P.qzeros``     int32 ``[G, ceil(N b/32)]``  zero points packed along the *output* dimension (the
@@ -64,9 +64,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..numerics import check_positive_int
-from ..packing import PACK_BITS, pack, unpack
-from ..spec import QParams, QuantSpec, n_groups
+from refquant.schemes.numerics import check_positive_int
+from refquant.schemes.packing import PACK_BITS, pack, unpack
+from refquant.schemes.spec import QParams, QuantSpec, n_groups
 
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 WEIGHTS_FILE = "model.safetensors"
@@ -115,7 +115,7 @@ def layer_from_quantized(codes, qparams: QParams, spec: QuantSpec, g_idx=None) -
     """Convert refquant codes and parameters (weight ``[N, K]``) to the stored form.
 
     ``g_idx`` is the group of every input column (default ``k // group_size``; pass
-    :attr:`refquant.gptq.GPTQResult.g_idx` for act-order results). Scales are rounded to float16
+    :attr:`refquant.algorithms.gptq.GPTQResult.g_idx` for act-order results). Scales are rounded to float16
     (round to nearest even): the stored model dequantizes with those, not the float32 scales.
     """
     codes = np.asarray(codes)
@@ -247,7 +247,7 @@ def export_checkpoint(directory, layers: dict[str, PackedLayer], float_tensors: 
 
 class CheckpointWriter:
     """Write a GPTQ checkpoint in shards, e.g. one per block, so a model larger than memory can be
-    exported while it is quantized (:func:`refquant.pipeline.quantize_model`'s ``sink``).
+    exported while it is quantized (:func:`refquant.pipeline.blockwise.quantize_model`'s ``sink``).
 
     Each :meth:`write` stores one ``.safetensors`` shard and verifies it at once by re-reading it
     (codes, zero points, float16 scale bits, ``g_idx``, the dequantized weight and every float
@@ -485,7 +485,7 @@ def load_quantized_model(directory, base_model=None):
 
     weights, config = load_weights(directory)
     if base_model is None:
-        from ..models.loaders import load_model
+        from refquant.models.loaders import load_model
 
         source = config.get("source_model")
         if not source:

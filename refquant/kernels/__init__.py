@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from . import reference
-from .reference import K_MAX
+from refquant.kernels import reference
+from refquant.kernels.reference import K_MAX
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -105,9 +105,9 @@ def int8_matmul(a, b, *, backend: str = "auto") -> np.ndarray:
     if name == "numpy":
         return reference.int8_matmul(a, b)
     if name == "numba":
-        from . import cpu
+        from refquant.kernels import cpu
         return cpu.int8_matmul(a, b)
-    from . import cuda
+    from refquant.kernels import cuda
     return cuda.int8_matmul(a, b)
 
 
@@ -200,7 +200,7 @@ def w4_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto
     if name == "numpy":
         return reference.w4_matmul(x, packed, scales, zeros, group_size)
     if name == "numba":
-        from . import cpu
+        from refquant.kernels import cpu
         return cpu.w4_matmul(x, packed, scales, zeros, int(group_size))
-    from . import cuda
+    from refquant.kernels import cuda
     return cuda.w4_matmul(x, packed, scales, zeros, int(group_size))

@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-from . import ModelFormatError
+from refquant.models import ModelFormatError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

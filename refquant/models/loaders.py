@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterator, MutableMapping
 
 import numpy as np
 
-from . import ModelFormatError
-from .llama import LlamaConfig, LlamaModel
+from refquant.models import ModelFormatError
+from refquant.models.llama import LlamaConfig, LlamaModel
 
 GGUF_ARCH = "llama"
 
@@ -135,7 +135,7 @@ def load_model(path=None, *, cache: bool = True) -> LlamaModel:
     ----------
     path : str or path-like, optional
         A ``.gguf`` file, or a directory with ``config.json`` and safetensors. ``None`` loads the
-        bundled SmolLM2-135M-Instruct Q4_1 GGUF (``refquant.resources.bundled_model_path()``).
+        bundled SmolLM2-135M-Instruct Q4_1 GGUF (``refquant.models.resources.bundled_model_path()``).
     cache : bool
         Keep each tensor once it has been read and dequantized (see :class:`LazyWeights`).
 
@@ -150,7 +150,7 @@ def load_model(path=None, *, cache: bool = True) -> LlamaModel:
         Corrupt or truncated file, missing tensor, unsupported architecture or tensor type.
     """
     if path is None:
-        from refquant.resources import bundled_model_path
+        from refquant.models.resources import bundled_model_path
         path = bundled_model_path()
     path = pathlib.Path(path)
     if path.is_dir():
@@ -180,7 +180,7 @@ def unpermute_qk(W: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def _load_gguf(path: pathlib.Path, *, cache: bool) -> LlamaModel:
-    from .gguffile import dequantize, read_gguf
+    from refquant.models.gguffile import dequantize, read_gguf
 
     f = read_gguf(path)
     meta, tensors = f.metadata, f.tensors
@@ -248,7 +248,7 @@ def _load_gguf(path: pathlib.Path, *, cache: bool) -> LlamaModel:
                                    "which gguf cannot dequantize")
         loaders[name] = loader(name, t)
     weights = LazyWeights(loaders, shapes, source=path, cache=cache)
-    from .tokenizer import tokenizer_from_gguf
+    from refquant.models.tokenizer import tokenizer_from_gguf
     tokenizer = tokenizer_from_gguf(meta, path)
     return LlamaModel(config=config, weights=weights, tokenizer=tokenizer, source=path)
 
@@ -395,7 +395,7 @@ def _load_hf(directory: pathlib.Path, *, cache: bool) -> LlamaModel:
                                    f"expected {shapes[name]}")
         loaders[name] = loader(name, key)
     weights = LazyWeights(loaders, shapes, source=directory, cache=cache)
-    from .tokenizer import tokenizer_from_hf
+    from refquant.models.tokenizer import tokenizer_from_hf
     tokenizer = tokenizer_from_hf(directory, cfg)
     return LlamaModel(config=config, weights=weights, tokenizer=tokenizer, source=directory)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from . import ModelFormatError
+from refquant.models import ModelFormatError
 
 # llama.cpp's split regex for Llama 3 style vocabularies
 # (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)

@@ -7,7 +7,7 @@ embedded once; then for each block ``i`` in turn
    quantized*), and a wrapping ``linear`` accumulates the Hessian ``H = 2 X X^T / n`` of the input
    of every linear (q, k, v share one input, gate and up share one);
 2. each of the seven linears (q, k, v, o, gate, up, down) is quantized as its recipe says: RTN
-   (min-max round-to-nearest), GPTQ (:func:`refquant.gptq`), AWQ (:func:`refquant.awq`, which
+   (min-max round-to-nearest), GPTQ (:func:`refquant.algorithms.gptq`), AWQ (:func:`refquant.algorithms.awq`, which
    also folds its scales into the two RMSNorm weights and the v/up rows), or kept in float;
 3. the block runs again with its quantized weights: ``X_{i+1}``.
 
@@ -69,10 +69,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibrate import calibrate
-from .gptq import gptq, hessian
-from .spec import QParams, QuantSpec
-from .uniform import dequantize, quantize
+from refquant.calibration.observers import calibrate
+from refquant.algorithms.gptq import gptq, hessian
+from refquant.schemes.spec import QParams, QuantSpec
+from refquant.schemes.uniform import dequantize, quantize
 
 METHODS = ("rtn", "gptq", "awq", "float")
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -96,7 +96,7 @@ class LayerSetting:
         Groups along the input dimension; ``None`` = one scale per output channel.
     symmetric : bool
     act_order, static_groups : bool
-        GPTQ only (see :func:`refquant.gptq`).
+        GPTQ only (see :func:`refquant.algorithms.gptq`).
     """
 
     method: str = "gptq"
@@ -270,7 +270,7 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     batch_size : int
         Sequences per forward chunk (bounds the transient memory).
     awq_kw : dict, optional
-        Extra keyword arguments for :func:`refquant.awq_block.awq_block`.
+        Extra keyword arguments for :func:`refquant.pipeline.awq_block.awq_block`.
     awq_max_seqs : int, optional
         AWQ's searches see only the first ``awq_max_seqs`` calibration sequences (its grid
         searches run ~40 block forwards each); the next block's input is computed on all.
@@ -296,7 +296,7 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     QuantizeResult
     """
     if block_fn is None or embed_fn is None:
-        from .models import llama
+        from refquant.models import llama
     block = block_fn or llama.block
     embed = embed_fn or llama.embed
     tokens = np.asarray(calib_tokens)
@@ -330,7 +330,7 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                 raise ValueError(f"block {i} mixes AWQ with {sorted(methods - {'awq'})}: AWQ's scale "
                                  "folding needs the whole block; use AWQ or float for all its linears")
             if methods == {"awq"}:
-                from .awq_block import awq_block
+                from refquant.pipeline.awq_block import awq_block
 
                 specs = {lin.split(".")[1]: st[lin].spec() for lin in LINEARS}
                 X_awq = X if awq_max_seqs is None else X[:awq_max_seqs]

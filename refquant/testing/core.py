@@ -11,9 +11,9 @@ Three tools, public and stable (see the README's "Testing API" section):
   verified rounding ties; :func:`assert_ggml_equal` compares GGUF block bytes and reports the
   worst block.
 * Golden vectors: :func:`reference_case` / :func:`reference_cases` load the versioned ``.npz``
-  files in ``refquant/golden/`` (inputs, spec, codes, scales, zero points, dequantized values),
+  files in ``refquant/testing/golden/`` (inputs, spec, codes, scales, zero points, dequantized values),
   computed by an independent scalar oracle (``scripts/make_golden.py``; see
-  ``refquant/golden/PROVENANCE.md``).
+  ``refquant/testing/golden/PROVENANCE.md``).
 
 Hypothesis is imported only when a strategy is built, so the assertions and golden vectors
 work without it.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .numerics import SUPPORTED_BITS, round_to_int
-from .spec import GRANULARITIES, QParams, QuantSpec, expand, param_shape
+from refquant.schemes.numerics import SUPPORTED_BITS, round_to_int
+from refquant.schemes.spec import GRANULARITIES, QParams, QuantSpec, expand, param_shape
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
 GOLDEN_VERSION = 1
@@ -112,7 +112,7 @@ def tie_tensor(spec: QuantSpec, shape: tuple[int, ...], seed: int = 0) -> np.nda
     an odd ``m``, so that ``1/s`` is inexact: an implementation that multiplies by a float32
     reciprocal lands beside the tie). Its first
     element (and, asymmetric, its second) pins the group's min-max range so that
-    :func:`refquant.calibrate` returns exactly ``s`` (and an integer zero point ``z``): symmetric
+    :func:`refquant.calibration.observers` returns exactly ``s`` (and an integer zero point ``z``): symmetric
     ``max|x| = q_max s``; asymmetric ``[lo, hi] = [-z s, (2^b - 1 - z) s]``. Every other element
     is ``(k + 1/2) s`` for an integer ``k`` inside the range, a tie between codes ``k`` and
     ``k + 1``, exactly representable in float32. Half-to-even and half-away rounding disagree
@@ -428,7 +428,7 @@ def assert_ggml_equal(actual, expected, fmt: str, *, x=None, err_msg: str = "") 
     x : array_like of float, shape ``[..., n_blocks * 32]``, optional
         The input both were quantized from.
     """
-    from .formats import ggml
+    from refquant.formats import ggml
 
     a, e = np.asarray(actual), np.asarray(expected)
     if a.shape != e.shape or a.dtype != e.dtype:
@@ -475,7 +475,7 @@ def assert_ggml_equal(actual, expected, fmt: str, *, x=None, err_msg: str = "") 
 
 @dataclass(frozen=True)
 class ReferenceCase:
-    """One golden vector (see ``refquant/golden/PROVENANCE.md``).
+    """One golden vector (see ``refquant/testing/golden/PROVENANCE.md``).
 
     Attributes
     ----------
@@ -520,7 +520,7 @@ class ReferenceCase:
 
 
 def reference_cases(directory=None) -> list[str]:
-    """Names of the golden cases available (the ``.npz`` files in ``refquant/golden``)."""
+    """Names of the golden cases available (the ``.npz`` files in ``refquant/testing/golden``)."""
     d = pathlib.Path(directory) if directory is not None else GOLDEN_DIR
     return sorted(p.stem for p in d.glob("*.npz"))
 

@@ -1,0 +1,427 @@
+"""Check a third-party quantized checkpoint: what each tensor is, whether it is internally
+consistent, and (given the float weights) how far it is from them and from refquant's RTN.
+
+:func:`audit_checkpoint` reads a GGUF file (through ``gguf.GGUFReader``, memory-mapped, after
+:func:`refquant.models.layout.scan_gguf` has checked every tensor's byte range) or a GPTQ-format
+directory (through :mod:`refquant.formats.gptq`) and returns an :class:`AuditReport`; the
+``refquant inspect`` command prints it as a table or JSON.
+
+Checks per tensor
+-----------------
+GGML block formats Q8_0 / Q4_0 / Q4_1 (decoded with :mod:`refquant.formats.ggml`):
+
+* ``byte_length``: the data holds exactly ``n_elements / 32`` blocks (checked for every type);
+* ``scales_finite``: every stored ``d`` (and Q4_1 ``m``) is finite;
+* ``scale_sign``: ``d >= 0`` for Q8_0 and Q4_1 (their reference quantizers cannot produce a
+  negative scale; Q4_0's ``d = max / -8`` may have either sign);
+* ``codes_in_range``: Q8_0 codes in [-127, 127] (-128 is never produced by ``roundf(x * 127 /
+  max|x|)``); 4-bit nibbles are always in [0, 15];
+* ``values_finite``: the dequantized tensor is finite.
+
+Informational: ``zero_scale_blocks`` (blocks with ``d == 0``), ``fixed_point``: the fraction of
+blocks that refquant's reference quantizer reproduces byte for byte from the dequantized values
+(1.0: the file is what llama.cpp's plain reference quantizer writes; lower values point to an
+importance-matrix quantizer or another tool, not to an error).
+
+GPTQ layers: scales finite and positive, zero points and codes in range (after unpacking with
+the selected zero-point convention), ``g_idx`` in range and, without ``desc_act``, equal to
+``k // group_size``; packing shapes are checked by the reader.
+
+Bits per weight count everything stored for the tensor: GGML types ``8 type_size /
+block_size`` (Q4_1: 4 + 16/32 + 16/32 = 5.0); GPTQ ``b + (16 + b) G / K + 32 / N`` (codes, a
+float16 scale and a packed zero per group, an int32 ``g_idx`` per input column).
+
+Errors against a reference
+--------------------------
+``rel_err = ||W_hat - W||_F / ||W||_F`` for the stored weight, ``rtn_rel_err`` for refquant's
+round-to-nearest of ``W`` at the same settings (GGML: the format's reference quantizer,
+:mod:`refquant.formats.ggml`; GPTQ: min-max RTN with the layer's bits, symmetry and group size),
+and for GGML formats ``uniform_rel_err``: refquant's uniform quantizer with an integer zero point
+and groups of 32 (Q8_0: int8 symmetric restricted; Q4_0: int4 symmetric; Q4_1: int4 asymmetric).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from refquant.formats import ggml
+from refquant.models.layout import CorruptCheckpoint, scan_gguf, scan_safetensors
+
+ZERO_CONVENTIONS = ("auto", "gptq", "gptq_v2")
+_UNIFORM_FOR_GGML = {"Q8_0": dict(bits=8, symmetric=True, restricted=True),
+                     "Q4_0": dict(bits=4, symmetric=True), "Q4_1": dict(bits=4, symmetric=False)}
+
+
+@dataclass
+class TensorAudit:
+    """The audit of one tensor (see the module docstring for every field)."""
+
+    name: str
+    stored_type: str
+    shape: tuple
+    bits_per_weight: float
+    group_size: int | None
+    consistent: bool | None            # None: no checks apply (a float tensor) or unsupported
+    checks: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    rel_err: float | None = None
+    rtn_rel_err: float | None = None
+    uniform_rel_err: float | None = None
+    reference_name: str | None = None
+
+
+@dataclass
+class AuditReport:
+    """All tensors of one checkpoint plus a summary."""
+
+    path: str
+    kind: str                          # "gguf" or "gptq"
+    tensors: list
+    reference: str | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def n_inconsistent(self) -> int:
+        return sum(t.consistent is False for t in self.tensors)
+
+    def summary(self) -> dict:
+        quant = [t for t in self.tensors if t.group_size is not None]
+        n_el = {t.name: int(np.prod(t.shape)) for t in quant}
+        total = sum(n_el.values())
+        bpw = sum(t.bits_per_weight * n_el[t.name] for t in quant) / total if total else None
+        errs = [t.rel_err for t in self.tensors if t.rel_err is not None]
+        by_type = {}
+        for t in self.tensors:
+            e = by_type.setdefault(t.stored_type, {"n_tensors": 0, "bits_per_weight": t.bits_per_weight,
+                                                   "group_size": t.group_size, "n_consistent": 0})
+            e["n_tensors"] += 1
+            if e["group_size"] != t.group_size:
+                e["group_size"] = "mixed"
+            e["n_consistent"] += t.consistent is True
+        return {"n_tensors": len(self.tensors), "n_quantized": len(quant), "by_type": by_type,
+                "n_inconsistent": self.n_inconsistent,
+                "quantized_bits_per_weight": bpw,
+                "types": sorted({t.stored_type for t in self.tensors}),
+                "n_compared": len(errs),
+                "max_rel_err": max(errs) if errs else None}
+
+    def to_dict(self) -> dict:
+        d = {"path": self.path, "kind": self.kind, "reference": self.reference,
+             "summary": self.summary(), "notes": list(self.notes),
+             "tensors": [asdict(t) for t in self.tensors]}
+        for t in d["tensors"]:
+            t["shape"] = list(t["shape"])
+        return d
+
+
+def _rel(w_hat: np.ndarray, w: np.ndarray) -> float:
+    w64 = w.astype(np.float64)
+    den = np.linalg.norm(w64)
+    num = np.linalg.norm(w_hat.astype(np.float64) - w64)
+    return float(num / den) if den > 0 else float(num)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+
+
+def _check_ggml_tensor(name: str, fmt: str, data: np.ndarray, shape: tuple):
+    """Checks and info of one GGML block tensor; returns (checks, info, w_hat)."""
+    rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+    blk = ggml.unpack_blocks(rows, fmt)
+    d = blk.d.astype(np.float32)
+    checks = {"byte_length": True, "scales_finite": bool(np.isfinite(d).all())}
+    if fmt == "Q4_1":
+        checks["scales_finite"] &= bool(np.isfinite(blk.m.astype(np.float32)).all())
+    checks["scale_sign"] = True if fmt == "Q4_0" else bool((d[np.isfinite(d)] >= 0).all())
+    checks["codes_in_range"] = bool((blk.q != -128).all()) if fmt == "Q8_0" else True
+    with np.errstate(all="ignore"):
+        w_hat = ggml.dequantize_blocks(blk).reshape(shape)
+    checks["values_finite"] = bool(np.isfinite(w_hat).all())
+    info = {"n_blocks": int(d.size), "zero_scale_blocks": int((d == 0).sum())}
+    if checks["values_finite"]:
+        again = ggml.quantize(w_hat.reshape(rows.shape[0], -1), fmt)
+        nb = ggml.block_bytes(fmt)
+        same = (again.reshape(-1, nb) == rows.reshape(-1, nb)).all(axis=1)
+        info["fixed_point"] = float(same.mean())
+    return checks, info, w_hat
+
+
+def _audit_gguf(path: pathlib.Path, reference: dict | None) -> AuditReport:
+    import gguf
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    spans, meta = scan_gguf(path)                  # raises CorruptCheckpoint naming the tensor
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except Exception as exc:                       # scan_gguf passed, so this is unexpected
+        raise CorruptCheckpoint(f"{path}: gguf.GGUFReader cannot read the file ({exc})") from exc
+    by_name = {t.name: t for t in reader.tensors}
+    report = AuditReport(str(path), "gguf", [])
+    for span in spans:
+        t = by_name.get(span.name)
+        if t is None:
+            raise CorruptCheckpoint(f"{path}: tensor {span.name!r} is listed in the header but "
+                                    "gguf.GGUFReader did not read it")
+        qtype = GGMLQuantizationType[span.type_name]
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        data = np.asarray(t.data)
+        audit = TensorAudit(span.name, span.type_name, span.shape, 8 * type_size / block,
+                            block if block > 1 else None, None)
+        if data.nbytes != span.n_bytes:
+            audit.checks["byte_length"] = False
+            audit.consistent = False
+            report.tensors.append(audit)
+            continue
+        w_hat = None
+        if span.type_name in ggml.FORMATS:
+            audit.checks, audit.info, w_hat = _check_ggml_tensor(span.name, span.type_name, data, span.shape)
+            audit.consistent = all(audit.checks.values())
+        elif span.type_name in ("F32", "F16", "BF16"):
+            w_hat = gguf.quants.dequantize(data, qtype).reshape(span.shape)
+            audit.checks = {"byte_length": True, "values_finite": bool(np.isfinite(w_hat).all())}
+            audit.consistent = all(audit.checks.values())
+        else:
+            audit.checks = {"byte_length": True}
+            audit.info["note"] = "codes not checked: refquant does not implement this type"
+            try:
+                w_hat = gguf.quants.dequantize(data, qtype).reshape(span.shape)
+            except NotImplementedError:
+                w_hat = None
+        if reference is not None and w_hat is not None:
+            _compare(audit, w_hat, reference, meta)
+        report.tensors.append(audit)
+    return report
+
+
+# GGUF (llama.cpp) tensor names -> Hugging Face / refquant names, for references in HF layout
+_GGUF_TO_HF = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
+               "output.weight": "lm_head.weight"}
+_GGUF_BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+               "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def hf_name_of_gguf(name: str) -> str | None:
+    """``blk.3.attn_q.weight`` -> ``layers.3.self_attn.q_proj.weight`` (None if unknown)."""
+    if name in _GGUF_TO_HF:
+        return _GGUF_TO_HF[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_BLOCK:
+        return f"layers.{parts[1]}.{_GGUF_BLOCK[parts[2]]}.{parts[3]}"
+    return None
+
+
+def _gguf_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter's Q/K row permutation (Hugging Face rotary layout -> GGUF):
+    within each head, rows ``[x_0 .. x_{d/2-1}, y_0 .. y_{d/2-1}]`` become interleaved pairs."""
+    out_dim = w.shape[0]
+    return (w.reshape(n_head, 2, out_dim // n_head // 2, *w.shape[1:])
+             .swapaxes(1, 2).reshape(w.shape))
+
+
+def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict | None = None):
+    """Fill the error fields of ``audit`` from a reference mapping name -> float array."""
+    ref_name = audit.name if audit.name in reference else None
+    w = None
+    if ref_name is not None:
+        w = reference[ref_name]
+    else:
+        hf = hf_name_of_gguf(audit.name) if meta is not None else None
+        for cand in (hf, audit.name.removeprefix("model."), "model." + audit.name):
+            if cand and cand in reference:
+                ref_name, w = cand, reference[cand]
+                break
+        if w is not None and meta is not None and hf is not None and (".q_proj" in hf or ".k_proj" in hf):
+            key = "attention.head_count_kv" if ".k_proj" in hf else "attention.head_count"
+            arch = meta.get("general.architecture", "llama")
+            n_head = meta.get(f"{arch}.{key}")
+            if n_head is None:
+                return
+            w = _gguf_permute(np.asarray(w, np.float32), int(n_head))
+    if w is None:
+        return
+    w = np.asarray(w, np.float32)
+    if w.shape != tuple(audit.shape):
+        audit.info["reference_shape_mismatch"] = list(w.shape)
+        return
+    audit.reference_name = ref_name
+    audit.rel_err = _rel(w_hat, w)
+    fmt = audit.stored_type
+    if fmt in ggml.FORMATS:
+        audit.rtn_rel_err = _rel(ggml.dequantize(ggml.quantize(w, fmt), fmt).reshape(w.shape), w)
+        from refquant.schemes.spec import QuantSpec
+        from refquant.calibration.fake import fake_quantize
+
+        spec = QuantSpec(granularity="group", group_size=32, **_UNIFORM_FOR_GGML[fmt])
+        audit.uniform_rel_err = _rel(fake_quantize(w, spec), w)
+    elif fmt.startswith("GPTQ"):
+        from refquant.schemes.spec import QuantSpec
+        from refquant.calibration.fake import fake_quantize
+
+        bits, sym, gs = audit.info["bits"], audit.info["sym"], audit.group_size
+        spec = QuantSpec(bits=bits, symmetric=sym, granularity="channel" if gs == -1 else "group",
+                         group_size=None if gs == -1 else gs)
+        audit.rtn_rel_err = _rel(fake_quantize(w, spec), w)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ directories
+
+
+def _audit_gptq(path: pathlib.Path, reference: dict | None, zero_convention: str) -> AuditReport:
+    from refquant.formats import gptq
+
+    for f in sorted(path.glob("*.safetensors")):
+        scan_safetensors(f)                        # truncation -> CorruptCheckpoint naming the tensor
+    try:
+        layers, float_tensors, config = gptq.read_checkpoint(path)
+    except gptq.CheckpointError as exc:
+        raise CorruptCheckpoint(str(exc)) from exc
+    stated = config.get("checkpoint_format")
+    report = AuditReport(str(path), "gptq", [])
+    conv = zero_convention
+    if conv == "auto":
+        conv = stated or _detect_zero_convention(layers, config)
+        how = "from quantize_config.json" if stated else "detected from the zero points"
+        report.notes.append(f"zero-point convention: {conv} ({how})")
+    else:
+        report.notes.append(f"zero-point convention: {conv} (selected; the file says {stated or 'nothing'})")
+    read_as = stated or "gptq"
+    per_layer = config.get("refquant_layers", {})
+    for name, layer in layers.items():
+        zeros = layer.zeros
+        if conv != read_as:                        # re-derive the stored values, apply conv
+            b = layer.bits
+            stored = zeros if read_as == "gptq_v2" else (zeros - 1) % (2**b)
+            zeros = stored if conv == "gptq_v2" else (stored + 1) % (2**b)
+            layer = gptq.PackedLayer(layer.codes, layer.scales, zeros, layer.g_idx, layer.bits,
+                                     layer.group_size)
+        N, K = layer.codes.shape
+        G = layer.scales.shape[0]
+        b = layer.bits
+        s = layer.scales.astype(np.float32)
+        checks = {"byte_length": True,
+                  "scales_finite": bool(np.isfinite(s).all()),
+                  "scales_positive": bool((s[np.isfinite(s)] > 0).all()),
+                  "codes_in_range": bool(layer.codes.max() < 2**b),
+                  "zeros_in_range": bool(((zeros >= 0) & (zeros < 2**b)).all()),
+                  "g_idx_in_range": bool(((layer.g_idx >= 0) & (layer.g_idx < G)).all())}
+        if not config.get("desc_act", False) and layer.group_size != -1:
+            checks["g_idx_matches_group_size"] = bool(
+                np.array_equal(layer.g_idx, np.arange(K) // layer.group_size))
+        lc = per_layer.get(name, {})
+        sym = bool(lc.get("sym", config.get("sym", False)))
+        info = {"bits": b, "sym": sym, "n_groups": G}
+        if sym:
+            info["symmetric_zero_points"] = bool((zeros == 2 ** (b - 1)).all())
+        bpw = b + (16 + b) * G / K + 32 / N
+        audit = TensorAudit(name + ".weight", f"GPTQ_{b}bit", (N, K), float(bpw), int(layer.group_size),
+                            all(checks.values()), checks, info)
+        if reference is not None and audit.consistent:
+            _compare(audit, gptq.dequantize_layer(layer), reference)
+        report.tensors.append(audit)
+    for name, t in float_tensors.items():
+        audit = TensorAudit(name, "F32", tuple(t.shape), 32.0, None, bool(np.isfinite(t).all()),
+                            {"values_finite": bool(np.isfinite(t).all())})
+        report.tensors.append(audit)
+    return report
+
+
+def _detect_zero_convention(layers: dict, config: dict) -> str:
+    """Without ``checkpoint_format``: a symmetric checkpoint's zero points must all be
+    ``2^(b-1)``; read as v1 ("gptq") that holds iff the file stores ``2^(b-1) - 1`` (v1),
+    otherwise the file is v2. Asymmetric files cannot be told apart: AutoGPTQ's v1 is assumed."""
+    if not config.get("sym", False) or not layers:
+        return "gptq"
+    ok_v1 = all((ly.zeros == 2 ** (ly.bits - 1)).all() for ly in layers.values())
+    return "gptq" if ok_v1 else "gptq_v2"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load_reference(path) -> dict:
+    """Float weights by name from a GGUF file (dequantized), a safetensors file, or a directory
+    of safetensors files (e.g. a Hugging Face checkpoint); names as stored."""
+    import gguf
+
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ValueError(f"reference checkpoint {path} does not exist")
+    if path.is_file() and path.suffix == ".gguf":
+        spans, _ = scan_gguf(path)
+        reader = gguf.GGUFReader(path, "r")
+        out = {}
+        for t in reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape))
+            try:
+                out[t.name] = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            except NotImplementedError:
+                continue
+        return out
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"reference {path}: no .gguf or .safetensors file found")
+    from safetensors.numpy import load_file
+
+    out = {}
+    for f in files:
+        scan_safetensors(f)
+        for k, v in load_file(str(f)).items():
+            out[k.removeprefix("model.")] = v
+    return out
+
+
+def audit_checkpoint(path, *, reference=None, zero_convention: str = "auto") -> AuditReport:
+    """Audit a GGUF file or GPTQ-format directory (see the module docstring).
+
+    Parameters
+    ----------
+    path : path
+        A ``.gguf`` file or a directory with ``quantize_config.json`` (or a Hugging Face
+        ``config.json`` with a GPTQ ``quantization_config``) and ``*.safetensors``.
+    reference : path, optional
+        Float checkpoint (GGUF, safetensors file or directory) to measure errors against.
+    zero_convention : {"auto", "gptq", "gptq_v2"}
+        GPTQ only: how ``qzeros`` is stored; ``auto`` takes ``checkpoint_format`` from the
+        config, else detects it from a symmetric checkpoint's zero points, else assumes v1.
+
+    Raises
+    ------
+    CorruptCheckpoint
+        A truncated or malformed file; the message names the tensor.
+    ValueError
+        A path that is neither, or an unknown ``zero_convention``.
+    """
+    if zero_convention not in ZERO_CONVENTIONS:
+        raise ValueError(f"zero_convention must be one of {ZERO_CONVENTIONS}, got {zero_convention!r}")
+    path = pathlib.Path(path)
+    ref = load_reference(reference) if reference is not None else None
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (and not a GPTQ directory)")
+        report = _audit_gguf(path, ref)
+    elif path.is_dir():
+        from refquant.formats import gptq
+
+        if not gptq.is_gptq_checkpoint(path):
+            raise ValueError(f"{path} is a directory without a GPTQ quantize_config.json or "
+                             "quantization_config")
+        report = _audit_gptq(path, ref, zero_convention)
+    else:
+        raise ValueError(f"{path} does not exist")
+    report.reference = str(reference) if reference is not None else None
+    if ref is not None and not any(t.rel_err is not None for t in report.tensors):
+        report.notes.append("no tensor of the reference matched by name and shape")
+    return report
+
+
+__all__ = ["TensorAudit", "AuditReport", "audit_checkpoint", "load_reference",
+           "hf_name_of_gguf", "CorruptCheckpoint", "ZERO_CONVENTIONS"]

@@ -1,0 +1,93 @@
+"""Perplexity of a (float or quantized) model on a token stream.
+
+.. math::
+
+    \\mathrm{PPL} = \\exp\\Big(\\frac{1}{N} \\sum_{w} \\sum_{t=1}^{L-1}
+        -\\log p_\\theta(x_{w,t} \\mid x_{w,0} \\dots x_{w,t-1})\\Big)
+
+over non-overlapping windows ``w`` of ``L = seq_len`` tokens (the remainder of the stream that
+does not fill a window is dropped); within a window the first token has no context and is not
+scored, so ``N = n_windows * (L - 1)`` predicted tokens. The log-probabilities come from a
+numerically stable log-softmax in float64, :math:`\\log p_i = z_i - m - \\log\\sum_j e^{z_j - m}`
+with :math:`m = \\max_j z_j`, applied to the float32 logits in chunks of positions so that memory
+stays bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from refquant.models.llama import head, hidden_states
+
+HEAD_CHUNK = 128     # positions per log-softmax chunk: [128, V] float64 = 50 MB for V = 49152
+
+
+@dataclasses.dataclass(frozen=True)
+class PerplexityResult:
+    """``ppl = exp(nll)``; ``nll`` is the mean negative log-likelihood (nats) of ``n_tokens``
+    predicted tokens in ``n_windows`` windows of ``seq_len`` tokens."""
+
+    ppl: float
+    nll: float
+    n_tokens: int
+    seq_len: int
+    n_windows: int
+
+
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``-log softmax(logits)[target]`` per row, in float64.
+
+    ``logits``: ``[N, V]`` float; ``targets``: ``[N]`` int; returns ``[N]`` float64.
+    """
+    z = logits.astype(np.float64)                               # [N, V]
+    m = z.max(axis=-1, keepdims=True)                           # [N, 1]
+    z -= m
+    lse = np.log(np.exp(z).sum(axis=-1))                        # [N]
+    return lse - z[np.arange(len(targets)), targets]
+
+
+def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: int | None = None,
+               progress: bool = False) -> PerplexityResult:
+    """Perplexity of ``model`` on ``tokens`` (1-D int) over non-overlapping windows.
+
+    Parameters
+    ----------
+    model : LlamaModel
+    tokens : 1-D integer array, the token stream (e.g. :func:`refquant.pipeline.data.evaluation_tokens`).
+    seq_len : window length ``L`` (>= 2).
+    linear : the linear layer of the forward pass (``None``: float32 weights).
+    max_windows : evaluate at most this many windows (the first ones).
+    progress : show a tqdm progress bar over windows.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} "
+                         f"dtype {tokens.dtype}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
+        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    n_windows = len(tokens) // seq_len
+    if max_windows is not None:
+        if isinstance(max_windows, bool) or not isinstance(max_windows, (int, np.integer)) \
+                or max_windows < 1:
+            raise ValueError(f"max_windows must be a positive integer, got {max_windows!r}")
+        n_windows = min(n_windows, max_windows)
+    if n_windows == 0:
+        raise ValueError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len}")
+    windows = range(n_windows)
+    if progress:
+        from tqdm.auto import tqdm
+        windows = tqdm(windows, desc=f"perplexity (seq_len {seq_len})", unit="window")
+    total = 0.0
+    for w in windows:
+        x = tokens[w * seq_len:(w + 1) * seq_len][None, :]      # [1, L]
+        h = hidden_states(model, x, linear=linear)[0]           # [L, d]
+        for a in range(0, seq_len - 1, HEAD_CHUNK):
+            b = min(a + HEAD_CHUNK, seq_len - 1)
+            logits = head(model, h[a:b])                        # [b-a, V]
+            total += float(token_nll(logits, x[0, a + 1:b + 1]).sum())
+    n = n_windows * (seq_len - 1)
+    nll = total / n
+    return PerplexityResult(ppl=float(np.exp(nll)), nll=nll, n_tokens=n, seq_len=seq_len,
+                            n_windows=n_windows)

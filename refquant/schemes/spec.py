@@ -1,0 +1,204 @@
+"""What to quantize and how: :class:`QuantSpec`, the parameters :class:`QParams`, and the
+granularity helpers that map a tensor onto its parameter groups.
+
+Granularity
+-----------
+``"tensor"``  one (scale, zero point) for the whole array; parameter shape ``()``.
+``"channel"`` one per index along ``axis``; parameter shape ``(x.shape[axis],)``. For a weight
+              in the (out_features, in_features) convention, ``axis=0`` is one scale per
+              output channel.
+``"group"``   groups of ``group_size`` consecutive elements along the *last* axis (the input
+              dimension of a weight), separately for every index of the leading axes;
+              parameter shape ``x.shape[:-1] + (n_groups,)`` with
+              ``n_groups = ceil(K / group_size)``. Element ``i`` of a row belongs to group
+              ``g_idx = i // group_size`` (the GPTQ convention), so where ``group_size`` does
+              not divide ``K`` the last group is shorter: K = 576 with groups of 128 gives
+              groups of 128, 128, 128, 128 and 64. ``axis`` plays no part in this granularity.
+
+Zero-range convention
+---------------------
+A parameter group whose calibrated range is empty (all zeros) gets ``scale = 1`` and zero
+point ``0`` (symmetric) or the code that represents 0 (asymmetric), so it quantizes to codes
+for exactly 0 and dequantizes to exactly 0: no division by zero, no NaN. Scales are never
+below ``np.finfo(np.float32).tiny`` (the smallest normal float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refquant.schemes.numerics import (ROUNDING_MODES, check_bits, check_positive_int, code_dtype, int_range,
+                       normalize_axis)
+
+GRANULARITIES = ("tensor", "channel", "group")
+
+
+def check_granularity(granularity, axis, group_size) -> None:
+    """Validate the granularity fields shared by every spec (``QuantSpec``, ``LogSpec``)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    if granularity == "group":
+        check_positive_int(group_size, "group_size")
+    elif group_size is not None:
+        raise ValueError(f"group_size={group_size!r} is only meaningful with "
+                         f"granularity='group', not {granularity!r}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize: bit width, symmetry, granularity and rounding.
+
+    Parameters
+    ----------
+    bits : int
+        Code width, one of 2..8 or 16.
+    symmetric : bool
+        ``True``: signed codes, zero point 0, ``x_hat = s q``. ``False``: unsigned codes
+        ``[0, 2^b - 1]`` with an integer zero point ``z``, ``x_hat = s (q - z)``.
+    granularity : {"tensor", "channel", "group"}
+        See the module docstring.
+    axis : int
+        The channel axis for ``granularity="channel"`` (default 0: output channels).
+    group_size : int or None
+        Elements per group along the last axis; required for ``"group"`` and only there.
+    rounding : {"half_even", "half_away"}
+        Rounding of ``x / s`` to an integer.
+    restricted : bool
+        Symmetric only: use ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` instead of the full signed range
+        (so that ``q(-x) = -q(x)`` holds for every code, as in many int8 inference engines).
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = "tensor"
+    axis: int = 0
+    group_size: int | None = None
+    rounding: str = "half_even"
+    restricted: bool = False
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        if not isinstance(self.symmetric, (bool, np.bool_)):
+            raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
+        check_granularity(self.granularity, self.axis, self.group_size)
+        if self.rounding not in ROUNDING_MODES:
+            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {self.rounding!r}")
+        if self.restricted and not self.symmetric:
+            raise ValueError("restricted=True applies to symmetric specs only")
+
+    @property
+    def qmin(self) -> int:
+        """Smallest integer code."""
+        return int_range(self.bits, self.symmetric, self.restricted)[0]
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer code."""
+        return int_range(self.bits, self.symmetric, self.restricted)[1]
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        """NumPy dtype of the codes :func:`refquant.quantize` returns."""
+        return code_dtype(self.bits, self.symmetric)
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Quantization parameters: ``scale`` (float32, > 0) and integer ``zero_point``, both of
+    the spec's parameter shape (see :func:`param_shape`). ``x_hat = scale * (q - zero_point)``.
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        s = np.asarray(self.scale)
+        if s.dtype.kind not in "fiu":
+            raise ValueError(f"scale must be numeric, got dtype {s.dtype}")
+        s = s.astype(np.float32)
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            bad = s[~(np.isfinite(s) & (s > 0))].ravel()[0]
+            raise ValueError(f"scale must be finite and positive, got {bad!r}")
+        z = np.zeros(s.shape, np.int32) if self.zero_point is None else np.asarray(self.zero_point)
+        if z.dtype.kind == "f":
+            if not np.all(np.isfinite(z)) or np.any(z != np.round(z)):
+                raise ValueError("zero_point must hold integers")
+        elif z.dtype.kind not in "iu":
+            raise ValueError(f"zero_point must be integer, got dtype {z.dtype}")
+        z = z.astype(np.int32)
+        if z.shape != s.shape:
+            raise ValueError(f"zero_point shape {z.shape} does not match scale shape {s.shape}")
+        object.__setattr__(self, "scale", s)
+        object.__setattr__(self, "zero_point", z)
+
+    def check(self, spec: QuantSpec) -> None:
+        """Raise ``ValueError`` if the zero point lies outside the spec's code range."""
+        if spec.symmetric and np.any(self.zero_point != 0):
+            raise ValueError("a symmetric spec needs zero_point == 0, got "
+                             f"{self.zero_point[self.zero_point != 0].ravel()[0]}")
+        if np.any(self.zero_point < spec.qmin) or np.any(self.zero_point > spec.qmax):
+            raise ValueError(f"zero_point outside the code range [{spec.qmin}, {spec.qmax}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Granularity helpers: every quantizer and observer goes through these three functions.
+
+
+def n_groups(k: int, group_size: int) -> int:
+    """Number of groups along a dimension of length ``k``: ``ceil(k / group_size)``."""
+    return -(-int(k) // int(group_size))
+
+
+def param_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, ...]:
+    """Shape of the scale / zero-point arrays for an array of ``shape`` under ``spec``."""
+    shape = tuple(int(n) for n in shape)
+    if spec.granularity == "tensor":
+        return ()
+    if len(shape) == 0:
+        raise ValueError(f"granularity {spec.granularity!r} needs an array with at least one axis")
+    if spec.granularity == "channel":
+        return (shape[normalize_axis(spec.axis, len(shape))],)
+    return shape[:-1] + (n_groups(shape[-1], spec.group_size),)
+
+
+def grouped(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """View ``x`` as ``param_shape + (m,)``: the last axis holds the members of one group.
+
+    Groups with fewer than ``m`` members (the short last group of ``"group"``) are padded
+    with NaN, so reductions over the last axis use the NaN-aware NumPy functions.
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        raise ValueError(f"cannot compute quantization parameters of an empty array (shape {x.shape})")
+    if spec.granularity == "tensor":
+        return x.reshape(-1)
+    if spec.granularity == "channel":
+        ax = normalize_axis(spec.axis, x.ndim)
+        return np.moveaxis(x, ax, 0).reshape(x.shape[ax], -1)
+    g, k = spec.group_size, x.shape[-1]
+    ng = n_groups(k, g)
+    pad = ng * g - k
+    xf = x.astype(np.float64) if x.dtype.kind != "f" else x
+    if pad:
+        xf = np.concatenate([xf, np.full(x.shape[:-1] + (pad,), np.nan, xf.dtype)], axis=-1)
+    return xf.reshape(x.shape[:-1] + (ng, g))
+
+
+def expand(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray:
+    """Broadcast a parameter array of ``param_shape(shape, spec)`` against an array of ``shape``."""
+    p = np.asarray(p)
+    expected = param_shape(shape, spec)
+    if p.shape != expected:
+        raise ValueError(f"parameter shape {p.shape} does not match {expected} expected for an "
+                         f"array of shape {tuple(shape)} with granularity {spec.granularity!r}")
+    if spec.granularity == "tensor":
+        return p
+    if spec.granularity == "channel":
+        ax = normalize_axis(spec.axis, len(shape))
+        return p.reshape((-1,) + (1,) * (len(shape) - 1 - ax))
+    g_idx = np.arange(shape[-1]) // spec.group_size          # [K] group of each input index
+    return p[..., g_idx]                                     # [..., n_groups] -> [..., K]

@@ -1,0 +1,395 @@
+"""A small NumPy training stack: just enough to train and fine-tune an MLP by hand.
+
+Every layer has ``forward(x)`` (which remembers what its backward pass needs),
+``backward(dy) -> dx`` (which also fills the ``grad`` of the layer's parameters) and
+``parameters() -> list[Parameter]``. The quantizers of :mod:`refquant.training.qat` follow the same
+protocol, so a fake-quantized activation is just another layer and a fake-quantized weight is a
+quantizer handed to :class:`Linear`. Every backward pass is checked against central finite
+differences in ``tests/test_nn.py``.
+
+Symbols
+-------
+N        batch size (rows of ``x``)
+K        input features, M output features, C classes
+x        layer input ``[N, K]`` (or ``[..., K]``), y its output, dy = dL/dy, dx = dL/dx
+W        weight ``[M, K]`` (the (out_features, in_features) convention), b bias ``[M]``
+W_hat    the weight the layer multiplies with: ``W``, or its fake-quantized version
+eta      learning rate; mu momentum; beta1, beta2, eps Adam's constants
+
+References
+----------
+.. [1] D. Hendrycks, K. Gimpel, "Gaussian Error Linear Units (GELUs)", arXiv:1606.08415, 2016.
+.. [2] B. T. Polyak, "Some methods of speeding up the convergence of iteration methods",
+       USSR Comp. Math. and Math. Physics 4(5), 1964 (heavy-ball momentum).
+.. [3] D. P. Kingma, J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
+       arXiv:1412.6980.
+.. [4] K. He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv:1502.01852 (init).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import erf
+
+
+@dataclass
+class Parameter:
+    """A trainable array and its gradient (``None`` until a backward pass fills it)."""
+
+    value: np.ndarray
+    name: str = ""
+    grad: np.ndarray | None = field(default=None, repr=False)
+
+
+def _check_features(x: np.ndarray, k: int, who: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise ValueError(f"{who}: input must be a floating array, got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"{who}: input shape {x.shape} does not end in {k} features")
+    return x
+
+
+def _check_grad(dy, expected: tuple, who: str) -> np.ndarray:
+    if expected is None:
+        raise ValueError(f"{who}.backward called before forward")
+    dy = np.asarray(dy)
+    if dy.shape != expected:
+        raise ValueError(f"{who}.backward: gradient shape {dy.shape} does not match the "
+                         f"forward output shape {expected}")
+    return dy
+
+
+class Linear:
+    """Fully connected layer ``y = x W_hat^T + b``.
+
+    Parameters
+    ----------
+    W : ndarray [M, K]
+        Initial weight (copied).
+    b : ndarray [M], optional
+        Initial bias (copied); ``None`` for no bias.
+    weight_quant : quantizer, optional
+        An object with ``forward(W) -> W_hat``, ``backward(dW_hat) -> dW`` and
+        ``parameters()`` (see :mod:`refquant.training.qat`); the layer then computes with ``W_hat``.
+
+    Notes
+    -----
+    .. math::
+
+        \\frac{\\partial L}{\\partial \\hat W} = dy^T x, \\qquad
+        \\frac{\\partial L}{\\partial b} = \\sum_n dy_n, \\qquad
+        \\frac{\\partial L}{\\partial x} = dy\\, \\hat W
+    """
+
+    def __init__(self, W, b=None, *, weight_quant=None):
+        W = np.array(W, copy=True)
+        if W.ndim != 2 or W.dtype.kind != "f":
+            raise ValueError(f"W must be a 2-D floating array [out, in], got shape {W.shape} "
+                             f"dtype {W.dtype}")
+        self.W = Parameter(W, "W")
+        self.b = None
+        if b is not None:
+            b = np.array(b, copy=True, dtype=W.dtype)
+            if b.shape != (W.shape[0],):
+                raise ValueError(f"b shape {b.shape} does not match W's {W.shape[0]} outputs")
+            self.b = Parameter(b, "b")
+        self.weight_quant = weight_quant
+        self._x = self._W_hat = self._out_shape = None
+
+    @classmethod
+    def init(cls, k: int, m: int, rng: np.random.Generator, *, bias=True, dtype=np.float64,
+             weight_quant=None) -> "Linear":
+        """He-uniform initialisation [4]_: ``W ~ U(-sqrt(6/K), sqrt(6/K))``, ``b = 0``."""
+        bound = math.sqrt(6.0 / k)
+        W = rng.uniform(-bound, bound, size=(m, k)).astype(dtype)
+        return cls(W, np.zeros(m, dtype) if bias else None, weight_quant=weight_quant)
+
+    @property
+    def in_features(self) -> int:
+        return self.W.value.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.W.value.shape[0]
+
+    def effective_weight(self) -> np.ndarray:
+        """``W_hat``: the weight the forward pass uses (fake-quantized if a quantizer is set)."""
+        if self.weight_quant is None:
+            return self.W.value
+        return self.weight_quant.forward(self.W.value)
+
+    def forward(self, x):
+        x = _check_features(x, self.in_features, "Linear")
+        W_hat = self.effective_weight()                      # [M, K]
+        y = x @ W_hat.T                                      # [..., K] -> [..., M]
+        if self.b is not None:
+            y = y + self.b.value
+        self._x, self._W_hat, self._out_shape = x, W_hat, y.shape
+        return y
+
+    def backward(self, dy):
+        dy = _check_grad(dy, self._out_shape, "Linear")
+        x2 = self._x.reshape(-1, self.in_features)           # [N, K]
+        dy2 = dy.reshape(-1, self.out_features)              # [N, M]
+        dW_hat = dy2.T @ x2                                  # [M, K]
+        self.W.grad = dW_hat if self.weight_quant is None else self.weight_quant.backward(dW_hat)
+        if self.b is not None:
+            self.b.grad = dy2.sum(axis=0)                    # [M]
+        return dy @ self._W_hat                              # [..., M] -> [..., K]
+
+    def parameters(self) -> list[Parameter]:
+        ps = [self.W] + ([self.b] if self.b is not None else [])
+        if self.weight_quant is not None:
+            ps += self.weight_quant.parameters()
+        return ps
+
+
+class ReLU:
+    """``y = max(x, 0)``; ``dx = dy * [x > 0]`` (the subgradient 0 at ``x = 0``)."""
+
+    def __init__(self):
+        self._mask = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        self._mask = x > 0
+        return np.where(self._mask, x, 0.0).astype(x.dtype)
+
+    def backward(self, dy):
+        dy = _check_grad(dy, None if self._mask is None else self._mask.shape, "ReLU")
+        return dy * self._mask
+
+    def parameters(self) -> list[Parameter]:
+        return []
+
+
+class GELU:
+    """Exact GELU [1]_: ``y = x Phi(x)`` with the standard normal CDF ``Phi``.
+
+    .. math::
+
+        \\Phi(x) = \\tfrac12\\big(1 + \\operatorname{erf}(x/\\sqrt2)\\big), \\qquad
+        \\frac{dy}{dx} = \\Phi(x) + x\\,\\varphi(x), \\quad
+        \\varphi(x) = e^{-x^2/2} / \\sqrt{2\\pi}
+    """
+
+    def __init__(self):
+        self._x = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        self._x = x
+        return (x * 0.5 * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype)
+
+    def backward(self, dy):
+        dy = _check_grad(dy, None if self._x is None else self._x.shape, "GELU")
+        x = self._x
+        Phi = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+        phi = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+        return (dy * (Phi + x * phi)).astype(dy.dtype)
+
+    def parameters(self) -> list[Parameter]:
+        return []
+
+
+class Sequential:
+    """Layers applied in order; ``backward`` runs them in reverse."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+
+def softmax_cross_entropy(logits, labels) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    Parameters
+    ----------
+    logits : ndarray [N, C] float
+    labels : ndarray [N] int, each in ``[0, C)``
+
+    Returns
+    -------
+    loss : float
+        :math:`L = -\\frac1N \\sum_n \\log p_{n, y_n}`, ``p = softmax(logits)``.
+    dlogits : ndarray [N, C]
+        :math:`\\partial L / \\partial z = (p - \\mathrm{onehot}(y)) / N`.
+    """
+    z = np.asarray(logits)
+    y = np.asarray(labels)
+    if z.ndim != 2 or z.dtype.kind != "f":
+        raise ValueError(f"logits must be a 2-D floating array [N, C], got shape {z.shape} "
+                         f"dtype {z.dtype}")
+    if y.shape != (z.shape[0],) or y.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer array of shape ({z.shape[0]},), got shape "
+                         f"{y.shape} dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+        raise ValueError(f"labels must lie in [0, {z.shape[1]}), found {y.min()}..{y.max()}")
+    n = z.shape[0]
+    z = z - z.max(axis=1, keepdims=True)                     # stable: max logit is 0
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # [N, C]
+    loss = -float(log_p[np.arange(n), y].mean())
+    dz = np.exp(log_p)
+    dz[np.arange(n), y] -= 1.0
+    return loss, dz / n
+
+
+def _check_lr(lr) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning rate must be a finite positive number, got {lr!r}")
+    return float(lr)
+
+
+def _check_unit(value, name: str) -> float:
+    if not isinstance(value, (int, float, np.floating, np.integer)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return float(value)
+
+
+class SGD:
+    """Stochastic gradient descent with heavy-ball momentum [2]_ (PyTorch's form).
+
+    .. math::
+
+        v \\leftarrow \\mu v + g, \\qquad \\theta \\leftarrow \\theta - \\eta v
+
+    ``step()`` updates each ``Parameter.value`` in place (the arrays belong to the model).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0):
+        self.params = list(params)
+        self.lr = _check_lr(lr)
+        self.momentum = _check_unit(momentum, "momentum")
+        self._v = [np.zeros_like(p.value) for p in self.params]
+
+    def step(self):
+        for p, v in zip(self.params, self._v):
+            if p.grad is None:
+                continue
+            v *= self.momentum
+            v += p.grad
+            p.value -= self.lr * v
+
+
+class Adam:
+    """Adam [3]_ with bias correction.
+
+    .. math::
+
+        m \\leftarrow \\beta_1 m + (1 - \\beta_1) g, \\quad
+        v \\leftarrow \\beta_2 v + (1 - \\beta_2) g^2, \\quad
+        \\theta \\leftarrow \\theta - \\eta\\, \\frac{m / (1 - \\beta_1^t)}
+        {\\sqrt{v / (1 - \\beta_2^t)} + \\epsilon}
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.lr = _check_lr(lr)
+        self.beta1 = _check_unit(betas[0], "beta1")
+        self.beta2 = _check_unit(betas[1], "beta2")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+        self.t = 0
+        self._m = [np.zeros_like(p.value) for p in self.params]
+        self._v = [np.zeros_like(p.value) for p in self.params]
+
+    def step(self):
+        self.t += 1
+        c1, c2 = 1.0 - self.beta1 ** self.t, 1.0 - self.beta2 ** self.t
+        for p, m, v in zip(self.params, self._m, self._v):
+            if p.grad is None:
+                continue
+            m *= self.beta1
+            m += (1.0 - self.beta1) * p.grad
+            v *= self.beta2
+            v += (1.0 - self.beta2) * p.grad * p.grad
+            p.value -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: the mean training loss of every step, and the number of steps."""
+
+    losses: np.ndarray
+    steps: int
+
+
+def fit(model, X, y, optimizer, *, epochs: int, batch_size: int, seed: int = 0,
+        loss=softmax_cross_entropy) -> FitResult:
+    """Mini-batch training: shuffle, forward, loss, backward, optimizer step.
+
+    Parameters
+    ----------
+    model : Sequential (or any layer)
+    X : ndarray [N, K] float
+    y : ndarray [N] int
+    optimizer : SGD or Adam over ``model.parameters()``
+    epochs, batch_size : int
+    seed : int
+        Seed of the shuffling order (``np.random.default_rng(seed)``).
+    loss : callable ``(output, y) -> (loss, doutput)``
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, or when the loss is NaN or infinite, or a layer rejects its input
+        during training (a quantizer seeing NaN weights); the message names the step (0-based,
+        counted over all epochs) and the epoch.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"X must be [N, K] and y [N]; got X {X.shape}, y {y.shape}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    rng = np.random.default_rng(seed)
+    losses, step = [], 0
+    for epoch in range(epochs):
+        order = rng.permutation(X.shape[0])
+        for start in range(0, X.shape[0], batch_size):
+            idx = order[start:start + batch_size]
+            try:
+                out = model.forward(X[idx])
+                value, dout = loss(out, y[idx])
+            except ValueError as e:      # e.g. a quantizer handed NaN weights after divergence
+                raise ValueError(f"training stopped at step {step} (epoch {epoch}): {e}") from e
+            if not math.isfinite(value):
+                raise ValueError(f"loss is {value} at step {step} (epoch {epoch}); training "
+                                 f"stopped (learning rate too large, or NaN in the data?)")
+            model.backward(dout)
+            optimizer.step()
+            losses.append(value)
+            step += 1
+    return FitResult(np.asarray(losses), step)
+
+
+def accuracy(model, X, y, batch_size: int = 4096) -> float:
+    """Fraction of rows of ``X`` whose arg-max output equals the label."""
+    X, y = np.asarray(X), np.asarray(y)
+    pred = np.concatenate([model.forward(X[i:i + batch_size]).argmax(axis=1)
+                           for i in range(0, X.shape[0], batch_size)])
+    return float((pred == y).mean())
+
+
+__all__ = ["Parameter", "Linear", "ReLU", "GELU", "Sequential", "softmax_cross_entropy",
+           "SGD", "Adam", "fit", "FitResult", "accuracy"]
