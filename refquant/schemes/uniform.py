@@ -81,6 +81,22 @@ def qparams_from_range(lo, hi, spec: QuantSpec) -> QParams:
     return QParams(s, z)
 
 
+def _round_codes(x, s, z, qmin: int, qmax: int, rounding: str) -> np.ndarray:
+    """The one rounding core: ``clamp(round(x / s) + z, q_min, q_max)`` as float64.
+
+    ``x``, ``s`` and ``z`` are float64 arrays that broadcast (the caller has expanded the
+    parameters and checked them). Every quantizer in refquant that rounds onto a uniform grid
+    calls this (GPTQ's column step, the MSE/KL searches, QAT, the integer linears), so that they
+    agree with :func:`quantize` bit for bit; tests pin each caller equal to it.
+    """
+    return np.clip(round_to_int(x / s, rounding) + z, qmin, qmax)
+
+
+def _dequantize_codes(q, s, z) -> np.ndarray:
+    """``s (q - z)`` in float64: the inverse map of :func:`_round_codes`."""
+    return s * (q - z)
+
+
 def _checked(x, qp: QParams, spec: QuantSpec):
     if not isinstance(spec, QuantSpec):
         raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -115,8 +131,8 @@ def quantize(x, qp: QParams, spec: QuantSpec) -> np.ndarray:
     """
     x = as_float_array(x)
     s, z = _checked(x, qp, spec)
-    q = round_to_int(x.astype(np.float64) / s, spec.rounding) + z
-    return np.clip(q, spec.qmin, spec.qmax).astype(spec.code_dtype)
+    q = _round_codes(x.astype(np.float64), s, z, spec.qmin, spec.qmax, spec.rounding)
+    return q.astype(spec.code_dtype)
 
 
 def dequantize(q, qp: QParams, spec: QuantSpec, dtype=np.float32) -> np.ndarray:
@@ -127,7 +143,7 @@ def dequantize(q, qp: QParams, spec: QuantSpec, dtype=np.float32) -> np.ndarray:
     if q.size and (q.min() < spec.qmin or q.max() > spec.qmax):
         raise ValueError(f"codes outside [{spec.qmin}, {spec.qmax}]: found {q.min()}..{q.max()}")
     s, z = _checked(q, qp, spec)
-    return (s * (q.astype(np.float64) - z)).astype(dtype)
+    return _dequantize_codes(q.astype(np.float64), s, z).astype(dtype)
 
 
 def clip_range(qp: QParams, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
