@@ -67,6 +67,7 @@ import numpy as np
 from refquant.schemes.numerics import check_positive_int
 from refquant.schemes.packing import PACK_BITS, pack, unpack
 from refquant.schemes.spec import QParams, QuantSpec, n_groups
+from refquant.schemes.spec import g_idx as group_index
 
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 WEIGHTS_FILE = "model.safetensors"
@@ -128,7 +129,7 @@ def layer_from_quantized(codes, qparams: QParams, spec: QuantSpec, g_idx=None) -
         G, group_size = n_groups(K, spec.group_size), spec.group_size
         scale, zero = qparams.scale, qparams.zero_point                  # [N, G]
         if g_idx is None:
-            g_idx = np.arange(K) // spec.group_size
+            g_idx = group_index(K, spec.group_size)
     elif spec.granularity == "channel" and spec.axis in (0, -2):
         G, group_size = 1, -1
         scale, zero = qparams.scale[:, None], qparams.zero_point[:, None]

@@ -23,6 +23,7 @@ import numpy as np
 
 from refquant.kernels import reference
 from refquant.kernels.reference import K_MAX
+from refquant.schemes.spec import g_idx as group_index
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -160,7 +161,7 @@ def w4_tolerance(x, scales, zeros, group_size: int, packed_codes_max: int = 15) 
     """
     x = np.asarray(x, np.float64)
     K = x.shape[1]
-    g_idx = np.arange(K) // int(group_size)
+    g_idx = group_index(K, group_size)
     wmax = np.abs(np.asarray(scales, np.float64))[:, g_idx] * (
         packed_codes_max + np.abs(np.asarray(zeros, np.float64))[:, g_idx])      # [N, K]
     S = np.abs(x) @ wmax.T                                                       # [M, N]

@@ -160,8 +160,9 @@ def check_w4_operands(x, packed, scales, zeros, group_size):
 def dequantize_w4(packed, scales, zeros, group_size: int, K: int) -> np.ndarray:
     """``W_hat[n, k] = s[n, g] (q[n, k] - z[n, g])`` with ``g = k // group_size`` (float32)."""
     from refquant.schemes.packing import unpack
+    from refquant.schemes.spec import g_idx as group_index
     q = unpack(packed, 4, K).astype(np.float32)                             # [N, K]
-    g_idx = np.arange(K) // group_size                                      # [K]
+    g_idx = group_index(K, group_size)                                      # [K]
     s = np.asarray(scales, np.float32)[:, g_idx]                            # [N, K]
     z = np.asarray(zeros, np.float32)[:, g_idx]                             # [N, K]
     return s * (q - z)

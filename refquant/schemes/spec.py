@@ -188,6 +188,18 @@ def grouped(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     return xf.reshape(x.shape[:-1] + (ng, g))
 
 
+def g_idx(in_features: int, group_size: int) -> np.ndarray:
+    """The group of every input column: ``g_idx[i] = i // group_size`` (int32, shape ``[K]``).
+
+    The GPTQ convention: where ``group_size`` does not divide ``in_features`` the last group is
+    shorter.
+
+    >>> g_idx(5, 2)
+    array([0, 0, 1, 1, 2], dtype=int32)
+    """
+    return (np.arange(int(in_features)) // int(group_size)).astype(np.int32)
+
+
 def expand(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray:
     """Broadcast a parameter array of ``param_shape(shape, spec)`` against an array of ``shape``."""
     p = np.asarray(p)
@@ -200,5 +212,4 @@ def expand(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray
     if spec.granularity == "channel":
         ax = normalize_axis(spec.axis, len(shape))
         return p.reshape((-1,) + (1,) * (len(shape) - 1 - ax))
-    g_idx = np.arange(shape[-1]) // spec.group_size          # [K] group of each input index
-    return p[..., g_idx]                                     # [..., n_groups] -> [..., K]
+    return p[..., g_idx(shape[-1], spec.group_size)]          # [..., n_groups] -> [..., K]
