@@ -14,7 +14,7 @@ import pytest
 
 import refquant as rq
 from refquant.formats import ggml
-from refquant.testing.core import GOLDEN_DIR
+from refquant.testing.golden import GOLDEN_DIR
 from refquant.testing import (GOLDEN_VERSION, assert_ggml_equal, load_case_file,
                               reference_case, reference_cases)
 

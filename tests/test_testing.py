@@ -226,3 +226,32 @@ def test_assert_ggml_equal_reports_the_worst_block():
 @given(quant_specs(shape=(3, 8), granularities=("channel",), axis=0, rounding="half_even"))
 def test_quant_specs_fixed_axis_and_rounding(spec):
     assert spec.axis == 0 and spec.rounding == "half_even" and spec.granularity == "channel"
+
+
+# --- the public surface ---------------------------------------------------------------------------
+
+def test_public_names_are_the_documented_ones():
+    """The README's stable list (oracle: the list written out here) is exactly ``__all__``, and
+    every name is importable from ``refquant.testing`` itself."""
+    import refquant.testing as rt
+    documented = ["STRESS_KINDS", "GOLDEN_VERSION", "stress_tensor", "tie_tensor", "quant_specs",
+                  "stress_tensors", "tie_tensors", "specs_and_tensors", "assert_quantized_close",
+                  "assert_ggml_equal", "ReferenceCase", "reference_case", "reference_cases",
+                  "load_case_file"]
+    assert rt.__all__ == documented
+    assert all(callable(getattr(rt, n)) or n in ("STRESS_KINDS", "GOLDEN_VERSION")
+               for n in documented)
+
+
+def test_importing_refquant_testing_does_not_import_hypothesis():
+    """A fresh interpreter (oracle: its ``sys.modules``) imports the package, loads a golden case
+    and runs an assertion without Hypothesis being imported."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "import refquant.testing as rt\n"
+            "rt.assert_quantized_close(np.zeros(3, np.int8), np.zeros(3, np.int8), "
+            "rt.reference_case('uniform_int8_sym_tensor').spec)\n"
+            "print('hypothesis' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
