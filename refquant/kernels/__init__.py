@@ -184,8 +184,10 @@ def w4_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto
     packed : int32 [N, ceil(K/8)]
         ``refquant.pack(q, 4, "int32")`` of the codes ``q[N, K]`` (uint8 in [0, 15]) of
         ``W[N, K]`` (out, in): code ``8j + i`` at bits ``4i..4i+3`` of word ``j``.
-    scales : float [N, G], zeros : int [N, G] in [0, 15]
-        Per-group parameters, ``G = ceil(K / group_size)`` (the last group may be shorter).
+    scales : float32 [N, G], zeros : int [N, G] in [0, 15]
+        Per-group parameters, ``G = ceil(K / group_size)`` (the last group may be shorter);
+        scales finite and > 0 (float32 like ``x``: no backend rounds them). Anything else
+        raises ``ValueError`` naming the first offending value.
     group_size : int
     backend : "auto" | "numpy" | "numba" | "cuda"
 
@@ -195,7 +197,7 @@ def w4_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto
     specification); the kernels never materialize ``W_hat`` and agree with it within
     :func:`w4_tolerance` (a float32 rounding bound).
     """
-    x, packed, scales, zeros, K, G = reference.check_w4_operands(x, packed, scales, zeros,
+    x, packed, scales, zeros, _, _ = reference.check_w4_operands(x, packed, scales, zeros,
                                                                  group_size)
     name = _resolve(backend)
     if name == "numpy":
