@@ -76,7 +76,7 @@ def main():
     from numba import cuda
 
     from refquant.kernels import cuda as rq_cuda
-    k = rq_cuda.kernels()
+    int8_gemm, w4_gemm = rq_cuda.int8_gemm(), rq_cuda.w4_gemm()
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
     vendor = None if (args.smoke or simulated) else _vendor()
     repeats = 1 if args.smoke else args.repeats
@@ -89,7 +89,7 @@ def main():
     d_a, d_b = cuda.to_device(a), cuda.to_device(b)
     d_c = cuda.device_array((n, n), np.int32)
     grid = (-(-n // rq_cuda.GEMM_TILE), -(-n // rq_cuda.GEMM_TILE))
-    ours = lambda: k["int8_gemm"][grid, (T, T)](d_a, d_b, d_c)     # noqa: E731
+    ours = lambda: int8_gemm[grid, (T, T)](d_a, d_b, d_c)     # noqa: E731
     ours()
     # the oracle: the NumPy specification on small shapes; at 4096^3 a float64 BLAS product,
     # exact here (every partial sum is an integer below K 2^14 = 2^26 < 2^53) and much faster
@@ -118,7 +118,7 @@ def main():
         dev = [cuda.to_device(v) for v in (x, packed, scales, zeros)]
         d_y = cuda.device_array((1, N), np.float32)
         grid_w4 = (-(-N // rq_cuda.W4_ROWS), 1)
-        ours = lambda: k["w4_gemm"][grid_w4, rq_cuda.W4_BLOCK](*dev, np.int32(gs), d_y)  # noqa
+        ours = lambda: w4_gemm[grid_w4, rq_cuda.W4_BLOCK](*dev, np.int32(gs), d_y)  # noqa
         ours()
         want = reference.w4_matmul(x, packed, scales, zeros, gs)
         if not np.all(np.abs(d_y.copy_to_host() - want) <= w4_tolerance(x, scales, zeros, gs)):

@@ -1,6 +1,7 @@
 """numba.cuda kernels (the ``numba-cuda`` package) with the signatures of the reference.
 
-The kernels are defined and compiled on first use (:func:`kernels`), so importing this module
+Each kernel has its own builder (:func:`int8_gemm`, :func:`w4_gemm`) that defines it on first
+use, and numba.cuda compiles it at its first launch, so importing this module
 needs neither a GPU nor a CUDA toolkit. They run on a real device or, with
 ``NUMBA_ENABLE_CUDASIM=1`` set before Numba is imported, on Numba's CUDA simulator (every thread
 a Python thread: slow, for tests on tiny shapes only).
@@ -39,7 +40,7 @@ import functools
 
 import numpy as np
 
-cuda = None          # numba.cuda, bound by kernels() on first use
+cuda = None          # numba.cuda, bound by a kernel builder on first use
 
 TILE = 16            # int8 GEMM: threads per block TILE x TILE, and the k step
 REG = 4              # int8 GEMM: each thread computes REG x REG outputs (block tile 64 x 64)
@@ -50,21 +51,29 @@ W4_ROWS = W4_WARPS * W4_ROWS_PER_WARP    # output rows per block
 W4_BLOCK = (32, W4_WARPS)
 
 
-@functools.lru_cache(maxsize=None)
-def kernels():
-    """Define (once) and return the CUDA kernels; compilation happens at their first launch."""
-    # ``cuda`` must be a module global: the simulator swaps it in the kernels' globals
+def _bind_cuda():
+    """Bind the module global ``cuda`` to ``numba.cuda`` (the simulator swaps it in the kernels'
+    globals, so the kernels must read it as a module global, not a closure variable)."""
     global cuda
-    from numba import cuda, float32, int32
+    from numba import cuda as numba_cuda
+    cuda = numba_cuda
+    return numba_cuda
 
-    T = TILE
 
-    BM, BK, RT = T * REG, T, REG
+@functools.lru_cache(maxsize=None)
+def int8_gemm():
+    """Define (once) and return the int8 GEMM kernel ``int8_gemm[grid, (TILE, TILE)](A, B, C)``:
+    ``A`` int8 [M, K], ``B`` int8 [K, N] -> ``C`` int32 [M, N], grid
+    ``(ceil(N / GEMM_TILE), ceil(M / GEMM_TILE))``. Compilation happens at its first launch."""
+    _bind_cuda()
+    from numba import int32
+
+    T, BM, BK, RT = TILE, GEMM_TILE, TILE, REG
 
     @cuda.jit
-    def int8_gemm(A, B, C):
-        # A int8 [M, K], B int8 [K, N] -> C int32 [M, N]; block (T, T) owns a BM x BM tile of C,
-        # thread (tx, ty) its REG x REG outputs at rows ty + T i, columns tx + T j
+    def _int8_gemm(A, B, C):
+        # block (T, T) owns a BM x BM tile of C, thread (tx, ty) its REG x REG outputs at rows
+        # ty + T i, columns tx + T j
         sA = cuda.shared.array((BK, BM), int32)            # sA[kk, r] = A[row0 + r, k0 + kk]
         sB = cuda.shared.array((BK, BM), int32)            # sB[kk, c] = B[k0 + kk, col0 + c]
         acc = cuda.local.array((REG, REG), int32)
@@ -100,11 +109,22 @@ def kernels():
                 if row < M and col < N:
                     C[row, col] = acc[i, j]
 
+    return _int8_gemm
+
+
+@functools.lru_cache(maxsize=None)
+def w4_gemm():
+    """Define (once) and return the W4 kernel
+    ``w4_gemm[(ceil(N / W4_ROWS), M), W4_BLOCK](x, packed, scales, zeros, group_size, y)``:
+    ``x`` f32 [M, K], ``packed`` i32 [N, W], ``scales`` f32 [N, G], ``zeros`` i32 [N, G] ->
+    ``y`` f32 [M, N]. Compilation happens at its first launch."""
+    _bind_cuda()
+    from numba import float32
+
     WARPS, RW = W4_WARPS, W4_ROWS_PER_WARP
 
     @cuda.jit
-    def w4_gemm(x, packed, scales, zeros, group_size, y):
-        # x f32 [M, K], packed i32 [N, W], scales f32 [N, G], zeros i32 [N, G] -> y f32 [M, N]
+    def _w4_gemm(x, packed, scales, zeros, group_size, y):
         # block (32, WARPS): warp r owns the RW output rows n0 + rr, n0 = (blockIdx.x WARPS + r) RW
         part = cuda.shared.array((W4_WARPS, W4_ROWS_PER_WARP, 32), float32)
         xw = cuda.local.array(8, float32)
@@ -161,29 +181,29 @@ def kernels():
         if lane < RW and n0 + lane < N:
             y[m, n0 + lane] = part[r, lane, 0]
 
-    return dict(int8_gemm=int8_gemm, w4_gemm=w4_gemm)
+    return _w4_gemm
 
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """CUDA ``C = A B`` (int8 x int8 -> int32), equal to the reference; operands pre-checked."""
-    k = kernels()
-    M, K = a.shape
+    kernel = int8_gemm()
+    M = a.shape[0]
     N = b.shape[1]
     d_a = cuda.to_device(np.ascontiguousarray(a))
     d_b = cuda.to_device(np.ascontiguousarray(b))
     d_c = cuda.device_array((M, N), np.int32)
     grid = (-(-N // GEMM_TILE), -(-M // GEMM_TILE))
-    k["int8_gemm"][grid, (TILE, TILE)](d_a, d_b, d_c)
+    kernel[grid, (TILE, TILE)](d_a, d_b, d_c)
     return d_c.copy_to_host()
 
 
 def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
     """CUDA ``x W_hat^T`` with on-the-fly 4-bit dequantization; operands pre-checked."""
-    k = kernels()
+    kernel = w4_gemm()
     M = x.shape[0]
     N = packed.shape[0]
     d_y = cuda.device_array((M, N), np.float32)
     args = [cuda.to_device(np.ascontiguousarray(v)) for v in
             (x, packed, np.asarray(scales, np.float32), np.asarray(zeros, np.int32))]
-    k["w4_gemm"][(-(-N // W4_ROWS), M), W4_BLOCK](*args, np.int32(group_size), d_y)
+    kernel[(-(-N // W4_ROWS), M), W4_BLOCK](*args, np.int32(group_size), d_y)
     return d_y.copy_to_host()
