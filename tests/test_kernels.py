@@ -281,3 +281,86 @@ def test_w4_nonzero_padding_bits_rejected():
     packed[0, -1] |= np.int32(1 << 20)                       # code 13 of a K=12 row
     with pytest.raises(ValueError, match="padding"):
         rq.w4_matmul(x, packed, scales, zeros, 4, backend="numba")
+
+
+# --- the operand checks name the offending value -------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_scale, shown", [(-0.5, "-0.5"), (0.0, "0.0"), (np.nan, "nan"),
+                                              (-np.inf, "-inf")])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_w4_rejects_scales_not_finite_positive(bad_scale, shown, backend):
+    """A scale <= 0 or not finite raises ValueError naming the value and its [n, g] index
+    (oracle: the value planted here)."""
+    rng = np.random.default_rng(2)
+    x, codes, packed, scales, zeros = _w4_case(rng, 1, 16, 3, 8)
+    scales = scales.copy()
+    scales[2, 1] = bad_scale
+    with pytest.raises(ValueError, match=rf"scales must be finite and > 0, got {shown} at index \(2, 1\)"):
+        rq.w4_matmul(x, packed, scales, zeros, 8, backend=backend)
+
+
+@pytest.mark.parametrize("bad_zero", [-1, 16, 255])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_w4_rejects_zero_points_outside_the_code_range(bad_zero, backend):
+    """A zero point outside the 4-bit code range [0, 15] is named with its index."""
+    rng = np.random.default_rng(3)
+    x, codes, packed, scales, zeros = _w4_case(rng, 1, 16, 3, 8)
+    zeros = zeros.copy()
+    zeros[1, 0] = bad_zero
+    with pytest.raises(ValueError, match=rf"\[0, 15\].*got {bad_zero} at index \(1, 0\)"):
+        rq.w4_matmul(x, packed, scales, zeros, 8, backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_w4_scales_must_match_the_float32_of_x(dtype, backend):
+    """Scales of another float dtype are rejected (a backend would round them silently)."""
+    rng = np.random.default_rng(4)
+    x, codes, packed, scales, zeros = _w4_case(rng, 1, 16, 3, 8)
+    with pytest.raises(ValueError, match=f"scales must have dtype float32.*got {np.dtype(dtype)}"):
+        rq.w4_matmul(x, packed, scales.astype(dtype), zeros, 8, backend=backend)
+
+
+def test_w4_nan_in_x_is_named():
+    rng = np.random.default_rng(5)
+    x, codes, packed, scales, zeros = _w4_case(rng, 2, 16, 3, 8)
+    x = x.copy()
+    x[1, 7] = np.inf
+    with pytest.raises(ValueError, match=r"x contains NaN or Inf: inf at index \(1, 7\)"):
+        rq.w4_matmul(x, packed, scales, zeros, 8, backend="numpy")
+
+
+@pytest.mark.parametrize("zp, name, shown", [((256, 0), "a_zero", "256"), ((-1, 0), "a_zero", "-1"),
+                                             ((0, 128), "b_zero", "128"), ((0, -129), "b_zero", "-129")])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_uint8_zero_point_errors_name_the_value(zp, name, shown, backend):
+    a = np.zeros((1, 2), np.uint8)
+    b = np.zeros((2, 1), np.int8)
+    with pytest.raises(ValueError, match=rf"{name} must be an integer in \[.*\], got {shown}$"):
+        uint8_int8_matmul(a, b, *zp, backend=backend)
+
+
+def test_uint8_k_bound_for_zero_weight_zero_point_is_65793():
+    """The stated product bound by hand: 255 * 128 = 32640 per product, floor((2^31 - 1) / 32640)
+    = 65793; K = 65793 is accepted and exact (oracle: int64 NumPy), K = 65794 raises."""
+    K = 65793
+    assert K * 32640 <= 2**31 - 1 < (K + 1) * 32640
+    a = np.zeros((1, K), np.uint8)
+    b = np.full((K, 1), -128, np.int8)
+    got = uint8_int8_matmul(a, b, 255, 0, backend="numpy")
+    assert got[0, 0] == K * 255 * 128 == (a.astype(np.int64) - 255) @ b.astype(np.int64)
+    with pytest.raises(ValueError, match="K=65794 exceeds 65793"):
+        uint8_int8_matmul(np.zeros((1, K + 1), np.uint8), np.zeros((K + 1, 1), np.int8), 255, 0,
+                          backend="numpy")
+
+
+def test_importing_the_kernels_compiles_nothing():
+    """A fresh interpreter imports refquant, the dispatcher and both CPU kernel modules without
+    Numba compiling (oracle: ``numba`` absent from ``sys.modules`` afterwards)."""
+    import subprocess
+    import sys
+    code = ("import sys, refquant, refquant.kernels, refquant.kernels.cpu, refquant.kernels.cuda\n"
+            "print(any(m == 'numba' or m.startswith('numba.') for m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -96,3 +96,17 @@ def test_cuda_w4_within_tolerance_of_reference(case):
 def test_cuda_bad_input_raises_before_launch():
     with pytest.raises(ValueError, match="dtype int8"):
         rq.int8_matmul(np.zeros((2, 2), np.int16), np.zeros((2, 2), np.int8), backend="cuda")
+
+
+def test_cuda_w4_bad_parameters_raise_before_launch():
+    """Negative scales and out-of-range zero points are named, as on the other backends."""
+    rng = np.random.default_rng(6)
+    x, codes, packed, scales, zeros = _w4_case(rng, 1, 16, 2, 8)
+    neg = scales.copy()
+    neg[1, 1] = -0.25
+    with pytest.raises(ValueError, match=r"got -0.25 at index \(1, 1\)"):
+        rq.w4_matmul(x, packed, neg, zeros, 8, backend="cuda")
+    big = zeros.copy()
+    big[0, 1] = 16
+    with pytest.raises(ValueError, match=r"got 16 at index \(0, 1\)"):
+        rq.w4_matmul(x, packed, scales, big, 8, backend="cuda")

@@ -9,7 +9,8 @@ a_z    int     zero point of uint8 activations ``A_u``: ``A = A_u - a_z``
 b_z    int     zero point of the int8 weights (0 for symmetric weights)
 x      [M, K]  float32 activations of the 4-bit weight-only product
 packed [N, ceil(K/8)] int32   4-bit codes ``q`` of ``W[N, K]`` packed by :func:`refquant.pack`
-s, z   [N, G]  per-group scales (float) and integer zero points, ``G = ceil(K / group_size)``
+s, z   [N, G]  per-group scales (float32, > 0) and integer zero points in [0, 15],
+               ``G = ceil(K / group_size)``
 
 Overflow bound
 --------------
@@ -21,8 +22,18 @@ them fits in int32 (``<= 2^31 - 1``) for every input iff ``K * 2^14 <= 2^31 - 1`
     K \\le K_{max} = \\lfloor (2^{31}-1) / 2^{14} \\rfloor = 131071 .
 
 (``K = 2^17 = 131072`` rows of ``(-128)(-128)`` sum to exactly ``2^31``, one past int32's
-maximum.) Larger ``K`` raises ``ValueError``. For uint8 x int8 the products lie in
-``[255 * -128, 255 * 127]`` and the same ``K_max`` is used (``131071 * 32640 < 2^31``).
+maximum.) Larger ``K`` raises ``ValueError``.
+
+For uint8 x int8 with zero points the factors are ``a - a_z`` in ``[-255, 255]`` and
+``b - b_z`` with ``|b - b_z| <= 128 + |b_z|``, so each product is bounded by
+``255 (128 + |b_z|)`` and
+
+.. math::
+
+    K \\le \\lfloor (2^{31}-1) / (255\\,(128 + |b_z|)) \\rfloor ,
+
+65793 for ``b_z = 0`` and 32896 for ``|b_z| = 128`` (:func:`check_k_zero_point`); the int8
+bound ``K_max`` does not cover these products (``131071 * 32640 > 2^31``).
 
 NumPy's ``int8 @ int8`` computes in int8 and wraps around silently; the specification therefore
 casts to int32 first (``A.astype(int32) @ B.astype(int32)``), which is exact under the bound.
@@ -31,6 +42,9 @@ casts to int32 first (``A.astype(int32) @ B.astype(int32)``), which is exact und
 from __future__ import annotations
 
 import numpy as np
+
+from refquant.schemes.packing import unpack
+from refquant.schemes.spec import g_idx as group_index
 
 K_MAX = (2**31 - 1) // 2**14          # 131071: the largest K with no int32 overflow possible
 
@@ -76,6 +90,7 @@ def int8_matmul(a, b) -> np.ndarray:
 
 
 def check_zero_point(z, lo: int, hi: int, name: str) -> int:
+    """``z`` as an int, or ``ValueError`` naming it unless it is an integer in ``[lo, hi]``."""
     if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not lo <= int(z) <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {z!r}")
     return int(z)
@@ -111,25 +126,60 @@ def uint8_int8_matmul(a_u8, b, a_zero: int, b_zero: int = 0) -> np.ndarray:
 
 def check_k_zero_point(K: int, b_z: int) -> None:
     """The overflow bound for zero-point products: ``K * max|(a-a_z)(b-b_z)| <= 2^31 - 1``."""
-    worst = 255 * (128 + abs(b_z)) if b_z else 255 * 128
+    worst = 255 * (128 + abs(b_z))                       # max |a - a_z| * max |b - b_z|
     k_max = (2**31 - 1) // worst
     if K > k_max:
         raise ValueError(f"K={K} exceeds {k_max}, the largest K for which a sum of "
                          f"(a - a_zero)(b - b_zero) products (each up to {worst}) fits in int32")
 
 
-def check_w4_operands(x, packed, scales, zeros, group_size):
-    """Validate the operands of :func:`w4_matmul`; return ``(x, packed, scales, zeros, K, G)``."""
-    x = np.asarray(x)
-    packed = np.asarray(packed)
+def _first(mask: np.ndarray, values: np.ndarray) -> str:
+    """``"<value> at index (i, j)"`` for the first element where ``mask`` holds."""
+    idx = tuple(int(i) for i in np.argwhere(mask)[0])
+    return f"{values[idx].item()!r} at index {idx}"
+
+
+def check_w4_params(scales, zeros, N: int, G: int):
+    """Validate the per-group parameters of :func:`w4_matmul`; return ``(scales, zeros)``.
+
+    ``scales``: float32 (the dtype of ``x``, so that no backend rounds them), shape ``[N, G]``,
+    finite and > 0. ``zeros``: integers of shape ``[N, G]`` inside the 4-bit code range
+    ``[0, 15]``. ``ValueError`` names the first offending value and its index.
+    """
     scales = np.asarray(scales)
     zeros = np.asarray(zeros)
+    if scales.shape != (N, G):
+        raise ValueError(f"scales must have shape [N, G] = [{N}, {G}], got {scales.shape}")
+    if zeros.shape != (N, G):
+        raise ValueError(f"zeros must have shape [N, G] = [{N}, {G}], got {zeros.shape}")
+    if scales.dtype != np.float32:
+        raise ValueError(f"scales must have dtype float32 (the dtype of x), got {scales.dtype}")
+    bad = ~(np.isfinite(scales) & (scales > 0))
+    if bad.any():
+        raise ValueError(f"scales must be finite and > 0, got {_first(bad, scales)}")
+    if zeros.dtype.kind not in "iu":
+        raise ValueError(f"zeros must be integers in [0, 15], got dtype {zeros.dtype}")
+    bad = (zeros < 0) | (zeros > 15)
+    if bad.any():
+        raise ValueError(f"zeros must be integers in [0, 15] (the 4-bit code range), got "
+                         f"{_first(bad, zeros)}")
+    return scales, zeros
+
+
+def check_w4_operands(x, packed, scales, zeros, group_size):
+    """Validate the operands of :func:`w4_matmul`; return ``(x, packed, scales, zeros, K, G)``.
+
+    ``x`` float32 ``[M, K]``, finite; ``packed`` int32 ``[N, ceil(K/8)]`` with zero padding bits;
+    ``group_size`` a positive integer; the parameters as :func:`check_w4_params` says.
+    """
+    x = np.asarray(x)
+    packed = np.asarray(packed)
     if x.dtype != np.float32:
         raise ValueError(f"x must have dtype float32, got {x.dtype}")
     if x.ndim != 2 or 0 in x.shape:
         raise ValueError(f"x must be a non-empty 2-D array [M, K], got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError("x contains NaN or Inf")
+        raise ValueError(f"x contains NaN or Inf: {_first(~np.isfinite(x), x)}")
     M, K = x.shape
     if packed.dtype != np.int32:
         raise ValueError(f"packed must have dtype int32 (refquant.pack(codes, 4, 'int32')), "
@@ -141,17 +191,8 @@ def check_w4_operands(x, packed, scales, zeros, group_size):
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
             or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
-    N = packed.shape[0]
     G = -(-K // int(group_size))
-    if scales.shape != (N, G):
-        raise ValueError(f"scales must have shape [N, G] = [{N}, {G}], got {scales.shape}")
-    if zeros.shape != (N, G):
-        raise ValueError(f"zeros must have shape [N, G] = [{N}, {G}], got {zeros.shape}")
-    if scales.dtype.kind != "f" or not np.all(np.isfinite(scales)):
-        raise ValueError(f"scales must be finite floats, got dtype {scales.dtype}")
-    if zeros.dtype.kind not in "iu" or zeros.min() < 0 or zeros.max() > 15:
-        raise ValueError(f"zeros must be integers in [0, 15], got dtype {zeros.dtype} "
-                         f"range {zeros.min()}..{zeros.max()}")
+    scales, zeros = check_w4_params(scales, zeros, packed.shape[0], G)
     if K % 8 and np.any(packed[:, -1].view(np.uint32) >> np.uint32(4 * (K % 8))):
         raise ValueError(f"packed has nonzero padding bits past K={K} in its last word")
     return x, packed, scales, zeros, K, G
@@ -175,8 +216,8 @@ def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
                \\quad g(k) = \\lfloor k / \\text{group\\_size} \\rfloor
 
     ``x`` float32 [M, K]; ``packed`` int32 [N, ceil(K/8)] from ``refquant.pack(q, 4, "int32")``
-    (code ``8j + i`` at bits ``4i..4i+3`` of word ``j``); ``scales`` float [N, G]; ``zeros``
-    integers in [0, 15], [N, G]. Returns float32 [M, N]. This is the specification; the fast
+    (code ``8j + i`` at bits ``4i..4i+3`` of word ``j``); ``scales`` float32 [N, G], finite and
+    > 0; ``zeros`` integers in [0, 15], [N, G]. Returns float32 [M, N]. This is the specification; the fast
     kernels never build ``W_hat`` and sum in another order, so they agree with it to rounding
     error (see :func:`refquant.kernels.w4_tolerance`).
     """
