@@ -174,3 +174,28 @@ def test_grouped_and_expand_channel_any_axis(shape, data):
 def test_expand_wrong_parameter_shape():
     with pytest.raises(ValueError, match=r"parameter shape \(4,\) does not match \(3, 5\)"):
         expand(np.ones(4), (3, 576), QuantSpec(granularity="group", group_size=128))
+
+
+@pytest.mark.parametrize("zero_point, shown", [
+    (2**32 + 3, "4294967299"), (-2**31 - 1, "-2147483649"), (2**31, "2147483648"),
+    (2**70, "1180591620717411303424"), (np.uint64(2**63), "9223372036854775808"),
+    (np.int64(-2**40), "-1099511627776"), (2.0**40, "1099511627776.0")])
+def test_qparams_rejects_zero_points_outside_int32(zero_point, shown):
+    """A zero point that int32 cannot hold raises instead of wrapping (2**32 + 3 used to become 3);
+    the message names the value (oracle: the int32 range, [-2**31, 2**31 - 1], by hand)."""
+    with pytest.raises(ValueError, match=rf"zero_point {re.escape(shown)} is outside the int32 range"):
+        QParams(1.0, zero_point)
+
+
+def test_qparams_zero_point_int32_edges_and_arrays():
+    """The int32 edges are kept exactly; in an array the first offending element is named."""
+    assert QParams([1.0, 1.0], [2**31 - 1, -2**31]).zero_point.tolist() == [2**31 - 1, -2**31]
+    with pytest.raises(ValueError, match="zero_point 8589934592 is outside"):
+        QParams(np.ones(3), np.array([0, 2**33, -2**35]))
+    with pytest.raises(ValueError, match=r"zero_point must hold integers, got 0\.5"):
+        QParams(np.ones(2), [1.0, 0.5])
+
+
+def test_qparams_check_names_the_zero_point():
+    with pytest.raises(ValueError, match=r"zero_point 16 outside the code range \[0, 15\]"):
+        QParams([1.0, 1.0], [3, 16]).check(QuantSpec(bits=4, symmetric=False))

@@ -106,10 +106,53 @@ class QuantSpec:
         return code_dtype(self.bits, self.symmetric)
 
 
+_INT32 = np.iinfo(np.int32)
+
+
+def _int32_zero_point(zero_point, shape) -> np.ndarray:
+    """``zero_point`` as int32 (zeros of ``shape`` when None); ``ValueError`` naming the first
+    value that is not an integer or lies outside ``[-2^31, 2^31 - 1]`` (never wrapped)."""
+    if zero_point is None:
+        return np.zeros(shape, np.int32)
+    z = np.asarray(zero_point)
+    if z.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in z.flat):
+        # Python integers beyond int64/uint64 (NumPy keeps them as objects)
+        bad = [v for v in z.flat if not _INT32.min <= v <= _INT32.max]
+        if bad:
+            raise ValueError(f"zero_point {bad[0]} is outside the int32 range "
+                             f"[{_INT32.min}, {_INT32.max}]")
+        z = z.astype(np.int64)
+    if z.dtype.kind == "f":
+        frac = ~np.isfinite(z) | (z != np.round(z))
+        if np.any(frac):
+            raise ValueError(f"zero_point must hold integers, got {z[frac].ravel()[0].item()!r}")
+    elif z.dtype.kind not in "iu":
+        raise ValueError(f"zero_point must be integer, got dtype {z.dtype}")
+    out = (z > _INT32.max) if z.dtype.kind == "u" else ((z < _INT32.min) | (z > _INT32.max))
+    if np.any(out):
+        raise ValueError(f"zero_point {z[out].ravel()[0].item()!r} is outside the int32 range "
+                         f"[{_INT32.min}, {_INT32.max}]")
+    return z.astype(np.int32)
+
+
 @dataclass(frozen=True)
 class QParams:
     """Quantization parameters: ``scale`` (float32, > 0) and integer ``zero_point``, both of
     the spec's parameter shape (see :func:`param_shape`). ``x_hat = scale * (q - zero_point)``.
+
+    Zero points are stored as int32; one that is not an integer or does not fit in int32 raises
+    ``ValueError`` naming it (it is never wrapped around). Whether it lies in a spec's code range
+    is :meth:`check`'s question.
+
+    Examples
+    --------
+    >>> qp = QParams([0.5, 0.25], [3, 8])
+    >>> qp.scale.dtype, qp.zero_point.tolist()
+    (dtype('float32'), [3, 8])
+    >>> QParams(1.0, 2**32 + 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: zero_point 4294967299 is outside the int32 range [-2147483648, 2147483647]
     """
 
     scale: np.ndarray
@@ -123,25 +166,27 @@ class QParams:
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
             bad = s[~(np.isfinite(s) & (s > 0))].ravel()[0]
             raise ValueError(f"scale must be finite and positive, got {bad!r}")
-        z = np.zeros(s.shape, np.int32) if self.zero_point is None else np.asarray(self.zero_point)
-        if z.dtype.kind == "f":
-            if not np.all(np.isfinite(z)) or np.any(z != np.round(z)):
-                raise ValueError("zero_point must hold integers")
-        elif z.dtype.kind not in "iu":
-            raise ValueError(f"zero_point must be integer, got dtype {z.dtype}")
-        z = z.astype(np.int32)
+        z = _int32_zero_point(self.zero_point, s.shape)
         if z.shape != s.shape:
             raise ValueError(f"zero_point shape {z.shape} does not match scale shape {s.shape}")
         object.__setattr__(self, "scale", s)
         object.__setattr__(self, "zero_point", z)
 
     def check(self, spec: QuantSpec) -> None:
-        """Raise ``ValueError`` if the zero point lies outside the spec's code range."""
+        """Raise ``ValueError`` naming the first zero point outside the spec's code range.
+
+        >>> QParams(1.0, 16).check(QuantSpec(bits=4, symmetric=False))
+        Traceback (most recent call last):
+        ...
+        ValueError: zero_point 16 outside the code range [0, 15]
+        """
         if spec.symmetric and np.any(self.zero_point != 0):
             raise ValueError("a symmetric spec needs zero_point == 0, got "
                              f"{self.zero_point[self.zero_point != 0].ravel()[0]}")
-        if np.any(self.zero_point < spec.qmin) or np.any(self.zero_point > spec.qmax):
-            raise ValueError(f"zero_point outside the code range [{spec.qmin}, {spec.qmax}]")
+        out = (self.zero_point < spec.qmin) | (self.zero_point > spec.qmax)
+        if np.any(out):
+            raise ValueError(f"zero_point {self.zero_point[out].ravel()[0]} outside the code range "
+                             f"[{spec.qmin}, {spec.qmax}]")
 
 
 # ---------------------------------------------------------------------------------------------
