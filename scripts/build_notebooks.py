@@ -63,11 +63,25 @@ def build(path: pathlib.Path) -> float:
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     seconds = time.perf_counter() - t0
-    for cell in nb.cells:            # no execution counts or timings that change run to run
+    for i, cell in enumerate(nb.cells):      # nothing that changes from run to run:
+        cell.id = f"cell-{i:02d}"              # fixed cell ids, no timings,
         cell.get("metadata", {}).pop("execution", None)
+        if cell.cell_type == "code":           # and one output per stream however it was flushed
+            cell.outputs = _merge_streams(cell.outputs)
     out = ROOT / "notebooks" / (path.stem + ".ipynb")
     nbformat.write(nb, out)
     return seconds
+
+
+def _merge_streams(outputs: list) -> list:
+    merged = []
+    for out in outputs:
+        if (out.output_type == "stream" and merged and merged[-1].output_type == "stream"
+                and merged[-1].name == out.name):
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    return merged
 
 
 def main(argv: list[str]) -> int:
