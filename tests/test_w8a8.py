@@ -1,7 +1,8 @@
 """W8A8 linear layers for the Llama forward pass (refquant/w8a8.py).
 
 Oracles: the int8 product recomputed here in int64 NumPy; the quantizer's codes checked against
-the rounding bound; on the bundled model, the float32 forward pass (logits on a few tokens).
+the rounding bound, against a scalar loop here (Python's ``round``, half to even) and against
+``rq.quantize`` with the same scales; on the bundled model, the float32 forward pass (logits on a few tokens).
 The perplexity run on the evaluation text is slow (``-m slow``); its numbers are reported by
 ``benchmarks/w8a8_perplexity.py``.
 """
@@ -24,6 +25,24 @@ def test_quantize_rows_codes_and_error_bound():
     assert np.all(np.abs(q[[0, 1, 3, 4]]).max(axis=1) == 127)        # the max lands on 127
     assert np.all(q[2] == 0) and s[2] == 1.0                          # zero row: no NaN
     assert np.all(np.abs(q * s[:, None] - x) <= s[:, None] / 2 * (1 + 1e-6))
+
+
+def test_quantize_rows_equals_scalar_oracle_and_rq_quantize():
+    """Rows with max |x| = 127 2^-k (scale 2^-k) and elements on half steps (exact ties), and a
+    random row: codes equal a scalar round-half-even loop and rq.quantize per channel."""
+    rng = np.random.default_rng(3)
+    x = np.zeros((4, 24), np.float32)
+    for k in range(3):
+        x[k] = rng.integers(-254, 255, 24) * 2.0 ** -(k + 1) / 2      # (j / 2) 2^-k
+        x[k, 0] = 127 * 2.0 ** -k
+    x[3] = rng.standard_normal(24)
+    q, s = quantize_rows_int8(x)
+    for r in range(4):
+        s_r = float(np.float32(np.abs(x[r]).max() / 127))
+        assert s[r] == s_r
+        assert q[r].tolist() == [max(-127, min(127, round(float(v) / s_r))) for v in x[r]]
+    spec = rq.QuantSpec(bits=8, symmetric=True, restricted=True, granularity="channel", axis=0)
+    assert np.array_equal(q, rq.quantize(x, rq.QParams(s), spec))
 
 
 def test_quantize_rows_rejects_nan():

@@ -26,25 +26,43 @@ from __future__ import annotations
 
 import numpy as np
 
+from refquant.calibration.observers import calibrate
 from refquant.kernels import int8_matmul
+from refquant.schemes.spec import QuantSpec
+from refquant.schemes.uniform import quantize
 
 Q_MAX = 127
+ROW_SPEC = QuantSpec(bits=8, symmetric=True, restricted=True, granularity="channel", axis=0)
 
 
 def quantize_rows_int8(x) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 codes per row: ``s = max|x_row| / 127`` (1 for a zero row), ``q = rint(x/s)``.
+    """Symmetric int8 codes per row: ``s = max|x_row| / 127`` (1 for a zero row), ``q = round(x/s)``.
 
-    ``x`` float [R, K] -> ``(q int8 [R, K], s float32 [R])``; NaN/Inf raise ``ValueError``.
+    This is :func:`refquant.calibrate` (min-max) and :func:`refquant.quantize` under
+    :data:`ROW_SPEC` (restricted int8, one scale per row, half-to-even): the scale is stored as
+    float32 and the codes come from the one rounding core.
+
+    Parameters
+    ----------
+    x : array_like of float, [R, K]
+        Finite; cast to float32 first.
+
+    Returns
+    -------
+    q : numpy.ndarray of int8, [R, K], in ``[-127, 127]``
+    s : numpy.ndarray of float32, [R]
+
+    Examples
+    --------
+    >>> q, s = quantize_rows_int8([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    >>> q.tolist(), s.tolist()
+    ([[64, -127, 32], [0, 0, 0]], [0.015748031437397003, 1.0])
     """
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("x contains NaN or Inf")
-    amax = np.abs(x).max(axis=1)                                           # [R]
-    s = np.where(amax > 0, amax / np.float32(Q_MAX), np.float32(1.0)).astype(np.float32)
-    q = np.clip(np.rint(x / s[:, None]), -Q_MAX, Q_MAX).astype(np.int8)    # [R, K]
-    return q, s
+    qp = calibrate(x, ROW_SPEC, method="minmax")                           # s [R]
+    return quantize(x, qp, ROW_SPEC), qp.scale                             # [R, K] int8, [R]
 
 
 def w8a8_matmul(x, q_wT, s_w, *, backend: str = "auto") -> np.ndarray:
@@ -52,6 +70,11 @@ def w8a8_matmul(x, q_wT, s_w, *, backend: str = "auto") -> np.ndarray:
 
     ``x`` float32 [T, K], ``q_wT`` int8 [K, N] (the transposed codes), ``s_w`` float32 [N].
     Returns float32 [T, N] ``= s_x[:, None] * s_w[None, :] * (q_x @ q_w^T)``.
+
+    >>> q_w, s_w = quantize_rows_int8(np.eye(3))
+    >>> y = w8a8_matmul(np.array([[1.0, -2.0, 0.5]], np.float32), q_w.T.copy(), s_w, backend="numpy")
+    >>> np.round(y.astype(float), 3).tolist()       # 64 (2/127), -2, 32 (2/127)
+    [[1.008, -2.0, 0.504]]
     """
     q_x, s_x = quantize_rows_int8(x)                                       # [T, K], [T]
     acc = int8_matmul(q_x, q_wT, backend=backend)                          # [T, N] int32
@@ -62,7 +85,15 @@ def w8a8_linear(model, *, backend: str = "auto", skip=()):
     """A ``linear(name, x)`` for :func:`refquant.models.llama.forward` running W8A8.
 
     Weights are quantized per output channel on first use of each layer and kept (int8, a
-    quarter of the float memory). Layers whose name is in ``skip`` stay float32.
+    quarter of the float memory). Layers whose name is in ``skip`` stay float32. ``model``
+    needs only a ``weights`` mapping ``name + ".weight" -> [N, K]``.
+
+    >>> class Model:
+    ...     weights = {"proj.weight": np.eye(3, dtype=np.float32)}
+    >>> linear = w8a8_linear(Model(), backend="numpy")
+    >>> y = linear("proj", np.array([[[1.0, -2.0, 0.5]]], np.float32))       # [1, 1, 3]
+    >>> np.round(y.astype(float), 3).tolist()
+    [[[1.008, -2.0, 0.504]]]
     """
     weights = model.weights
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
