@@ -219,6 +219,9 @@ def from_fp16_bits(bits) -> np.ndarray:
     """Decode IEEE binary16 bit patterns (uint16) to float32 values (exact).
 
     NaN and Inf patterns (exponent bits all ones) raise ``ValueError`` naming the first one.
+
+    >>> from_fp16_bits(np.array([0x3C00, 0xC000, 0x0001], np.uint16)).tolist()   # 0x0001 = 2^-24
+    [1.0, -2.0, 5.960464477539063e-08]
     """
     b = _finite_bits(bits, _EXP16_MASK_FP16, "fp16")
     return b.view(np.float16).astype(np.float32)

@@ -167,7 +167,11 @@ def codebook_quantize(x, levels, scale=1.0) -> np.ndarray:
 
 
 def codebook_dequantize(codes, levels, scale=1.0, dtype=np.float32) -> np.ndarray:
-    """Values ``x_hat = s * c[q]`` (float64 arithmetic, returned as ``dtype``)."""
+    """Values ``x_hat = s * c[q]`` (float64 arithmetic, returned as ``dtype``).
+
+    >>> codebook_dequantize(np.array([0, 2, 1], np.uint8), [-1.0, 0.0, 1.0], 0.5)
+    array([-0.5,  0.5,  0. ], dtype=float32)
+    """
     c = _check_levels(levels)
     q = np.asarray(codes)
     if q.dtype.kind not in "iu":
@@ -207,6 +211,14 @@ def nf4_quantize(x, block_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     -------
     codes : numpy.ndarray of uint8, the shape of ``x``, values 0..15 (index into NF4_LEVELS)
     absmax : numpy.ndarray of float32, shape ``x.shape[:-1] + (ceil(K / block_size),)``
+
+    Examples
+    --------
+    >>> codes, absmax = nf4_quantize(np.array([[0.0, 0.5, -1.0, 2.0]]), block_size=4)
+    >>> codes, absmax
+    (array([[ 7, 10,  2, 15]], dtype=uint8), array([[2.]], dtype=float32))
+    >>> nf4_dequantize(codes, absmax, block_size=4)[0, [0, 3]]      # 0 and the absmax are exact
+    array([0., 2.], dtype=float32)
     """
     x = as_float_array(x)
     spec = _block_spec(block_size)
@@ -220,7 +232,6 @@ def nf4_dequantize(codes, absmax, block_size: int = 64, dtype=np.float32) -> np.
     spec = _block_spec(block_size)
     s = _check_scale(absmax, np.asarray(absmax).shape, "absmax")
     return codebook_dequantize(codes, NF4_LEVELS, expand(s, codes.shape, spec), dtype=dtype)
-
 
 
 __all__ = ["codebook_quantize", "codebook_dequantize", "NF4_LEVELS", "nf4_quantize", "nf4_dequantize"]

@@ -59,7 +59,6 @@ References
 .. [4] J. Max, "Quantizing for Minimum Distortion", IRE Trans. Inf. Theory 6(1), 1960.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -67,9 +66,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refquant.schemes.codebook import (_C_MAX, NF4_LEVELS, _absmax, _check_scale, _nearest_index,
-                       _separable, _twice_thresholds, codebook_dequantize, codebook_quantize,
-                       nf4_dequantize, nf4_quantize)
+from refquant.schemes.codebook import (_C_MAX, NF4_LEVELS, _absmax, _check_scale,
+                                      _nearest_index, _separable, _twice_thresholds,
+                                      codebook_dequantize, codebook_quantize, nf4_dequantize,
+                                      nf4_quantize)
 from refquant.schemes.numerics import as_float_array, check_positive_int, normalize_axis
 from refquant.schemes.spec import check_granularity, expand, param_shape
 
@@ -168,7 +168,11 @@ def log_quantize(x, spec: LogSpec, scale=None) -> np.ndarray:
 
 
 def log_dequantize(codes, scale, spec: LogSpec, dtype=np.float32) -> np.ndarray:
-    """Values :math:`\\hat x = \\operatorname{sign}(q)\\, s\\, 2^{|q| - L}` (0 for ``q = 0``)."""
+    """Values :math:`\\hat x = \\operatorname{sign}(q)\\, s\\, 2^{|q| - L}` (0 for ``q = 0``).
+
+    >>> log_dequantize(np.array([3, -2, 1, 0], np.int8), 1.0, LogSpec(levels=3))
+    array([ 1.  , -0.5 ,  0.25,  0.  ], dtype=float32)
+    """
     q = np.asarray(codes)
     if q.dtype.kind not in "iu":
         raise ValueError(f"codes must be an integer array, got dtype {q.dtype}")

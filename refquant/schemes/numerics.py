@@ -73,6 +73,9 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     ``|x| - floor(|x|)`` is exact in floating point, so this is exact for every finite input.
     (The shortcut ``floor(|x| + 0.5)`` is not: for ``x = 0.5 - 2**-54`` the sum rounds up to
     1.0 and the result would be 1 instead of 0.)
+
+    >>> round_half_away(np.array([0.5, 1.5, -2.5, 0.5 - 2**-54]))
+    array([ 1.,  2., -3.,  0.])
     """
     x = np.asarray(x)
     a = np.abs(x)
@@ -81,7 +84,11 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 
 def round_to_int(x: np.ndarray, mode: str = "half_even") -> np.ndarray:
-    """Round ``x`` with the named rounding ``mode`` (see :data:`ROUNDING_MODES`)."""
+    """Round ``x`` with the named rounding ``mode`` (see :data:`ROUNDING_MODES`).
+
+    >>> round_to_int(np.array([0.5, 1.5, 2.5]), "half_even")
+    array([0., 2., 2.])
+    """
     if mode == "half_even":
         return round_half_even(x)
     if mode == "half_away":

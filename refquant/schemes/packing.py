@@ -79,6 +79,17 @@ def unpack(packed, bits: int, n: int, signed: bool = False) -> np.ndarray:
 
     The container is taken from ``packed.dtype`` (uint8 or int32). Returns uint8 codes, or
     int8 codes sign-extended from ``bits`` bits when ``signed``.
+
+    Examples
+    --------
+    Eleven 3-bit codes take two int32 words; code 10 is split over them:
+
+    >>> codes = np.array([[1, 7, 3, 5, 2, 6, 0, 4, 7, 1, 6]], np.uint8)
+    >>> packed = pack(codes, 3, "int32")
+    >>> packed.shape, bool((unpack(packed, 3, 11) == codes).all())
+    ((1, 2), True)
+    >>> unpack(pack(np.array([-2, 1, -1], np.int8), 2), 2, 3, signed=True)
+    array([-2,  1, -1], dtype=int8)
     """
     packed = np.asarray(packed)
     container = {np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32",

@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 from refquant.schemes.numerics import check_positive_int
 from refquant.schemes.nonuniform import LogSpec
 from refquant.schemes.spec import QuantSpec, param_shape

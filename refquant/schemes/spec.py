@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refquant.schemes.numerics import (ROUNDING_MODES, check_bits, check_positive_int, code_dtype, int_range,
-                       normalize_axis)
+from refquant.schemes.numerics import (ROUNDING_MODES, check_bits, check_positive_int,
+                                      code_dtype, int_range, normalize_axis)
 
 GRANULARITIES = ("tensor", "channel", "group")
 
@@ -199,7 +199,11 @@ def n_groups(k: int, group_size: int) -> int:
 
 
 def param_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, ...]:
-    """Shape of the scale / zero-point arrays for an array of ``shape`` under ``spec``."""
+    """Shape of the scale / zero-point arrays for an array of ``shape`` under ``spec``.
+
+    >>> param_shape((3, 5), QuantSpec(bits=4, granularity="group", group_size=2))   # 2, 2, 1
+    (3, 3)
+    """
     shape = tuple(int(n) for n in shape)
     if spec.granularity == "tensor":
         return ()
@@ -215,6 +219,9 @@ def grouped(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
 
     Groups with fewer than ``m`` members (the short last group of ``"group"``) are padded
     with NaN, so reductions over the last axis use the NaN-aware NumPy functions.
+
+    >>> grouped(np.arange(5.0)[None], QuantSpec(granularity="group", group_size=2)).tolist()
+    [[[0.0, 1.0], [2.0, 3.0], [4.0, nan]]]
     """
     x = np.asarray(x)
     if x.size == 0:
@@ -246,7 +253,11 @@ def g_idx(in_features: int, group_size: int) -> np.ndarray:
 
 
 def expand(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray:
-    """Broadcast a parameter array of ``param_shape(shape, spec)`` against an array of ``shape``."""
+    """Broadcast a parameter array of ``param_shape(shape, spec)`` against an array of ``shape``.
+
+    >>> expand(np.array([[1.0, 2.0, 3.0]]), (1, 5), QuantSpec(granularity="group", group_size=2))
+    array([[1., 1., 2., 2., 3.]])
+    """
     p = np.asarray(p)
     expected = param_shape(shape, spec)
     if p.shape != expected:
