@@ -5,7 +5,8 @@ Oracles
 * per-group data ranges and percentiles from plain Python loops over index -> group
   (``i // group_size``, ``idx[axis]``), with NumPy's percentile on each group's own values;
 * MSE: a brute-force loop over the grid, one group at a time, through the public
-  ``fake_quantize`` (not the observer's vectorized search);
+  ``fake_quantize`` (not the observer's vectorized search); the search's grouped
+  quantize-dequantize pinned equal to ``quantize`` / ``dequantize`` bit for bit;
 * KL: a scalar re-implementation of the entropy calibration from its description (lists and
   loops: histogram, P with folded outliers, Q merged and expanded, KL), for symmetric windows
   and for the greedy asymmetric search.
@@ -23,11 +24,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from refquant import QuantSpec
+from refquant import QParams
 from refquant.calibration.observers import (OBSERVERS, KLObserver, MinMaxObserver, MSEObserver,
-                                PercentileObserver, calibrate)
-from refquant.schemes.spec import param_shape
+                                PercentileObserver, _fake_quantize_groups, calibrate)
+from refquant.schemes.spec import grouped, param_shape
 from refquant.calibration.fake import fake_quantize
-from refquant.schemes.uniform import clip_range, qparams_from_range
+from refquant.schemes.uniform import clip_range, dequantize, qparams_from_range, quantize
 
 ROUNDINGS = ("half_even", "half_away")
 _values = st.one_of(st.floats(-100, 100, allow_nan=False, width=64),
@@ -120,6 +122,21 @@ def test_mse_error_never_above_minmax(case):
     assert np.all((obs.alpha > 0) & (obs.alpha <= 1))
     total_mse, total_mm = np.sum((x - y_mse) ** 2), np.sum((x - y_mm) ** 2)
     assert total_mse <= total_mm * (1 + 1e-12)
+
+
+@settings(max_examples=100)
+@given(cases(methods=("minmax",)), st.sampled_from([np.float64, np.float32]))
+def test_search_quantizer_equals_quantize_dequantize(case, dtype):
+    """The MSE search's grouped quantize-dequantize (NaN-padded short groups included) is
+    dequantize(quantize(x)) bit for bit, in the dtype of the data, with clipping scales."""
+    x, spec, _, _ = case
+    x = x.astype(dtype)
+    qp = calibrate(x, spec)
+    qp = QParams(qp.scale * np.float32(0.6), qp.zero_point)
+    want = dequantize(quantize(x, qp, spec), qp, spec, dtype=dtype)
+    got = _fake_quantize_groups(grouped(x, spec), qp, spec)
+    assert got.dtype == dtype
+    assert np.array_equal(got, grouped(want, spec), equal_nan=True)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -49,9 +49,9 @@ import numbers
 import numpy as np
 
 from refquant.calibration.entropy import histograms, kl_window_prefix, prefix_sums
-from refquant.schemes.numerics import as_float_array, check_positive_int, round_to_int
+from refquant.schemes.numerics import as_float_array, check_positive_int
 from refquant.schemes.spec import QParams, QuantSpec, grouped, param_shape
-from refquant.schemes.uniform import qparams_from_range
+from refquant.schemes.uniform import _dequantize_codes, _round_codes, qparams_from_range
 
 
 class Observer:
@@ -206,14 +206,15 @@ class PercentileObserver(_KeepData):
 def _fake_quantize_groups(g: np.ndarray, qp: QParams, spec: QuantSpec) -> np.ndarray:
     """``dequantize(quantize(g))`` of grouped data ``[*P, m]`` with parameters of shape ``[*P]``.
 
-    The same float64 operations, in the same order, as :func:`refquant.schemes.uniform.quantize` and
-    :func:`~refquant.schemes.uniform.dequantize` (so the error of a candidate equals the error of
-    :func:`~refquant.schemes.uniform.fake_quantize` with it bit for bit); NaN padding stays NaN.
+    The rounding core of :func:`refquant.quantize` / :func:`refquant.dequantize`
+    (:func:`refquant.schemes.uniform._round_codes`, ``_dequantize_codes``) on the grouped view,
+    so the error of a candidate equals the error of :func:`refquant.fake_quantize` with it bit
+    for bit (tested); NaN padding stays NaN.
     """
     s = qp.scale.astype(np.float64)[..., None]                       # [*P, 1]
     z = qp.zero_point.astype(np.float64)[..., None]
-    q = np.clip(round_to_int(g.astype(np.float64) / s, spec.rounding) + z, spec.qmin, spec.qmax)
-    return (s * (q - z)).astype(g.dtype)                              # [*P, m]
+    q = _round_codes(g.astype(np.float64), s, z, spec.qmin, spec.qmax, spec.rounding)
+    return _dequantize_codes(q, s, z).astype(g.dtype)                 # [*P, m]
 
 
 class MSEObserver(_KeepData):
@@ -229,7 +230,7 @@ class MSEObserver(_KeepData):
     vectorized over the groups. ``Q_alpha`` is the spec's quantizer with the parameters
     :func:`~refquant.schemes.uniform.qparams_from_range` gives for the shrunk range; the error is
     computed on the output in the dtype of the data, exactly as
-    :func:`~refquant.schemes.uniform.fake_quantize` returns it. ``alpha = 1`` is the min-max quantizer,
+    :func:`refquant.fake_quantize` returns it. ``alpha = 1`` is the min-max quantizer,
     and ties keep the larger ``alpha``, so the error is never above min-max's.
 
     Parameters
@@ -249,6 +250,15 @@ class MSEObserver(_KeepData):
     ----------
     .. [1] M. Nagel et al., "A White Paper on Neural Network Quantization",
            arXiv:2106.08295, 2021 (section 3.2, MSE-based range setting).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refquant import QuantSpec
+    >>> x = np.append(np.linspace(-1.0, 1.0, 21), 4.0)          # one outlier
+    >>> obs = MSEObserver(QuantSpec(bits=3), grid=8).update(x)
+    >>> [float(v) for v in obs.clip_range()], float(obs.alpha)   # 3/4 of max|x|
+    ([-3.0, 3.0], 0.75)
     """
 
     def __init__(self, spec: QuantSpec, grid: int = 100):
@@ -340,6 +350,15 @@ class KLObserver(_KeepData):
     References
     ----------
     .. [1] S. Migacz, "8-bit Inference with TensorRT", GPU Technology Conference (GTC), 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refquant import QuantSpec
+    >>> x = np.append(np.linspace(-1.0, 1.0, 1001), 40.0)       # one far outlier
+    >>> obs = KLObserver(QuantSpec(bits=4), bins=256).update(x)  # L = 8 levels, bins of 40/256
+    >>> [float(v) for v in obs.clip_range()], int(obs.n_bins)    # the narrowest window: 8 bins
+    ([-1.25, 1.25], 8)
     """
 
     def __init__(self, spec: QuantSpec, bins: int = 2048, eps: float = 1e-4):
