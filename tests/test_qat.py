@@ -1,7 +1,8 @@
 """Tests of refquant.training.qat: fake quantization and LSQ against scalar oracles written here from the
 definitions (Esser et al., ICLR 2020, arXiv:1902.08153, eq. 3 for the step gradient),
-finite differences where the function is differentiable, bad input, and a short QAT run on
-scikit-learn's bundled digits that must beat post-training quantization at 2 bits.
+finite differences where the function is differentiable, ``rq.quantize`` / ``rq.dequantize`` /
+``rq.fake_quantize`` for every forward pass (the deployed numbers), bad input, and a short QAT
+run on scikit-learn's bundled digits that must beat post-training quantization at 2 bits.
 """
 
 import importlib.util
@@ -74,9 +75,27 @@ def test_fake_quant_and_ste_against_scalar_oracle(spec):
         assert dv[idx] == (dy[idx] if inside else 0.0)
     assert n_clipped > 0, "the test needs clipped elements"
     np.testing.assert_array_equal(ste_mask(v, qp, spec), dv != 0)
-    np.testing.assert_array_equal(fake_quant(v, qp, spec), out)
-    with pytest.raises(ValueError, match="floating"):
+    np.testing.assert_array_equal(rq.fake_quantize(v, spec, qparams=qp), out)
+    np.testing.assert_array_equal(rq.dequantize(rq.quantize(v, qp, spec), qp, spec,
+                                                dtype=v.dtype), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_fake_quant_is_a_deprecated_alias_of_fake_quantize(dtype):
+    """rq.fake_quant(v, qp, spec) warns, naming refquant.fake_quantize, and returns its result
+    in the dtype of v; non-floating input and missing parameters are still rejected."""
+    spec = rq.QuantSpec(bits=4, granularity="channel")
+    v = np.random.default_rng(9).standard_normal((3, 7)).astype(dtype)
+    qp = rq.calibrate(v, spec)
+    with pytest.warns(DeprecationWarning, match=r"fake_quant is deprecated; use "
+                                                r"refquant\.fake_quantize\(v, spec, qparams=qp\)"):
+        out = rq.fake_quant(v, qp, spec)
+    assert rq.fake_quant is fake_quant and out.dtype == dtype
+    np.testing.assert_array_equal(out, rq.fake_quantize(v, spec, qparams=qp))
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="floating"):
         fake_quant(np.arange(3), qp, spec)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="must be a QParams"):
+        fake_quant(v, None, spec)
 
 
 def test_dynamic_fake_quant_recalibrates_every_forward():
@@ -184,14 +203,36 @@ def test_lsq_grad_scale_and_init_by_hand():
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-def test_lsq_forward_matches_foundation_dequantize(spec):
+def test_lsq_forward_with_float32_step_is_the_deployed_quantizer(spec):
+    """A float32 step: LSQ's forward equals rq.dequantize(rq.quantize(v)) with lsq.qparams()
+    bit for bit (what the trained model is deployed with)."""
     rng = np.random.default_rng(4)
     v = rng.standard_normal((5, 8))
     lsq = LSQ(spec, some_qparams(v, spec, rng), dtype=np.float32)
     out = lsq.forward(v)
     qp = lsq.qparams()
-    np.testing.assert_allclose(out, rq.dequantize(rq.quantize(v, qp, spec), qp, spec,
-                                                  dtype=np.float64), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(out, rq.dequantize(rq.quantize(v, qp, spec), qp, spec,
+                                                     dtype=v.dtype))
+    np.testing.assert_array_equal(out, rq.fake_quantize(v, spec, qparams=qp))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_lsq_forward_with_float64_step_differs_by_the_step_rounding(spec):
+    """A float64 step: the same codes as rq.quantize with the float32 step, and values within
+    |s - float32(s)| |q - z| <= 2^-24 s |q - z| of the deployed ones."""
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((5, 8))
+    qp0 = some_qparams(v, spec, rng)
+    s = qp0.scale.astype(np.float64) * (1 + rng.uniform(1e-9, 1e-8, qp0.scale.shape))
+    v_hat, q = lsq_forward(v, s, qp0.zero_point, spec, return_codes=True)
+    qp = rq.QParams(s, qp0.zero_point)                         # float32 step, as deployed
+    np.testing.assert_array_equal(q, rq.quantize(v, qp, spec))
+    deployed = rq.dequantize(q, qp, spec, dtype=np.float64)
+    for idx in np.ndindex(v.shape):
+        k = group_key(spec, idx)
+        bound = 2.0**-24 * float(s[k]) * abs(int(q[idx]) - int(qp.zero_point[k]))
+        assert abs(v_hat[idx] - deployed[idx]) <= bound
+    assert not np.array_equal(v_hat, deployed)                 # the step really is float64
 
 
 def test_quantized_mlp_true_gradients_by_finite_differences():
@@ -234,6 +275,8 @@ def test_bad_input():
         fq.backward(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         fq.forward(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="FakeQuant needs a floating array, got dtype int64"):
+        fq.forward(np.arange(3, dtype=np.int64))
     lsq = LSQ(rq.QuantSpec(bits=4, granularity="channel"), np.ones((3, 2)))
     with pytest.raises(ValueError, match="parameter shape"):
         lsq.forward(np.ones((4, 2)))

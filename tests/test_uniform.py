@@ -153,6 +153,20 @@ def test_range_table_round_trip_of_a_tie():
     assert fake_quantize(x, QuantSpec(bits=2, symmetric=False, rounding="half_away")).tolist() == [-0.5, 1.0]
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int32, np.uint8])
+def test_fake_quantize_output_dtype(dtype):
+    """Floating input keeps its dtype; integer input comes back as float32 (dequantize's
+    default). Values: dequantize(quantize(x)) in that dtype."""
+    x = np.array([0, 1, 2, 7, 9]).astype(dtype)
+    spec = QuantSpec(bits=3, symmetric=False)
+    qp = calibrate(x.astype(np.float64), spec)
+    y = fake_quantize(x, spec)
+    want = np.float32 if np.dtype(dtype).kind in "iu" else dtype
+    assert y.dtype == want
+    assert np.array_equal(y, dequantize(quantize(x.astype(np.float64), qp, spec), qp, spec,
+                                        dtype=want))
+
+
 # ------------------------------------------------------------------------ strategies
 
 _values = st.one_of(

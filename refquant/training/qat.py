@@ -1,10 +1,15 @@
 """Quantization-aware training: fake quantization with straight-through gradients, and LSQ.
 
-The forward pass of a fake quantizer is the foundation's quantize-dequantize
-(:func:`refquant.quantize` then :func:`refquant.dequantize`, any granularity, symmetric or
-asymmetric), so a model trained here runs with exactly the numbers it will be deployed with.
-Rounding has zero derivative almost everywhere; the straight-through estimator (STE, [1]_ [2]_)
-replaces it by the identity in the backward pass.
+The forward pass of :class:`FakeQuant` is :func:`refquant.fake_quantize` (the codes and values
+of :func:`refquant.quantize` then :func:`refquant.dequantize`, any granularity, symmetric or
+asymmetric), so a model trained with it runs with exactly the numbers it will be deployed with.
+:class:`LSQ` takes its codes from the same rounding core with the step rounded to float32 (as
+:class:`~refquant.QParams` stores it) but multiplies them by the step at its training precision
+(``dtype``), so that the step gradient is exact: with a float32 step its values are the deployed
+ones bit for bit; with a float64 step (the default, for gradient checks) they differ from them
+by at most :math:`2^{-24} s\\,|q - z|` per element (tested). Rounding has zero derivative almost
+everywhere; the straight-through estimator (STE, [1]_ [2]_) replaces it by the identity in the
+backward pass.
 
 Symbols
 -------
@@ -51,13 +56,15 @@ References
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
+from refquant.calibration.fake import fake_quantize
 from refquant.calibration.observers import calibrate
-from refquant.training.nn import Parameter
 from refquant.schemes.spec import QParams, QuantSpec, expand, grouped, param_shape
-from refquant.schemes.uniform import dequantize, quantize
+from refquant.schemes.uniform import _dequantize_codes, quantize
+from refquant.training.nn import Parameter
 
 STE_MODES = ("clipped", "identity")
 
@@ -74,21 +81,35 @@ def _check_ste(ste: str) -> str:
     return ste
 
 
-def fake_quant(v, qp: QParams, spec: QuantSpec) -> np.ndarray:
-    """Forward pass of a fake quantizer: ``dequantize(quantize(v, qp, spec), qp, spec)``.
-
-    Returns an array of the dtype of ``v`` (which must be floating) and its shape.
-    """
+def _floating(v, who: str) -> np.ndarray:
     v = np.asarray(v)
     if v.dtype.kind != "f":
-        raise ValueError(f"fake_quant needs a floating array, got dtype {v.dtype}")
-    return dequantize(quantize(v, qp, spec), qp, spec, dtype=v.dtype)
+        raise ValueError(f"{who} needs a floating array, got dtype {v.dtype}")
+    return v
+
+
+def fake_quant(v, qp: QParams, spec: QuantSpec) -> np.ndarray:
+    """Deprecated alias: ``refquant.fake_quantize(v, spec, qparams=qp)`` (refquant 0.3 drops it).
+
+    Warns with a :class:`DeprecationWarning`; as before, ``v`` must be floating (its dtype is
+    kept) and ``qp`` a :class:`~refquant.QParams`.
+    """
+    warnings.warn("fake_quant is deprecated; use refquant.fake_quantize(v, spec, qparams=qp)",
+                  DeprecationWarning, stacklevel=2)
+    v = _floating(v, "fake_quant")
+    if not isinstance(qp, QParams):
+        raise ValueError(f"qparams must be a QParams, got {type(qp).__name__}")
+    return fake_quantize(v, spec, qparams=qp)
 
 
 def ste_mask(v, qp: QParams, spec: QuantSpec, ste: str = "clipped") -> np.ndarray:
     """Where the straight-through estimator passes the gradient: a bool array shaped like ``v``.
 
     ``"clipped"``: ``q_min <= v / s + z <= q_max``; ``"identity"``: everywhere.
+
+    >>> from refquant import QParams, QuantSpec
+    >>> ste_mask(np.array([0.2, -0.8, 1.3, 2.9]), QParams(0.5), QuantSpec(bits=3)).tolist()
+    [True, True, True, False]
     """
     v = np.asarray(v)
     if _check_ste(ste) == "identity":
@@ -105,6 +126,10 @@ def lsq_grad_scale(n: int, spec: QuantSpec) -> float:
     ``n`` is the number of elements that share one step size (all weights of a layer for a
     per-tensor scale, one row for a per-channel scale, the features of one sample for an
     activation).
+
+    >>> from refquant import QuantSpec
+    >>> round(lsq_grad_scale(64, QuantSpec(bits=4)), 6)          # 1 / sqrt(64 * 7)
+    0.047246
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n!r}")
@@ -112,7 +137,7 @@ def lsq_grad_scale(n: int, spec: QuantSpec) -> float:
 
 
 def lsq_forward(v, s, z, spec: QuantSpec, *, return_codes: bool = False):
-    """LSQ forward: ``v_hat = s (q - z)`` with the foundation's codes ``q = quantize(v)``.
+    """LSQ forward: ``v_hat = s (q - z)`` with the codes ``q`` of :func:`refquant.quantize`.
 
     Parameters
     ----------
@@ -121,7 +146,9 @@ def lsq_forward(v, s, z, spec: QuantSpec, *, return_codes: bool = False):
         The learned step size, kept at the training precision (float64 in the gradient checks):
         the codes come from :func:`refquant.quantize` (with ``s`` rounded to float32, as stored
         in :class:`~refquant.QParams`), the product ``s (q - z)`` uses ``s`` itself, so
-        :math:`\\partial \\hat v / \\partial s` is exact where rounding does not change.
+        :math:`\\partial \\hat v / \\partial s` is exact where rounding does not change. With a
+        float32 ``s`` the result is :func:`refquant.dequantize`'s bit for bit; with a float64
+        ``s`` it differs by at most ``2^-24 s |q - z|``.
     z : ndarray of the same shape, int
     return_codes : bool
         Also return the codes ``q`` (to hand to :func:`lsq_backward`).
@@ -129,12 +156,20 @@ def lsq_forward(v, s, z, spec: QuantSpec, *, return_codes: bool = False):
     Returns
     -------
     v_hat : ndarray, the dtype and shape of ``v`` (and ``q`` with ``return_codes``)
+
+    Examples
+    --------
+    >>> from refquant import QuantSpec
+    >>> v_hat, q = lsq_forward(np.array([0.2, -0.8, 1.3, 2.9]), np.float64(0.5), np.int32(0),
+    ...                        QuantSpec(bits=3), return_codes=True)
+    >>> v_hat.tolist(), q.tolist()                               # codes clipped at q_max = 3
+    ([0.0, -1.0, 1.5, 1.5], [0, -2, 3, 3])
     """
     v = np.asarray(v)
-    q = quantize(v, QParams(s, z), spec)
-    s_x = expand(np.asarray(s, np.float64), v.shape, spec)
-    z_x = expand(np.asarray(z), v.shape, spec)
-    v_hat = (s_x * (q - z_x)).astype(v.dtype)
+    q = quantize(v, QParams(s, z), spec)                     # codes with the float32 step
+    s_x = expand(np.asarray(s, np.float64), v.shape, spec)   # the step at training precision
+    z_x = expand(np.asarray(z), v.shape, spec).astype(np.float64)
+    v_hat = _dequantize_codes(q.astype(np.float64), s_x, z_x).astype(v.dtype)
     return (v_hat, q) if return_codes else v_hat
 
 
@@ -157,6 +192,16 @@ def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float,
     -------
     dv : ndarray shaped like ``v``
     ds : ndarray of ``param_shape(v.shape, spec)``, float64
+
+    Examples
+    --------
+    ``v / s = 0.4, -1.6, 2.6, 5.8`` with ``Q_P = 3``: ``ds = -0.4 - 0.4 + 0.4 + 3``.
+
+    >>> from refquant import QuantSpec
+    >>> dv, ds = lsq_backward(np.ones(4), np.array([0.2, -0.8, 1.3, 2.9]), np.float64(0.5),
+    ...                       np.int32(0), QuantSpec(bits=3), g=1.0)
+    >>> dv.tolist(), round(float(ds), 12)
+    ([1.0, 1.0, 1.0, 0.0], 2.6)
     """
     v = np.asarray(v)
     dv_hat = np.asarray(dv_hat)
@@ -195,6 +240,15 @@ class FakeQuant:
 
     A layer (``forward``/``backward``/``parameters``) and a weight quantizer for
     :class:`refquant.training.nn.Linear`. It has no trainable parameters.
+
+    Examples
+    --------
+    >>> from refquant import QParams, QuantSpec
+    >>> fq = FakeQuant(QuantSpec(bits=3), QParams(0.5))
+    >>> fq.forward(np.array([0.2, -0.8, 1.3, 2.9])).tolist()     # refquant.fake_quantize
+    [0.0, -1.0, 1.5, 1.5]
+    >>> fq.backward(np.ones(4)).tolist()                         # clipped STE
+    [1.0, 1.0, 1.0, 0.0]
     """
 
     def __init__(self, spec: QuantSpec, qparams: QParams | None = None, *, method: str = "minmax",
@@ -211,10 +265,10 @@ class FakeQuant:
         return self.qparams if self.qparams is not None else calibrate(v, self.spec, self.method)
 
     def forward(self, v):
-        v = np.asarray(v)
+        v = _floating(v, "FakeQuant")
         qp = self.current_qparams(v)
         self._mask = ste_mask(v, qp, self.spec, self.ste)
-        return fake_quant(v, qp, self.spec)
+        return fake_quantize(v, self.spec, qparams=qp)
 
     def backward(self, dv_hat):
         if self._mask is None:
@@ -248,7 +302,18 @@ class LSQ:
     grad_scale : bool
         Multiply the step gradient by ``g = 1 / sqrt(N Q_P)`` (default, as in the paper).
     dtype : numpy dtype
-        Precision of the step parameter (float64 for gradient checks).
+        Precision of the step parameter: float64 (the default) for gradient checks, float32
+        for a forward pass equal to the deployed :func:`refquant.fake_quantize` bit for bit.
+
+    Examples
+    --------
+    >>> from refquant import QParams, QuantSpec
+    >>> lsq = LSQ(QuantSpec(bits=3), QParams(0.5), dtype=np.float32)
+    >>> lsq.forward(np.array([0.2, -0.8, 1.3, 2.9])).tolist()
+    [0.0, -1.0, 1.5, 1.5]
+    >>> _ = lsq.backward(np.ones(4))
+    >>> round(float(lsq.step.grad), 4)                           # 2.6 / sqrt(4 * 3)
+    0.7506
     """
 
     def __init__(self, spec: QuantSpec, init, *, n_per_step: int | None = None,
