@@ -101,6 +101,29 @@ def test_multiplier_out_of_range(M):
     assert repr(float(M)) in str(info.value)                 # the message names the bad value
 
 
+def tflite_quantize_multiplier(M: float) -> tuple[int, int]:
+    """TFLite QuantizeMultiplier (common.cc): frexp, std::round (half away from zero), carry;
+    returns (quantized_multiplier, shift) with TFLite's shift = -n."""
+    import math
+    q, shift = math.frexp(M)
+    q_fixed = int(Fraction(q) * 2**31 + Fraction(1, 2)) if q > 0 else 0   # round half away
+    if q_fixed == 2**31:
+        q_fixed //= 2
+        shift += 1
+    return q_fixed, shift
+
+
+@pytest.mark.parametrize("M", [0.5, 0.75, 1 - 2.0**-40, 0.001, 3.0, 2.0**15, 2.0**-31,
+                               (2**31 + 1) / 2**32, (2**32 - 1) / 2**32, 1 / 3, 12345.678])
+def test_multiplier_equals_tflite_quantize_multiplier(M):
+    """Including a tie: (2^31 + 1) / 2^32 has mantissa 2^30 + 1/2 units, which std::round
+    (and refquant) round up, NumPy's rint would round to even."""
+    M0, n = quantize_multiplier(M)
+    assert (int(M0), -int(n)) == tflite_quantize_multiplier(M)
+    if M == (2**31 + 1) / 2**32:
+        assert int(M0) == 2**30 + 1
+
+
 def test_multiplier_scalar_returns_two_arrays():
     M0, n = quantize_multiplier(0.5)
     assert isinstance(M0, np.ndarray) and isinstance(n, np.ndarray)

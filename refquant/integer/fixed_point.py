@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from refquant.schemes.numerics import round_half_away
+
 M_MIN, M_MAX = 2.0**-31, 2.0**15        # real multipliers quantize_multiplier accepts
 SHIFT_MIN, SHIFT_MAX = -30, 31          # shifts n accepted (TFLite's -31 < shift <= 30, negated)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -70,8 +72,9 @@ def quantize_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
     """Decompose real multipliers ``M`` into ``(M0, n)`` with ``M ~= M0 2^-(31 + n)``.
 
     ``M0`` is an int32 in ``[2^30, 2^31)`` (the normalized mantissa, eq. 6 of [1]_) and ``n`` an
-    int32 shift (negative for ``M >= 1``). With ``M0`` rounded to nearest, the relative error is
-    at most ``2^-31``:
+    int32 shift (negative for ``M >= 1``). ``M0`` is rounded to nearest, ties away from zero
+    (``std::round``, as TFLite's ``QuantizeMultiplier``; a tie needs ``M`` with exactly 32
+    significant bits), so the relative error is at most ``2^-31``:
 
     .. math::  |M_0 2^{-(31+n)} - M| \\le 2^{-(31+n)} / 2 \\le 2^{-31} M .
 
@@ -98,7 +101,7 @@ def quantize_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"multipliers must be finite and in [2^-31, 2^15], got "
                          f"{float(M[bad].ravel()[0])!r}")
     mant, exp = np.frexp(M)                  # M = mant 2^exp, mant in [0.5, 1)
-    M0 = np.rint(mant * 2.0**31).astype(np.int64)
+    M0 = round_half_away(mant * 2.0**31).astype(np.int64)   # exact product; TFLite's std::round
     carry = M0 == 2**31                      # mant rounded up to 1.0
     M0 = np.where(carry, 2**30, M0)
     n = -(exp + carry)                       # M = (M0 / 2^31) 2^-n
