@@ -81,6 +81,33 @@ def qparams_from_range(lo, hi, spec: QuantSpec) -> QParams:
     return QParams(s, z)
 
 
+def _qparams_from_range_gptq_reference(lo, hi, spec: QuantSpec) -> QParams:
+    """:func:`qparams_from_range` with the arithmetic of the GPTQ reference implementations.
+
+    ``Quantizer.find_params`` of IST-DASLab's ``quant.py``, AutoGPTQ and GPTQModel, run in
+    float64. Asymmetric specs, every step in float64: ``lo = min(lo, 0)``, ``hi = max(hi, 0)``;
+    a zero range ``lo == hi == 0`` becomes ``[-1, 1]``; ``s = (hi - lo) / (q_max - q_min)``;
+    ``z = q_min + round(-lo / s)`` from this *unrounded* ``s`` (``spec.rounding``; the
+    reference's ``torch.round`` is half-to-even). Only then is ``s`` stored as float32, so the
+    scale equals :func:`qparams_from_range`'s (except at a zero range, where that gives 1) and
+    the zero point differs from its (``-lo`` over the float32 scale) only where ``-lo / s`` is
+    within float32 rounding of a tie: at an exactly
+    symmetric range ``lo == -hi`` float64 gives ``-lo / s == (q_max - q_min) / 2`` for about
+    three rows in four (7.5, rounded to 8, at 4 bits), the float32 scale 7.4999... (7).
+    Symmetric specs: :func:`qparams_from_range` unchanged (the reference's ``sym=True`` grid,
+    unsigned codes around ``2^(b-1)``, is a different grid).
+    """
+    if spec.symmetric:
+        return qparams_from_range(lo, hi, spec)
+    lo = np.minimum(as_float_array(lo, "lo").astype(np.float64), 0.0)
+    hi = np.maximum(as_float_array(hi, "hi").astype(np.float64), 0.0)
+    zero_range = (lo == 0) & (hi == 0)
+    lo, hi = np.where(zero_range, -1.0, lo), np.where(zero_range, 1.0, hi)
+    s = (hi - lo) / (spec.qmax - spec.qmin)
+    z = np.clip(spec.qmin + round_to_int(-lo / s, spec.rounding), spec.qmin, spec.qmax)
+    return QParams(np.maximum(s, _TINY).astype(np.float32), z.astype(np.int32))
+
+
 def _round_codes(x, s, z, qmin: int, qmax: int, rounding: str) -> np.ndarray:
     """The one rounding core: ``clamp(round(x / s) + z, q_min, q_max)`` as float64.
 
