@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import refquant as rq
-from refquant.algorithms.gptq import _inverse_hessian_factor
+from refquant.algorithms._gptq_fast import _inverse_hessian_factor
 
 
 def best_of(fn, repeats):

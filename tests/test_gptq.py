@@ -1,12 +1,19 @@
-"""Tests of refquant.algorithms.gptq against an unblocked, column-by-column oracle written here, the
-identity-Hessian / round-to-nearest identity, and the loss identity derived in the module
-docstring (checked against the reconstruction objective computed directly from W, W_hat and X)."""
+"""Tests of refquant.algorithms.gptq against two oracles written in tests/: the unblocked,
+column-by-column Algorithm 1 here (``_oracle``, the paper's group rule ``group_params="updated"``)
+and the NumPy transcription of the authors' code in ``gptq_reference.py`` (the default
+``group_params="reference"``); the identity-Hessian / round-to-nearest identity, the loss
+identity derived in the module docstring (checked against the reconstruction objective computed
+directly from W, W_hat and X), and the speed helpers of ``_gptq_fast`` against their plain
+versions."""
 
 import numpy as np
 import pytest
+from gptq_reference import fasterquant
 
 import refquant as rq
-from refquant.algorithms.gptq import hessian
+from refquant.algorithms._gptq_fast import (_SUB, _feed_error_forward_, _inverse_hessian_factor,
+                                            _sub_product_)
+from refquant.algorithms.gptq import HessianNotPositiveDefinite, hessian
 
 
 def _spec(bits=4, granularity="group", group_size=16, symmetric=False):
@@ -86,14 +93,212 @@ CASES = [
                          f"{'-act' if c.get('act_order') else ''}{'-static' if c.get('static_groups') else ''}")
 @pytest.mark.parametrize("block_size", [1, 5, 16, 128])
 def test_equals_unblocked_oracle(case, block_size):
+    """Oracle: ``_oracle`` (Algorithm 1 unbatched); the paper's group rule at every block size."""
     W, X, H = _problem(dead=(3, 17))
     kw = {k: v for k, v in case.items() if k != "spec"}
-    res = rq.gptq(W, H, case["spec"], block_size=block_size, dtype=np.float64, **kw)
+    res = rq.gptq(W, H, case["spec"], block_size=block_size, dtype=np.float64, group_params="updated", **kw)
     codes, Q, loss, perm = _oracle(W, H, case["spec"], **kw)
     np.testing.assert_array_equal(res.perm, perm)
     np.testing.assert_array_equal(res.codes.astype(np.int64), codes)
     np.testing.assert_allclose(res.w_hat, Q.astype(np.float32), rtol=0, atol=0)
     assert res.loss == pytest.approx(loss, rel=1e-9)
+
+
+def _layer(d_row=24, d_col=320, n=600, seed=11):
+    """A layer of 2.5 lazy blocks of 128 with correlated inputs and a distinct diag H."""
+    W, X, H = _problem(d_row=d_row, d_col=d_col, n=n, seed=seed)
+    scale = np.linspace(0.5, 2.0, d_col)
+    return W, H * scale[:, None] * scale[None, :]
+
+
+GROUP_CASES = [(3, 32), (4, 64)]
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits, group_size", GROUP_CASES + [(4, 128)])
+def test_reference_rule_equals_authors_code(bits, group_size, act_order):
+    """Oracle: ``gptq_reference.fasterquant`` (the IST-DASLab / AutoGPTQ code transcribed to
+    float64 NumPy). Block 128: dynamic groups shorter than the block take their parameters
+    from W as it stood at the block's start; codes, zero points and g_idx are equal, scales
+    are the oracle's float64 scales rounded to float32."""
+    W, H = _layer()
+    spec = _spec(bits, "group", group_size)
+    res = rq.gptq(W, H, spec, block_size=128, act_order=act_order, dtype=np.float64)
+    codes, Q, scale, zero, g_idx = fasterquant(W, H, bits, group_size, 128, actorder=act_order)
+    np.testing.assert_array_equal(res.codes.astype(np.int64), codes)
+    np.testing.assert_array_equal(res.qparams.zero_point, zero.astype(np.int32))
+    np.testing.assert_array_equal(res.g_idx, g_idx)
+    # refquant feeds back the error of w_hat made with the stored float32 scale, the oracle that
+    # of its float64 scale: later columns differ by ~1e-8 (relative), so a later group's float64
+    # scale may round to the float32 neighbour (1 ulp = 1.2e-7)
+    np.testing.assert_allclose(res.qparams.scale, scale, rtol=1.2e-7, atol=0)
+    np.testing.assert_array_equal(res.qparams.scale[:, 0], scale[:, 0].astype(np.float32))
+    np.testing.assert_allclose(res.w_hat, Q, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits, group_size", GROUP_CASES)
+def test_updated_rule_equals_unbatched_algorithm(bits, group_size, act_order):
+    """Oracle: ``_oracle`` (Algorithm 1 unbatched). With groups shorter than the block the two
+    rules differ, each equal to its own oracle."""
+    W, H = _layer()
+    spec = _spec(bits, "group", group_size)
+    upd = rq.gptq(W, H, spec, block_size=128, act_order=act_order, dtype=np.float64, group_params="updated")
+    codes, Q, loss, perm = _oracle(W, H, spec, act_order=act_order)
+    np.testing.assert_array_equal(upd.codes.astype(np.int64), codes)
+    np.testing.assert_array_equal(upd.w_hat, Q.astype(np.float32))
+    ref = rq.gptq(W, H, spec, block_size=128, act_order=act_order, dtype=np.float64)
+    assert np.mean(ref.codes != upd.codes) > 0.1                # the rules really differ here
+
+
+@pytest.mark.parametrize("group_size, block_size", [(128, 128), (128, 64), (64, 32), (32, 1)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_rules_agree_when_every_group_starts_a_block(group_size, block_size, act_order):
+    """Oracle: ``_oracle``. Where block_size divides group_size (g128 with block 128 as
+    shipped), both rules read the same weights: identical results, equal to the unbatched
+    algorithm (and so to refquant's results before the reference rule became the default)."""
+    W, H = _layer()
+    spec = _spec(4, "group", group_size)
+    kw = dict(block_size=block_size, act_order=act_order)
+    ref = rq.gptq(W, H, spec, **kw)
+    upd = rq.gptq(W, H, spec, group_params="updated", **kw)
+    np.testing.assert_array_equal(ref.codes, upd.codes)
+    np.testing.assert_array_equal(ref.w_hat, upd.w_hat)
+    np.testing.assert_array_equal(ref.qparams.scale, upd.qparams.scale)
+    np.testing.assert_array_equal(ref.qparams.zero_point, upd.qparams.zero_point)
+    codes, _, _, _ = _oracle(W, H, spec, act_order=act_order)
+    r64 = rq.gptq(W, H, spec, dtype=np.float64, **kw)
+    np.testing.assert_array_equal(r64.codes.astype(np.int64), codes)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits, group_size", GROUP_CASES)
+def test_static_groups_ignore_the_group_rule(bits, group_size, act_order):
+    """Oracles: ``gptq_reference.fasterquant(static_groups=True)`` and ``_oracle``; static
+    groups are computed before the pass, so group_params changes nothing."""
+    W, H = _layer()
+    spec = _spec(bits, "group", group_size)
+    kw = dict(block_size=128, act_order=act_order, static_groups=True, dtype=np.float64)
+    ref = rq.gptq(W, H, spec, **kw)
+    upd = rq.gptq(W, H, spec, group_params="updated", **kw)
+    np.testing.assert_array_equal(ref.codes, upd.codes)
+    np.testing.assert_array_equal(ref.w_hat, upd.w_hat)
+    codes, _, scale, zero, g_idx = fasterquant(W, H, bits, group_size, 128, actorder=act_order,
+                                               static_groups=True)
+    np.testing.assert_array_equal(ref.codes.astype(np.int64), codes)
+    np.testing.assert_array_equal(ref.qparams.zero_point, zero.astype(np.int32))
+    np.testing.assert_array_equal(ref.g_idx, g_idx)
+    np.testing.assert_array_equal(ref.codes.astype(np.int64),
+                                  _oracle(W, H, spec, act_order=act_order, static_groups=True)[0])
+
+
+def _symmetric_rows():
+    """Rows whose range is exactly symmetric (max == -min): by hand, at 4 bits
+    s = (0.25 + 0.25) / 15 = 1/30 and -min / s = 0.25 * 30 = 7.5 exactly in float64 (checked
+    below), a tie that half-to-even sends to 8; the float32 scale fl32(1/30) > 1/30 gives
+    7.4999996 (7). The zero row is the reference's zero-range case: [-1, 1], z = round(7.5)."""
+    rng = np.random.default_rng(12)
+    W = rng.uniform(-1.0, 1.0, (3, 16)) * np.array([[0.2], [0.08], [0.0]])
+    W[0, [2, 9]] = [-0.25, 0.25]
+    W[1, [0, 15]] = [0.1, -0.1]                                 # -0.1 / (0.2 / 15) = 7.5 as well
+    return W
+
+
+def test_zero_point_at_exactly_symmetric_range():
+    """Oracle: the hand calculation in ``_symmetric_rows`` and ``gptq_reference.fasterquant``."""
+    assert 0.25 / ((0.25 + 0.25) / 15) == 7.5 and 0.1 / ((0.1 + 0.1) / 15) == 7.5
+    assert 0.25 / float(np.float32((0.25 + 0.25) / 15)) < 7.5
+    W = _symmetric_rows()
+    spec = _spec(4, "channel")
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((16, 64))
+    H = 2 * X @ X.T / 64
+    res = rq.gptq(W, H, spec, block_size=8, dtype=np.float64)
+    np.testing.assert_array_equal(res.qparams.zero_point, [8, 8, 8])
+    np.testing.assert_array_equal(res.qparams.scale, np.float32([1 / 30, 0.2 / 15, 2 / 15]))
+    np.testing.assert_array_equal(rq.calibrate(W, spec).zero_point[:2], [7, 7])   # the float32 route
+    codes, Q, scale, zero, _ = fasterquant(W, H, 4, blocksize=8)
+    np.testing.assert_array_equal(res.codes.astype(np.int64), codes)
+    np.testing.assert_array_equal(res.qparams.zero_point, zero[:, 0])
+    np.testing.assert_array_equal(res.codes[2], 8)              # the zero row: codes 8, w_hat 0
+    np.testing.assert_array_equal(res.w_hat[2], 0.0)
+    # the same rows as groups (4 bits, g16 inside a block of 32)
+    Wg = np.concatenate([W, _symmetric_rows()[:, ::-1]], axis=1)
+    Xg = rng.standard_normal((32, 100))
+    Hg = 2 * Xg @ Xg.T / 100
+    rg = rq.gptq(Wg, Hg, _spec(4, "group", 16), block_size=32, dtype=np.float64)
+    codes, _, _, zero, _ = fasterquant(Wg, Hg, 4, 16, 32)
+    np.testing.assert_array_equal(rg.codes.astype(np.int64), codes)
+    np.testing.assert_array_equal(rg.qparams.zero_point, zero.astype(np.int32))
+
+
+def test_sub_product_is_the_plain_update():
+    """Oracle: the plain NumPy ``C - A @ B``, also for an empty C (the last block)."""
+    rng = np.random.default_rng(14)
+    for dtype in (np.float32, np.float64):
+        C = np.asfortranarray(rng.standard_normal((7, 9)), dtype)
+        A, B = rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal((5, 9)).astype(dtype)
+        want = C - A @ B
+        _sub_product_(C, A, B)
+        np.testing.assert_allclose(C, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    E = np.zeros((7, 0), order="F")
+    _sub_product_(E, A, np.zeros((5, 0)))
+    assert E.shape == (7, 0)
+
+
+@pytest.mark.parametrize("count", [1, _SUB - 1, _SUB, 2 * _SUB + 3])
+def test_feed_error_forward_is_the_plain_update(count):
+    """Oracle: Algorithm 1's update ``W1[:, i:] -= err ⊗ Hinv1[i, i:]`` applied in full at
+    every column. The sub-blocked version agrees on every column the next step reads, and on
+    the whole block after its last column."""
+    rng = np.random.default_rng(15)
+    W1 = np.asfortranarray(rng.standard_normal((6, count)))
+    Hinv1 = np.triu(rng.standard_normal((count, count)))
+    plain, Err1 = W1.copy(), np.zeros_like(W1)
+    for i in range(count):
+        Err1[:, i] = rng.standard_normal(6)
+        plain[:, i:] -= np.outer(Err1[:, i], Hinv1[i, i:])
+        _feed_error_forward_(W1, Err1, Hinv1, i)
+        s2 = min(i - i % _SUB + _SUB, count)
+        np.testing.assert_allclose(W1[:, :s2], plain[:, :s2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(W1, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_inverse_hessian_factor_is_the_plain_factor():
+    """Oracle: ``numpy.linalg.cholesky(inv(H)).T``, the factor as Algorithm 1 states it."""
+    rng = np.random.default_rng(16)
+    A = rng.standard_normal((30, 60))
+    H = A @ A.T / 60 + 0.01 * np.eye(30)
+    U = _inverse_hessian_factor(H)
+    np.testing.assert_allclose(U, np.linalg.cholesky(np.linalg.inv(H)).T, rtol=1e-9, atol=1e-12)
+    assert U.flags.f_contiguous
+
+
+def _indefinite(off):
+    """diag 1, off-diagonal ``off``: eigenvalues 1 - off and 1 + off, mean diag 1, so
+    H + damp I is positive definite exactly when damp > off - 1 (hand calculation)."""
+    return np.array([[1.0, off, 0, 0], [off, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+
+
+def test_damping_retries_with_10x():
+    """Oracle: the eigenvalues of ``_indefinite`` (hand calculation): 1.05 needs damp > 0.05."""
+    W = np.random.default_rng(17).standard_normal((3, 4))
+    spec = _spec(4, "channel")
+    ok = rq.gptq(W, np.eye(4), spec)
+    assert (ok.damp, ok.damp_retries) == (0.01, 0)
+    res = rq.gptq(W, _indefinite(1.05), spec)                    # 0.01 fails, 0.1 holds
+    assert res.damp == pytest.approx(0.1) and res.damp_retries == 1
+    with pytest.raises(HessianNotPositiveDefinite, match=r"damp = 0\.01 \(lambda=0\.01\)") as exc:
+        rq.gptq(W, _indefinite(1.05), spec, damp_retries=0)
+    assert exc.value.damps == (0.01,)
+    with pytest.raises(HessianNotPositiveDefinite) as exc:
+        rq.gptq(W, _indefinite(3.0), spec)                       # needs damp > 2: 0.01, 0.1, 1.0 fail
+    assert exc.value.damps == pytest.approx((0.01, 0.1, 1.0))
+    assert exc.value.lambdas == pytest.approx((0.01, 0.1, 1.0))
+    assert isinstance(exc.value, ValueError)
+    with pytest.raises(HessianNotPositiveDefinite) as exc:       # 10 x 0 = 0: no retry
+        rq.gptq(W, _indefinite(1.0), spec, damp=0.0)
+    assert exc.value.damps == (0.0,)
 
 
 @pytest.mark.parametrize("spec", [_spec(4, "group", 16), _spec(4, "group", 7), _spec(8, "channel"),
@@ -141,9 +346,10 @@ def test_loss_with_dead_inputs_counts_zeroed_columns():
 
 
 def test_loss_independent_of_block_size():
+    """The paper's group rule ("updated") does not depend on the lazy-batch size."""
     W, X, H = _problem(d_row=20, d_col=96, n=300, seed=5)
     spec = _spec(4, "group", 32)
-    results = [rq.gptq(W, H, spec, block_size=b, act_order=True, dtype=np.float64)
+    results = [rq.gptq(W, H, spec, block_size=b, act_order=True, dtype=np.float64, group_params="updated")
                for b in (1, 3, 32, 50, 96, 1000)]
     for r in results[1:]:
         assert r.loss == pytest.approx(results[0].loss, rel=1e-10)
@@ -223,6 +429,8 @@ def test_hessian_accumulation():
     (dict(dtype=np.float16), "dtype"),
     (dict(spec="int4"), "spec must be a QuantSpec"),
     (dict(spec=rq.QuantSpec(bits=4, granularity="channel", axis=1)), "axis=0"),
+    (dict(group_params="paper"), "group_params must be one of"),
+    (dict(damp_retries=-1), "damp_retries"),
     (dict(H=np.array([[1., 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), damp=0.0),
      "not positive definite"),
 ])
@@ -231,4 +439,5 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         rq.gptq(args["W"], args["H"], args["spec"], block_size=args["block_size"], damp=args["damp"],
-                dtype=args.get("dtype", np.float32))
+                dtype=args.get("dtype", np.float32), group_params=args.get("group_params", "reference"),
+                damp_retries=args.get("damp_retries", 2))

@@ -56,15 +56,44 @@ Dead inputs
 An input whose diagonal ``H_ii`` is 0 never sees a nonzero calibration value: its column is set to
 0 and ``H_ii`` to 1, so the Cholesky factorization exists and no error flows into or out of it.
 
-Group parameters
-----------------
-``granularity="group"``: groups of ``group_size`` consecutive columns *in processing order*; the
-(scale, zero point) of a group are computed with :func:`refquant.calibration.observers` (min-max) from the
-current, error-updated weights of the group's columns when its first column is reached. With
-``static_groups=True`` they are computed once from the original ``W`` for the groups
-``c // group_size`` of the original columns, before the pass (so ``act_order`` keeps the
-standard monotone ``g_idx``). ``"channel"`` (``axis=0``) and ``"tensor"`` parameters are always
-computed once from ``W`` before the pass.
+Group parameters (``group_params``)
+-----------------------------------
+Dynamic groups are ``group_size`` consecutive columns *in processing order*; when a group's
+first column ``j`` is reached, its min-max parameters are computed from its columns of
+
+- ``"reference"`` (default): ``W`` as it stood at the start of the current lazy block, as the
+  authors' code does (IST-DASLab ``fasterquant``, AutoGPTQ, GPTQModel): it reads the group from
+  the full ``W`` while the block's columns are updated in the copy ``W1`` and the rest of ``W``
+  receives the block's errors only at its end. Every GPTQ checkpoint in circulation has this.
+- ``"updated"``: the current weights, with every error so far applied: the paper's algorithm
+  without lazy batching, independent of the block size.
+
+They agree whenever every group starts a block (``block_size`` divides ``group_size``, e.g.
+g128 with blocks of 128); with shorter groups the codes differ, neither objective lower in
+general. ``static_groups=True`` computes the groups ``c // group_size`` of the original columns
+from the original ``W`` before the pass (``act_order`` keeps the monotone ``g_idx``); channel
+(``axis=0``) and tensor parameters are fixed before the pass as well, after the dead-input fix
+(the reference's per-channel ones before it: they differ where a dead input has weights).
+
+Parameter arithmetic
+--------------------
+Asymmetric parameters use the reference's ``find_params`` arithmetic, in float64
+(:func:`refquant.schemes.uniform._qparams_from_range_gptq_reference`): ``s = (hi - lo) /
+(2^b - 1)`` over the range widened to contain 0 (a zero range taken as ``[-1, 1]``) and
+``z = round(-lo / s)`` half-to-even from this unrounded ``s``, then stored as float32 (the scale
+of :func:`refquant.calibrate`). An exactly symmetric range (``max == -min``) then resolves like
+the reference in float64: ``-lo / s`` is mostly exactly 7.5 at 4 bits (8), where the float32
+scale gives 7.4999999 (7). Codes are :func:`refquant.quantize` with the stored float32 scale
+(``w_hat == dequantize(codes, qparams)``; the reference's float64 scale differs only where
+``w / s`` is within float32 rounding of a tie). Symmetric specs keep refquant's signed grid
+(``z = 0``), not the reference's ``sym=True`` grid (unsigned codes around ``2^(b-1)``).
+
+Damping
+-------
+Where ``H + lambda I`` cannot be factored in the working precision, it is retried with 10x
+``damp`` at most ``damp_retries`` times (default 2: 0.01, 0.1, 1.0; the result reports the
+``damp`` used and the retries), then (at once for ``damp == 0``) raises
+:class:`HessianNotPositiveDefinite`, a ``ValueError`` carrying the values tried.
 
 References
 ----------
@@ -75,13 +104,28 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
-import scipy.linalg
 
-from refquant.calibration.observers import calibrate
-from refquant.schemes.numerics import as_float_array, check_positive_int, normalize_axis, round_to_int
-from refquant.schemes.spec import QParams, QuantSpec, n_groups
+from refquant.algorithms._gptq_fast import (_feed_error_forward_, _group_columns_updated,
+                                            _inverse_hessian_factor, _sub_product_)
+from refquant.schemes.numerics import as_float_array, check_positive_int, normalize_axis
+from refquant.schemes.spec import QParams, QuantSpec, g_idx, n_groups
+from refquant.schemes.uniform import _dequantize_codes, _qparams_from_range_gptq_reference, _round_codes
+
+GROUP_PARAMS = ("reference", "updated")
+
+
+class HessianNotPositiveDefinite(ValueError):
+    """``H + lambda I`` could not be factored at any damping tried: ``damps`` (tuple, each 10x
+    the previous) and the matching ``lambdas = damp * mean(diag H)``."""
+
+    def __init__(self, damps, lambdas):
+        self.damps, self.lambdas = tuple(damps), tuple(lambdas)
+        tried = ", ".join(f"{d!r} (lambda={lam:.6g})" for d, lam in zip(self.damps, self.lambdas))
+        super().__init__(f"H + lambda I is not positive definite at damp = {tried}; "
+                         f"increase damp (or drop inputs with a zero Hessian row)")
 
 
 @dataclass(frozen=True)
@@ -96,10 +140,8 @@ class GPTQResult:
         Scale and zero point, shape ``param_shape(W.shape, spec)`` (``[d_row, n_groups]`` for
         groups, where group ``g`` covers the original columns with ``g_idx == g``).
     w_hat : numpy.ndarray [d_row, d_col] float32
-        Dequantized weights ``scale[:, g_idx] * (codes - zero_point[:, g_idx])``.
-
-        ``codes`` and ``w_hat`` are returned in the column-major (Fortran) memory order in which
-        GPTQ builds them, column by column; ``np.ascontiguousarray`` gives a row-major copy.
+        Dequantized weights ``scale[:, g_idx] * (codes - zero_point[:, g_idx])``. ``codes`` and
+        ``w_hat`` come in the column-major (Fortran) order in which GPTQ builds them.
     perm : numpy.ndarray [d_col] int64
         The processing order (``W[:, perm]`` was quantized left to right).
     loss : float
@@ -109,6 +151,8 @@ class GPTQResult:
         ``arange(d_col) // group_size`` except with ``act_order`` and dynamic groups, where it
         is ``position_in_perm // group_size``.
     spec : QuantSpec
+    damp, damp_retries : float, int
+        The dampening used, ``damp * 10**damp_retries``, and the retries it took (0: none).
     """
 
     codes: np.ndarray
@@ -118,9 +162,11 @@ class GPTQResult:
     loss: float
     g_idx: np.ndarray | None = None
     spec: QuantSpec | None = None
+    damp: float | None = None
+    damp_retries: int = 0
 
 
-def _check_inputs(W, H, spec, block_size, damp):
+def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype):
     if not isinstance(spec, QuantSpec):
         raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     W = as_float_array(W, "W")
@@ -146,66 +192,80 @@ def _check_inputs(W, H, spec, block_size, damp):
     if isinstance(damp, bool) or not isinstance(damp, (int, float, np.floating, np.integer)) \
             or not np.isfinite(damp) or damp < 0:
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+    if isinstance(damp_retries, bool) or not isinstance(damp_retries, (int, np.integer)) or damp_retries < 0:
+        raise ValueError(f"damp_retries must be an int >= 0, got {damp_retries!r}")
+    if group_params not in GROUP_PARAMS:
+        raise ValueError(f"group_params must be one of {GROUP_PARAMS}, got {group_params!r}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     if spec.granularity == "channel" and normalize_axis(spec.axis, 2) != 0:
         raise ValueError(f"GPTQ needs per-output-channel parameters (axis=0), got axis={spec.axis}")
     return W, H
 
 
-def _column_spec(spec: QuantSpec) -> QuantSpec:
-    """The spec of one column ``[d_row, 1]`` with one parameter per row."""
-    return QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity="channel", axis=0,
-                     rounding=spec.rounding, restricted=spec.restricted)
+def _minmax_qparams(Wg, spec: QuantSpec) -> QParams:
+    """Min-max parameters of each row of ``Wg`` [d_row, k] (the reference's arithmetic)."""
+    return _qparams_from_range_gptq_reference(Wg.min(axis=1), Wg.max(axis=1), spec)
 
 
-_SUB = 16          # columns per cache-sized sub-block inside a lazy batch
+class _FixedParams(NamedTuple):
+    """Parameters fixed before the pass: the result's ``qparams``, float64 Fortran copies
+    ``S, Z`` [d_row, n_fixed], and the column ``col_k[c]`` of ``S, Z`` of each input ``c``."""
+
+    qparams: QParams
+    S: np.ndarray
+    Z: np.ndarray
+    col_k: np.ndarray
 
 
-def _sub_matmul_(C, A, B):
-    """``C -= A @ B`` in place for a Fortran-ordered ``C`` (one BLAS ``gemm`` call with
-    ``beta = 1``, so no temporary of ``C``'s size is made)."""
-    (gemm,) = scipy.linalg.blas.get_blas_funcs(("gemm",), (C,))
-    out = gemm(-1.0, A, B, beta=1.0, c=C, overwrite_c=True)
-    if not np.shares_memory(out, C):                                   # not expected for F-order C
-        C[...] = out
+def _params_before_pass(W, spec: QuantSpec, static_groups: bool) -> _FixedParams | None:
+    """Tensor, channel or static-group parameters from ``W``; ``None`` for dynamic groups."""
+    d_row, d_col = W.shape
+    col_k = np.zeros(d_col, np.intp)
+    if spec.granularity == "tensor":
+        qp = _qparams_from_range_gptq_reference(W.min(), W.max(), spec)           # scalars
+    elif spec.granularity == "channel":
+        qp = _minmax_qparams(W, spec)                                              # [d_row]
+    elif static_groups:
+        gs = spec.group_size
+        parts = [_minmax_qparams(W[:, g * gs:(g + 1) * gs], spec) for g in range(n_groups(d_col, gs))]
+        qp = QParams(np.stack([p.scale for p in parts], axis=1), np.stack([p.zero_point for p in parts], axis=1))
+        col_k = g_idx(d_col, gs)                                                   # [d_row, n_groups]
+    else:
+        return None
+    n = int(col_k.max()) + 1
+    S, Z = (np.asfortranarray(np.broadcast_to(np.reshape(p, (-1, n)), (d_row, n)), np.float64)
+            for p in (qp.scale, qp.zero_point))
+    return _FixedParams(qp, S, Z, col_k)
 
 
-def _as_columns(qp: QParams):
-    """``(s, z)`` of one column's parameters as float64 ``[d_row]`` arrays."""
-    return qp.scale.astype(np.float64), qp.zero_point.astype(np.float64)
+def _damped_inverse_factor(H, damp: float, damp_retries: int, dtype):
+    """``(Hinv, damp_used, retries)``: the upper Cholesky factor of ``(H + lambda I)^-1`` in
+    ``dtype``, retrying with ``damp`` x 10 up to ``damp_retries`` times (module docstring)."""
+    damps = [float(damp) * 10.0**retry for retry in range(damp_retries + 1)]
+    lambdas = [d * float(np.mean(np.diag(H))) for d in damps]
+    for retry, lam in enumerate(lambdas):
+        Hd = H.copy()
+        Hd[np.diag_indices_from(Hd)] += lam
+        try:
+            return _inverse_hessian_factor(Hd.astype(dtype)), damps[retry], retry
+        except np.linalg.LinAlgError:
+            if damp == 0:                                               # 10 x 0 is still 0
+                break
+    raise HessianNotPositiveDefinite(damps[:retry + 1], lambdas[:retry + 1])
 
 
 def _quantize_column(w, s, z, spec: QuantSpec):
-    """Codes and dequantized values of one column: exactly :func:`refquant.quantize` followed by
-    :func:`refquant.dequantize` (same float64 arithmetic), without their per-call validation."""
-    c = np.clip(round_to_int(w / s, spec.rounding) + z, spec.qmin, spec.qmax)   # [d_row]
-    return c.astype(spec.code_dtype), s * (c - z)
-
-
-def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
-    """``U`` upper triangular with ``H^-1 = U^T U``: the upper Cholesky factor of ``H^-1``.
-
-    Computed without forming ``H^-1``: with ``P`` the order-reversing permutation and
-    ``P H P = L L^T`` (Cholesky), ``U = P L^{-1} P``, since
-    ``U^T U = P L^{-T} L^{-1} P = P (P H P)^{-1} P = H^{-1}`` and ``P L^{-1} P`` is upper
-    triangular with a positive diagonal (so it is *the* Cholesky factor). One factorization
-    and one triangular inverse instead of the three ``n^3`` steps of the reference.
-    """
-    # P H P is symmetric, so its row-major copy read as column-major (``.T``) is the same
-    # matrix: LAPACK gets a Fortran array without a transposing copy
-    PHP = np.ascontiguousarray(H[::-1, ::-1]).T
-    try:
-        L = scipy.linalg.cholesky(PHP, lower=True, overwrite_a=True)   # P H P = L L^T
-    except np.linalg.LinAlgError as exc:
-        raise ValueError("H + lambda I is not positive definite; increase damp") from exc
-    (trtri,) = scipy.linalg.lapack.get_lapack_funcs(("trtri",), (L,))
-    Linv, info = trtri(L, lower=1)                                      # L^-1, lower
-    if info != 0:
-        raise ValueError(f"inverting the Cholesky factor of H failed (LAPACK trtri info={info})")
-    return np.asfortranarray(Linv[::-1, ::-1])                         # U = P L^-1 P, upper
+    """``quant(w)`` of Algorithm 1 for one column ``w`` [d_row]: codes and dequantized values
+    from the one rounding core (:func:`refquant.quantize` / :func:`refquant.dequantize` bit for
+    bit, without their per-call validation). ``s``, ``z`` are float64 [d_row]."""
+    c = _round_codes(w.astype(np.float64), s, z, spec.qmin, spec.qmax, spec.rounding)
+    return c.astype(spec.code_dtype), _dequantize_codes(c, s, z)
 
 
 def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False, static_groups: bool = False, dtype=np.float32) -> GPTQResult:
+         act_order: bool = False, static_groups: bool = False, group_params: str = "reference",
+         damp_retries: int = 2, dtype=np.float32) -> GPTQResult:
     """Quantize ``W`` with GPTQ given the Hessian ``H`` of its calibration inputs.
 
     Parameters
@@ -218,35 +278,48 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         Bits, symmetry, rounding and granularity (``"tensor"``, ``"channel"`` with ``axis=0``,
         or ``"group"``).
     block_size : int
-        Lazy-batch size ``B``; the result does not depend on it (up to float rounding).
+        Lazy-batch size ``B``; the result depends on it only through ``group_params``.
     damp : float
         ``lambda = damp * mean(diag H)`` is added to the diagonal of ``H``.
     act_order : bool
         Quantize columns in order of decreasing ``diag H`` ("activation order").
     static_groups : bool
         Compute every group's parameters from the original ``W`` before the pass.
+    group_params : {"reference", "updated"}
+        What a dynamic group's parameters are computed from when its first column ``j`` is
+        reached: ``W[:, j:j+group_size]`` as it stood at the *start of the current lazy block*
+        (``"reference"``, the authors' code) or as updated by every error so far (``"updated"``,
+        the paper's unbatched algorithm). They agree where ``block_size`` divides
+        ``group_size``; see the module docstring.
+    damp_retries : int
+        Retries of a failed factorization, each with 10x the damping (module docstring).
     dtype : {numpy.float32, numpy.float64}
-        Working precision of the factorization and the error feedback (float32 by default, as
-        in the reference implementation; float64 for exact comparisons). Parameters, codes and
-        dequantized values always follow :func:`refquant.quantize` / :func:`refquant.dequantize`
-        (float64 arithmetic).
+        Working precision of the factorization and the error feedback (float32 as in the
+        reference implementation; float64 for exact comparisons). Parameters, codes and
+        dequantized values are computed in float64 (module docstring).
 
     Returns
     -------
     GPTQResult
 
+    Raises
+    ------
+    HessianNotPositiveDefinite
+        (a ``ValueError``) where ``H + lambda I`` cannot be factored at any damping tried.
+
     Notes
     -----
-    Algorithm 1 of [1]_; for each column ``i`` (in processing order)
+    Algorithm 1 of [1]_; for each column ``j`` (in processing order), with ``Hinv`` the upper
+    Cholesky factor of ``H^-1``,
 
     .. math::
 
-        q_i = \\operatorname{quant}(w_i), \\quad
-        e_i = (w_i - q_i) / [H^{-1}]_{ii}^{\\mathrm{chol}}, \\quad
-        w_{j} \\leftarrow w_j - e_i\\,[H^{-1}]_{ij}^{\\mathrm{chol}} \\; (j > i),
+        q_j = \\operatorname{quant}(w_j), \\quad
+        e_j = (w_j - q_j) / [H^{-1}]_{jj}, \\quad
+        w_{k} \\leftarrow w_k - e_j\\,[H^{-1}]_{jk} \\; (k > j),
 
-    the updates to columns beyond the current block deferred to one matrix product per block.
-    The loss identity is derived in the module docstring.
+    the updates to columns beyond the current block ``i1:i2`` deferred to one matrix product
+    per block. The loss identity is derived in the module docstring.
 
     References
     ----------
@@ -259,121 +332,70 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     >>> rng = np.random.default_rng(0)
     >>> W, X = rng.standard_normal((4, 8)), rng.standard_normal((8, 64))
     >>> res = rq.gptq(W, 2 * X @ X.T / 64, rq.QuantSpec(bits=4, symmetric=False, granularity="channel"))
-    >>> res.codes.shape, res.w_hat.dtype
-    ((4, 8), dtype('float32'))
+    >>> res.codes.shape, res.w_hat.dtype, res.damp_retries
+    ((4, 8), dtype('float32'), 0)
     """
-    W, H = _check_inputs(W, H, spec, block_size, damp)
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    d_row, d_col = W.shape
-    col_spec = _column_spec(spec)
-    grouped = spec.granularity == "group"
-    gs = spec.group_size if grouped else d_col
+    W, H = _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype)
+    d_col = W.shape[1]
+    gs = spec.group_size if spec.granularity == "group" else d_col
+    col_spec = QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity="channel", axis=0,
+                         rounding=spec.rounding, restricted=spec.restricted)
 
     W = W.copy()                                                        # (H is already a new array)
-    dead = np.diag(H) == 0                                              # [d_col]
+    dead = np.diag(H) == 0                                              # [d_col] inputs never seen
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-
-    # parameters fixed before the pass: tensor, channel, or static groups
-    static_qp = None
-    if not grouped:
-        qp = calibrate(W, spec)
-        s = np.broadcast_to(qp.scale, (d_row,)) if spec.granularity == "tensor" else qp.scale
-        z = np.broadcast_to(qp.zero_point, (d_row,)) if spec.granularity == "tensor" else qp.zero_point
-        static_qp = [QParams(np.ascontiguousarray(s), np.ascontiguousarray(z))]   # one "group"
-        static_sz = [_as_columns(static_qp[0])]
-    elif static_groups:
-        qp = calibrate(W, spec)                                         # [d_row, n_groups]
-        static_qp = [QParams(qp.scale[:, g].copy(), qp.zero_point[:, g].copy())
-                     for g in range(qp.scale.shape[1])]
-        static_sz = [_as_columns(p) for p in static_qp]
-
+    fixed = _params_before_pass(W, spec, static_groups)                 # None: dynamic groups
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(d_col)
     if act_order:
-        W = W[:, perm]                                                  # [d_row, d_col] processing order
-        H = H[np.ix_(perm, perm)]
+        W, H = W[:, perm], H[np.ix_(perm, perm)]                        # processing order
+    Hinv, damp_used, retries = _damped_inverse_factor(H, damp, damp_retries, dtype)   # upper
 
-    lam = damp * float(np.mean(np.diag(H)))
-    H[np.diag_indices(d_col)] += lam
-    Hinv = _inverse_hessian_factor(H.astype(dtype))                     # [d_col, d_col] upper
-
-    W = np.asfortranarray(W, dtype=dtype)                               # columns contiguous
-    Q = np.zeros((d_row, d_col), dtype, order="F")                      # dequantized, processing order
-    codes = np.zeros((d_row, d_col), spec.code_dtype, order="F")
-    Losses = np.zeros((d_row, d_col), dtype, order="F")
-    dyn_qp = []                                                         # groups in processing order
-    s_z = None
+    W = np.asfortranarray(W, dtype=dtype)                               # [d_row, d_col] columns contiguous
+    Q = np.zeros_like(W)                                                # dequantized, processing order
+    codes = np.zeros(W.shape, spec.code_dtype, order="F")
+    Losses = np.zeros_like(W)
+    group_qp = []                                                       # dynamic groups, processing order
     for i1 in range(0, d_col, block_size):
         i2 = min(i1 + block_size, d_col)
-        count = i2 - i1
         W1 = W[:, i1:i2].copy(order="F")                                # [d_row, count]
-        Q1 = np.zeros_like(W1)
-        Err1 = np.zeros_like(W1)
-        Losses1 = np.zeros_like(W1)
+        Q1, Err1, Losses1 = np.zeros_like(W1), np.zeros_like(W1), np.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]                                      # [count, count]
-        # The block's columns are processed in sub-blocks of _SUB columns with the same lazy
-        # update (W1[:, s2:] once per sub-block): the same arithmetic, but the per-column rank-1
-        # updates stay in cache. Mathematically identical to updating all of W1[:, i:].
-        for s1 in range(0, count, _SUB):
-            s2 = min(s1 + _SUB, count)
-            for i in range(s1, s2):
-                j = i1 + i                                              # position in processing order
-                if not grouped:
-                    s_z = static_sz[0]
-                elif static_groups:
-                    s_z = static_sz[perm[j] // gs]
-                elif j % gs == 0:
-                    # group start: parameters from the current (error-updated) weights of the
-                    # group's columns j .. j+gs-1, applying the updates still pending for them
-                    end = min(j + gs, d_col)
-                    Wg = W1[:, i:min(i + gs, s2)]
-                    if i + gs > s2 and s2 < count:
-                        e = min(i + gs, count)
-                        Wg = np.concatenate([Wg, W1[:, s2:e] - Err1[:, s1:i] @ Hinv1[s1:i, s2:e]], axis=1)
-                    if end > i2:
-                        Wg = np.concatenate([Wg, W[:, i2:end] - Err1[:, :i] @ Hinv[i1:j, i2:end]], axis=1)
-                    qp = calibrate(Wg, col_spec)                        # [d_row] scale, zero point
-                    dyn_qp.append(qp)
-                    s_z = _as_columns(qp)
-                w = W1[:, i]                                            # [d_row]
-                d = Hinv1[i, i]
-                c, q = _quantize_column(w, *s_z, spec)                  # codes, dequantized
-                q = q.astype(W1.dtype, copy=False)
-                codes[:, j] = c
-                Q1[:, i] = q
-                Losses1[:, i] = (w - q) ** 2 / d**2
-                err1 = (w - q) / d                                      # [d_row]
-                W1[:, i:s2] -= np.multiply.outer(Hinv1[i, i:s2], err1).T  # [d_row, s2 - i]
-                Err1[:, i] = err1
-            if s2 < count:
-                _sub_matmul_(W1[:, s2:], Err1[:, s1:s2], Hinv1[s1:s2, s2:])
+        for i in range(i2 - i1):
+            j = i1 + i                                                  # position in processing order
+            if fixed is not None:
+                k = fixed.col_k[perm[j]]
+                s, z = fixed.S[:, k], fixed.Z[:, k]                     # [d_row] float64
+            elif j % gs == 0:                                           # a dynamic group starts
+                Wg = (W[:, j:j + gs] if group_params == "reference"     # W at the block's start
+                      else _group_columns_updated(W, W1, Err1, Hinv, i1, i, gs))
+                group_qp.append(_minmax_qparams(Wg, col_spec))
+                s, z = group_qp[-1].scale.astype(np.float64), group_qp[-1].zero_point.astype(np.float64)
+            w = W1[:, i]                                                # [d_row]
+            d = Hinv1[i, i]
+            c, q = _quantize_column(w, s, z, spec)
+            q = q.astype(W1.dtype)
+            codes[:, j] = c
+            Q1[:, i] = q
+            Losses1[:, i] = (w - q) ** 2 / d**2
+            Err1[:, i] = (w - q) / d
+            _feed_error_forward_(W1, Err1, Hinv1, i)                    # W1[:, i:] -= Err1[:, i] Hinv1[i, i:]
         Q[:, i1:i2] = Q1
         Losses[:, i1:i2] = Losses1 / 2
-        if i2 < d_col:
-            _sub_matmul_(W[:, i2:], Err1, Hinv[i1:i2, i2:])                # lazy batch update
+        _sub_product_(W[:, i2:], Err1, Hinv[i1:i2, i2:])                # W[:, i2:] -= Err1 Hinv[i1:i2, i2:]
 
-    invperm = np.argsort(perm)
-    unperm = (lambda A: A[:, invperm]) if act_order else (lambda A: A)   # back to input order
-    g_idx = None
-    if grouped:
-        if static_groups:
-            g_idx = (np.arange(d_col) // gs).astype(np.int32)
-            qps = static_qp
-        else:
-            g_idx = (invperm // gs).astype(np.int32)                    # group of each original column
-            qps = dyn_qp
-        qparams = QParams(np.stack([p.scale for p in qps], axis=1),
-                          np.stack([p.zero_point for p in qps], axis=1))
-    elif spec.granularity == "channel":
-        qparams = static_qp[0]
+    invperm = np.argsort(perm)                                          # the result, in input order
+    unperm = (lambda A: A[:, invperm]) if act_order else (lambda A: A)
+    if fixed is None:                                                   # dynamic groups
+        qparams = QParams(np.stack([p.scale for p in group_qp], axis=1),
+                          np.stack([p.zero_point for p in group_qp], axis=1))
+        gi = g_idx(d_col, gs)[invperm]                                  # position in perm // gs
     else:
-        qparams = QParams(static_qp[0].scale[0], static_qp[0].zero_point[0])
+        qparams, gi = fixed.qparams, (g_idx(d_col, gs) if spec.granularity == "group" else None)
     return GPTQResult(codes=np.asfortranarray(unperm(codes)), qparams=qparams,
-                      w_hat=np.asfortranarray(unperm(Q), dtype=np.float32),
-                      perm=perm.astype(np.int64), loss=float(Losses.sum(dtype=np.float64)), g_idx=g_idx,
-                      spec=spec)
+                      w_hat=np.asfortranarray(unperm(Q), dtype=np.float32), perm=perm.astype(np.int64),
+                      loss=float(Losses.sum(dtype=np.float64)), g_idx=gi, spec=spec,
+                      damp=damp_used, damp_retries=retries)
 
 
 def hessian(X, H=None, n_seen: int = 0):
@@ -395,4 +417,4 @@ def hessian(X, H=None, n_seen: int = 0):
     return H, n
 
 
-__all__ = ["gptq", "GPTQResult", "hessian"]
+__all__ = ["gptq", "GPTQResult", "HessianNotPositiveDefinite", "hessian", "GROUP_PARAMS"]
