@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant.formats.audit import audit_checkpoint, hf_name_of_gguf
+from refquant.formats.audit import audit_checkpoint
+from refquant.models.gguf_hf import hf_name
 from refquant.commands import inspect as inspect_command
 from refquant.formats import gptq
 from refquant.models.layout import CorruptCheckpoint, scan_gguf, scan_safetensors
@@ -202,7 +203,7 @@ def test_hf_reference_with_qk_permutation(tmp_path):
     by = {t.name: t for t in rep.tensors}
     for name, w, heads in (("blk.0.attn_q.weight", wq, n_head), ("blk.0.attn_k.weight", wk, n_kv)):
         stored = gguf.quants.dequantize(gguf.quants.quantize(to_gguf_rows(w, heads), T.Q8_0), T.Q8_0)
-        assert by[name].reference_name == hf_name_of_gguf(name)
+        assert by[name].reference_name == hf_name(name)
         assert by[name].rel_err == pytest.approx(rel(stored, to_gguf_rows(w, heads)), rel=1e-12)
         assert by[name].rel_err < 0.01                 # a wrong permutation gives ~1.4
 

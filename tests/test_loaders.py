@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 import refquant as rq
-from refquant.models import ModelFormatError
+from refquant.models import CorruptCheckpoint, ModelFormatError
 from refquant.models.gguffile import read_gguf
 from refquant.models.llama import forward
-from refquant.models.loaders import LazyWeights, bf16_to_float32, save_hf, unpermute_qk
+from refquant.models.gguf_hf import permute_qk, unpermute_qk
+from refquant.models.layout import read_safetensors_tensor, scan_safetensors
+from refquant.models.loaders import LazyWeights, save_hf
 
 from helpers_model import (llamacpp_permute, tiny_config, tiny_weights, to_bf16_exact,
                            write_tiny_gguf, write_tiny_hf)
@@ -212,15 +214,33 @@ def test_container_parser_matches_gguf_reader():
 
 
 def test_unpermute_inverts_llamacpp_permutation():
+    """Oracle: the converter's permutation written as a loop (helpers_model.llamacpp_permute)."""
     W = np.arange(3 * 8 * 5, dtype=np.float32).reshape(24, 5)
+    np.testing.assert_array_equal(permute_qk(W, 3), llamacpp_permute(W, 3))
     np.testing.assert_array_equal(unpermute_qk(llamacpp_permute(W, 3), 3), W)
 
 
-def test_bf16_conversion_by_hand():
-    # 0x3F80 = 1.0, 0xC000 = -2.0, 0x3EAA -> 0x3EAA0000 = 0.33203125, 0x7F80 = inf
-    bits = np.array([0x3F80, 0xC000, 0x3EAA, 0x0000, 0x7F80], np.uint16)
-    np.testing.assert_array_equal(bf16_to_float32(bits),
-                                  np.array([1.0, -2.0, 0.33203125, 0.0, np.inf], np.float32))
+def _write_safetensors_by_hand(path, name, dtype, shape, payload: bytes):
+    header = json.dumps({name: {"dtype": dtype, "shape": list(shape),
+                                "data_offsets": [0, len(payload)]}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + payload)
+    return path
+
+
+def test_bf16_tensor_by_hand(tmp_path):
+    """A BF16 safetensors tensor written byte by byte here, values by hand: 0x3F80 = 1.0,
+    0xC000 = -2.0, 0x3EAA -> 0x3EAA0000 = 0.33203125; the Inf pattern 0x7F80 raises naming the
+    file and tensor."""
+    bits = np.array([0x3F80, 0xC000, 0x3EAA, 0x0000], "<u2")
+    f = _write_safetensors_by_hand(tmp_path / "b.safetensors", "w", "BF16", (2, 2), bits.tobytes())
+    (span,) = scan_safetensors(f)
+    got = read_safetensors_tensor(f, span)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.array([[1.0, -2.0], [0.33203125, 0.0]], np.float32))
+    bits[1] = 0x7F80
+    f = _write_safetensors_by_hand(tmp_path / "inf.safetensors", "w", "BF16", (4,), bits.tobytes())
+    with pytest.raises(CorruptCheckpoint, match=r"inf.safetensors: tensor 'w' \(BF16\).*0x7f80"):
+        read_safetensors_tensor(f, scan_safetensors(f)[0])
 
 
 # ------------------------------------------------------------------------------ lazy weights

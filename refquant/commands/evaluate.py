@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
+import math
 import time
 
 
@@ -19,19 +19,17 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from refquant.pipeline.data import evaluation_tokens
     from refquant.pipeline.evaluate import perplexity
-    from refquant.formats.gptq import is_gptq_checkpoint, load_quantized_model
-    from refquant.models.loaders import load_model
+    from refquant.formats.gptq import load_any
 
-    if args.model is not None and pathlib.Path(args.model).is_dir() and is_gptq_checkpoint(args.model):
-        model = load_quantized_model(args.model)    # dequantized linears over the source model
-    else:
-        model = load_model(args.model)
+    model = load_any(args.model)        # a GPTQ checkpoint must hold every weight of the model
     if model.tokenizer is None:
         raise SystemExit(f"{model.source}: the model has no tokenizer (tokenizer.json)")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
     t0 = time.perf_counter()
     r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)
     dt = time.perf_counter() - t0
+    if not math.isfinite(r.ppl):    # every weight read is checked finite: the arithmetic overflowed
+        raise ValueError(f"{model.source}: perplexity is {r.ppl} (mean NLL {r.nll})")
     print(f"model:      {model.source}")
     print(f"text:       evaluation split (seed {args.seed}), {len(tokens)} tokens, "
           f"{r.n_windows} windows of {r.seq_len}")

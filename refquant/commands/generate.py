@@ -8,15 +8,16 @@ import time
 def add_arguments(p) -> None:
     p.add_argument("prompt", help="the text to continue")
     p.add_argument("--model", default=None,
-                   help="GGUF file or Hugging Face directory (default: the bundled SmolLM2-135M)")
+                   help="GGUF file, Hugging Face directory or GPTQ checkpoint (default: the bundled "
+                        "SmolLM2-135M)")
     p.add_argument("--n-new", type=int, default=24, help="new tokens at most (default 24)")
 
 
 def run(args) -> int:
+    from refquant.formats.gptq import load_any
     from refquant.models.llama import generate
-    from refquant.models.loaders import load_model
 
-    model = load_model(args.model)
+    model = load_any(args.model)
     if model.tokenizer is None:
         raise SystemExit(f"{model.source}: the model has no tokenizer (tokenizer.json)")
     prompt = model.tokenizer.encode(args.prompt)

@@ -1,8 +1,9 @@
 """``refquant inspect PATH [--reference FLOAT_CHECKPOINT] [--json]``: check a quantized
 checkpoint (GGUF file or GPTQ-format directory) tensor by tensor; see :mod:`refquant.formats.audit`.
 
-Exit status: 0 if every tensor is consistent, 1 if any is not, 2 if the file cannot be read
-(truncated or malformed: the message names the tensor).
+Exit status: 0 if every tensor is consistent, 1 if any is not (e.g. a NaN scale), 2 if the
+checkpoint cannot be read: truncated, malformed (bad JSON, misplaced tensor data, metadata that
+disagrees with the tensors) or incomplete; the message names the file and tensor or key.
 """
 
 from __future__ import annotations
@@ -76,16 +77,17 @@ def format_table(report, show_all: bool = False) -> str:
 
 
 def run(args) -> int:
-    from refquant.formats.audit import CorruptCheckpoint, audit_checkpoint
+    from refquant.formats.audit import audit_checkpoint
+    from refquant.models.errors import CheckpointError
     from refquant.models.resources import bundled_model_path
 
     path = args.path if args.path is not None else bundled_model_path()
     try:
         report = audit_checkpoint(path, reference=args.reference, zero_convention=args.zero_convention)
-    except CorruptCheckpoint as exc:
+    except CheckpointError as exc:                 # unreadable, malformed or incomplete
         print(f"refquant inspect: corrupt checkpoint: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"refquant inspect: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -1,10 +1,14 @@
 """Check a third-party quantized checkpoint: what each tensor is, whether it is internally
 consistent, and (given the float weights) how far it is from them and from refquant's RTN.
 
-:func:`audit_checkpoint` reads a GGUF file (through ``gguf.GGUFReader``, memory-mapped, after
-:func:`refquant.models.layout.scan_gguf` has checked every tensor's byte range) or a GPTQ-format
-directory (through :mod:`refquant.formats.gptq`) and returns an :class:`AuditReport`; the
-``refquant inspect`` command prints it as a table or JSON.
+:func:`audit_checkpoint` reads a GGUF file or a GPTQ-format directory with the same parsers and
+checks as :func:`refquant.load_model` (:func:`refquant.models.gguffile.read_gguf`, and for a
+complete Llama GGUF the same configuration cross-check,
+:func:`refquant.models.loaders.gguf_model_tensors`; :func:`refquant.formats.gptq.read_checkpoint`)
+and returns an :class:`AuditReport`; the ``refquant inspect`` command prints it as a table or
+JSON. A file those readers reject raises (a
+:class:`~refquant.models.errors.CheckpointError` naming the tensor or key); what they accept is
+checked tensor by tensor, and NaN/Inf values are reported rather than raised.
 
 Checks per tensor
 -----------------
@@ -25,7 +29,9 @@ importance-matrix quantizer or another tool, not to an error).
 
 GPTQ layers: scales finite and positive, zero points and codes in range (after unpacking with
 the selected zero-point convention), ``g_idx`` in range and, without ``desc_act``, equal to
-``k // group_size``; packing shapes are checked by the reader.
+``k // group_size``; packing shapes are checked by the reader. Float tensors are reported with
+their stored dtype; with a Hugging Face ``config.json`` beside them, the checkpoint must hold
+exactly the model's weights (:func:`refquant.formats.gptq.check_complete`).
 
 Bits per weight count everything stored for the tensor: GGML types ``8 type_size /
 block_size`` (Q4_1: 4 + 16/32 + 16/32 = 5.0); GPTQ ``b + (16 + b) G / K + 32 / N`` (codes, a
@@ -43,85 +49,18 @@ and groups of 32 (Q8_0: int8 symmetric restricted; Q4_0: int4 symmetric; Q4_1: i
 from __future__ import annotations
 
 import pathlib
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from refquant.formats import ggml
-from refquant.models.layout import CorruptCheckpoint, scan_gguf, scan_safetensors
+from refquant.formats.audit_report import AuditReport, TensorAudit, relative_error
+from refquant.models.errors import CheckpointError, CorruptCheckpoint, ModelFormatError
+from refquant.models.gguf_hf import hf_name, permute_qk
+from refquant.models.layout import ST_DTYPES
 
 ZERO_CONVENTIONS = ("auto", "gptq", "gptq_v2")
 _UNIFORM_FOR_GGML = {"Q8_0": dict(bits=8, symmetric=True, restricted=True),
                      "Q4_0": dict(bits=4, symmetric=True), "Q4_1": dict(bits=4, symmetric=False)}
-
-
-@dataclass
-class TensorAudit:
-    """The audit of one tensor (see the module docstring for every field)."""
-
-    name: str
-    stored_type: str
-    shape: tuple
-    bits_per_weight: float
-    group_size: int | None
-    consistent: bool | None            # None: no checks apply (a float tensor) or unsupported
-    checks: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-    rel_err: float | None = None
-    rtn_rel_err: float | None = None
-    uniform_rel_err: float | None = None
-    reference_name: str | None = None
-
-
-@dataclass
-class AuditReport:
-    """All tensors of one checkpoint plus a summary."""
-
-    path: str
-    kind: str                          # "gguf" or "gptq"
-    tensors: list
-    reference: str | None = None
-    notes: list = field(default_factory=list)
-
-    @property
-    def n_inconsistent(self) -> int:
-        return sum(t.consistent is False for t in self.tensors)
-
-    def summary(self) -> dict:
-        quant = [t for t in self.tensors if t.group_size is not None]
-        n_el = {t.name: int(np.prod(t.shape)) for t in quant}
-        total = sum(n_el.values())
-        bpw = sum(t.bits_per_weight * n_el[t.name] for t in quant) / total if total else None
-        errs = [t.rel_err for t in self.tensors if t.rel_err is not None]
-        by_type = {}
-        for t in self.tensors:
-            e = by_type.setdefault(t.stored_type, {"n_tensors": 0, "bits_per_weight": t.bits_per_weight,
-                                                   "group_size": t.group_size, "n_consistent": 0})
-            e["n_tensors"] += 1
-            if e["group_size"] != t.group_size:
-                e["group_size"] = "mixed"
-            e["n_consistent"] += t.consistent is True
-        return {"n_tensors": len(self.tensors), "n_quantized": len(quant), "by_type": by_type,
-                "n_inconsistent": self.n_inconsistent,
-                "quantized_bits_per_weight": bpw,
-                "types": sorted({t.stored_type for t in self.tensors}),
-                "n_compared": len(errs),
-                "max_rel_err": max(errs) if errs else None}
-
-    def to_dict(self) -> dict:
-        d = {"path": self.path, "kind": self.kind, "reference": self.reference,
-             "summary": self.summary(), "notes": list(self.notes),
-             "tensors": [asdict(t) for t in self.tensors]}
-        for t in d["tensors"]:
-            t["shape"] = list(t["shape"])
-        return d
-
-
-def _rel(w_hat: np.ndarray, w: np.ndarray) -> float:
-    w64 = w.astype(np.float64)
-    den = np.linalg.norm(w64)
-    num = np.linalg.norm(w_hat.astype(np.float64) - w64)
-    return float(num / den) if den > 0 else float(num)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,77 +90,52 @@ def _check_ggml_tensor(name: str, fmt: str, data: np.ndarray, shape: tuple):
 
 
 def _audit_gguf(path: pathlib.Path, reference: dict | None) -> AuditReport:
-    import gguf
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    from refquant.models.gguffile import decode, read_gguf
 
-    spans, meta = scan_gguf(path)                  # raises CorruptCheckpoint naming the tensor
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as exc:                       # scan_gguf passed, so this is unexpected
-        raise CorruptCheckpoint(f"{path}: gguf.GGUFReader cannot read the file ({exc})") from exc
-    by_name = {t.name: t for t in reader.tensors}
+    f = read_gguf(path)                            # raises CorruptCheckpoint naming the tensor
+    meta = f.metadata
+    if meta.get("general.architecture") == "llama" and "llama.block_count" in meta:
+        from refquant.models.loaders import gguf_model_tensors
+
+        gguf_model_tensors(f)                      # the loader's cross-check of metadata and tensors
     report = AuditReport(str(path), "gguf", [])
-    for span in spans:
-        t = by_name.get(span.name)
-        if t is None:
-            raise CorruptCheckpoint(f"{path}: tensor {span.name!r} is listed in the header but "
-                                    "gguf.GGUFReader did not read it")
-        qtype = GGMLQuantizationType[span.type_name]
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        data = np.asarray(t.data)
-        audit = TensorAudit(span.name, span.type_name, span.shape, 8 * type_size / block,
+    for t in f.tensors.values():
+        block, type_size = _ggml_sizes(t.type_name)
+        audit = TensorAudit(t.name, t.type_name, t.shape, 8 * type_size / block,
                             block if block > 1 else None, None)
-        if data.nbytes != span.n_bytes:
-            audit.checks["byte_length"] = False
-            audit.consistent = False
-            report.tensors.append(audit)
-            continue
         w_hat = None
-        if span.type_name in ggml.FORMATS:
-            audit.checks, audit.info, w_hat = _check_ggml_tensor(span.name, span.type_name, data, span.shape)
+        if t.type_name in ggml.FORMATS:
+            audit.checks, audit.info, w_hat = _check_ggml_tensor(t.name, t.type_name, np.asarray(t.data), t.shape)
             audit.consistent = all(audit.checks.values())
-        elif span.type_name in ("F32", "F16", "BF16"):
-            w_hat = gguf.quants.dequantize(data, qtype).reshape(span.shape)
+        elif t.type_name in ("F32", "F16", "BF16"):
+            w_hat = decode(t, path)
             audit.checks = {"byte_length": True, "values_finite": bool(np.isfinite(w_hat).all())}
             audit.consistent = all(audit.checks.values())
         else:
             audit.checks = {"byte_length": True}
             audit.info["note"] = "codes not checked: refquant does not implement this type"
-            try:
-                w_hat = gguf.quants.dequantize(data, qtype).reshape(span.shape)
-            except NotImplementedError:
-                w_hat = None
+            w_hat = _decode_or_none(t, path)
         if reference is not None and w_hat is not None:
             _compare(audit, w_hat, reference, meta)
         report.tensors.append(audit)
     return report
 
 
-# GGUF (llama.cpp) tensor names -> Hugging Face / refquant names, for references in HF layout
-_GGUF_TO_HF = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
-               "output.weight": "lm_head.weight"}
-_GGUF_BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-               "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+def _ggml_sizes(type_name: str) -> tuple[int, int]:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
 
 
-def hf_name_of_gguf(name: str) -> str | None:
-    """``blk.3.attn_q.weight`` -> ``layers.3.self_attn.q_proj.weight`` (None if unknown)."""
-    if name in _GGUF_TO_HF:
-        return _GGUF_TO_HF[name]
-    parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_BLOCK:
-        return f"layers.{parts[1]}.{_GGUF_BLOCK[parts[2]]}.{parts[3]}"
-    return None
+def _decode_or_none(t, path):
+    """The float32 values of a GGUF tensor, or None for a type gguf cannot dequantize."""
+    from refquant.models.gguffile import decode
 
-
-def _gguf_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's converter's Q/K row permutation (Hugging Face rotary layout -> GGUF):
-    within each head, rows ``[x_0 .. x_{d/2-1}, y_0 .. y_{d/2-1}]`` become interleaved pairs."""
-    out_dim = w.shape[0]
-    return (w.reshape(n_head, 2, out_dim // n_head // 2, *w.shape[1:])
-             .swapaxes(1, 2).reshape(w.shape))
+    try:
+        return decode(t, path)
+    except CorruptCheckpoint:
+        raise
+    except ModelFormatError:                       # unsupported, not damaged
+        return None
 
 
 def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict | None = None):
@@ -231,7 +145,7 @@ def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict 
     if ref_name is not None:
         w = reference[ref_name]
     else:
-        hf = hf_name_of_gguf(audit.name) if meta is not None else None
+        hf = hf_name(audit.name) if meta is not None else None
         for cand in (hf, audit.name.removeprefix("model."), "model." + audit.name):
             if cand and cand in reference:
                 ref_name, w = cand, reference[cand]
@@ -242,7 +156,7 @@ def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict 
             n_head = meta.get(f"{arch}.{key}")
             if n_head is None:
                 return
-            w = _gguf_permute(np.asarray(w, np.float32), int(n_head))
+            w = permute_qk(np.asarray(w, np.float32), int(n_head))
     if w is None:
         return
     w = np.asarray(w, np.float32)
@@ -250,15 +164,15 @@ def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict 
         audit.info["reference_shape_mismatch"] = list(w.shape)
         return
     audit.reference_name = ref_name
-    audit.rel_err = _rel(w_hat, w)
+    audit.rel_err = relative_error(w_hat, w)
     fmt = audit.stored_type
     if fmt in ggml.FORMATS:
-        audit.rtn_rel_err = _rel(ggml.dequantize(ggml.quantize(w, fmt), fmt).reshape(w.shape), w)
+        audit.rtn_rel_err = relative_error(ggml.dequantize(ggml.quantize(w, fmt), fmt).reshape(w.shape), w)
         from refquant.schemes.spec import QuantSpec
         from refquant.calibration.fake import fake_quantize
 
         spec = QuantSpec(granularity="group", group_size=32, **_UNIFORM_FOR_GGML[fmt])
-        audit.uniform_rel_err = _rel(fake_quantize(w, spec), w)
+        audit.uniform_rel_err = relative_error(fake_quantize(w, spec), w)
     elif fmt.startswith("GPTQ"):
         from refquant.schemes.spec import QuantSpec
         from refquant.calibration.fake import fake_quantize
@@ -266,7 +180,7 @@ def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict 
         bits, sym, gs = audit.info["bits"], audit.info["sym"], audit.group_size
         spec = QuantSpec(bits=bits, symmetric=sym, granularity="channel" if gs == -1 else "group",
                          group_size=None if gs == -1 else gs)
-        audit.rtn_rel_err = _rel(fake_quantize(w, spec), w)
+        audit.rtn_rel_err = relative_error(fake_quantize(w, spec), w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,13 +189,12 @@ def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict 
 
 def _audit_gptq(path: pathlib.Path, reference: dict | None, zero_convention: str) -> AuditReport:
     from refquant.formats import gptq
+    from refquant.formats.gptq_files import shard_dtypes
 
-    for f in sorted(path.glob("*.safetensors")):
-        scan_safetensors(f)                        # truncation -> CorruptCheckpoint naming the tensor
-    try:
-        layers, float_tensors, config = gptq.read_checkpoint(path)
-    except gptq.CheckpointError as exc:
-        raise CorruptCheckpoint(str(exc)) from exc
+    layers, float_tensors, config = gptq.read_checkpoint(path, check_finite=False)
+    dtypes = {k.removeprefix("model."): v for f in sorted(path.glob("*.safetensors"))
+              for k, v in shard_dtypes(f).items()}
+    _check_against_hf_config(path, layers, float_tensors)
     stated = config.get("checkpoint_format")
     report = AuditReport(str(path), "gptq", [])
     conv = zero_convention
@@ -326,10 +239,28 @@ def _audit_gptq(path: pathlib.Path, reference: dict | None, zero_convention: str
             _compare(audit, gptq.dequantize_layer(layer), reference)
         report.tensors.append(audit)
     for name, t in float_tensors.items():
-        audit = TensorAudit(name, "F32", tuple(t.shape), 32.0, None, bool(np.isfinite(t).all()),
-                            {"values_finite": bool(np.isfinite(t).all())})
-        report.tensors.append(audit)
+        dtype = dtypes[name]
+        finite = bool(np.isfinite(t).all())
+        report.tensors.append(TensorAudit(name, dtype, tuple(t.shape), 8.0 * np.dtype(ST_DTYPES[dtype]).itemsize,
+                                          None, finite, {"values_finite": finite}))
     return report
+
+
+def _check_against_hf_config(path: pathlib.Path, layers: dict, float_tensors: dict) -> None:
+    """With a Hugging Face Llama ``config.json`` in the directory, the checkpoint must hold
+    exactly that model's weights."""
+    from refquant.formats.gptq import check_complete
+    from refquant.models.config_checks import hf_config
+    from refquant.models.errors import read_json_object
+
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = read_json_object(cfg_path)
+    if cfg.get("model_type") != "llama":
+        return
+    names = {n + ".weight": ly.codes for n, ly in layers.items()} | float_tensors
+    check_complete(names, hf_config(cfg, cfg_path), path)
 
 
 def _detect_zero_convention(layers: dict, config: dict) -> str:
@@ -347,34 +278,25 @@ def _detect_zero_convention(layers: dict, config: dict) -> str:
 
 def load_reference(path) -> dict:
     """Float weights by name from a GGUF file (dequantized), a safetensors file, or a directory
-    of safetensors files (e.g. a Hugging Face checkpoint); names as stored."""
-    import gguf
+    of safetensors files (e.g. a Hugging Face checkpoint); names as stored (safetensors: without
+    ``model.``). Read with the same checked readers as the checkpoint."""
+    from refquant.formats.gptq_files import read_shard
+    from refquant.models.gguffile import read_gguf
 
     path = pathlib.Path(path)
     if not path.exists():
         raise ValueError(f"reference checkpoint {path} does not exist")
     if path.is_file() and path.suffix == ".gguf":
-        spans, _ = scan_gguf(path)
-        reader = gguf.GGUFReader(path, "r")
         out = {}
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape))
-            try:
-                out[t.name] = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
-            except NotImplementedError:
-                continue
+        for t in read_gguf(path).tensors.values():
+            w = _decode_or_none(t, path)
+            if w is not None:
+                out[t.name] = w
         return out
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
     if not files:
         raise ValueError(f"reference {path}: no .gguf or .safetensors file found")
-    from safetensors.numpy import load_file
-
-    out = {}
-    for f in files:
-        scan_safetensors(f)
-        for k, v in load_file(str(f)).items():
-            out[k.removeprefix("model.")] = v
-    return out
+    return {k.removeprefix("model."): v for f in files for k, v in read_shard(f).items()}
 
 
 def audit_checkpoint(path, *, reference=None, zero_convention: str = "auto") -> AuditReport:
@@ -393,8 +315,11 @@ def audit_checkpoint(path, *, reference=None, zero_convention: str = "auto") -> 
 
     Raises
     ------
-    CorruptCheckpoint
-        A truncated or malformed file; the message names the tensor.
+    CheckpointError
+        A file the readers reject: :class:`CorruptCheckpoint` for a truncated or malformed file,
+        :class:`~refquant.models.errors.ModelFormatError` for metadata that disagrees with the
+        tensors, :class:`refquant.formats.gptq.GPTQCheckpointError` for an incomplete GPTQ
+        checkpoint; the message names the tensor or key.
     ValueError
         A path that is neither, or an unknown ``zero_convention``.
     """
@@ -423,5 +348,5 @@ def audit_checkpoint(path, *, reference=None, zero_convention: str = "auto") -> 
     return report
 
 
-__all__ = ["TensorAudit", "AuditReport", "audit_checkpoint", "load_reference",
-           "hf_name_of_gguf", "CorruptCheckpoint", "ZERO_CONVENTIONS"]
+__all__ = ["TensorAudit", "AuditReport", "audit_checkpoint", "load_reference", "CheckpointError",
+           "CorruptCheckpoint", "ZERO_CONVENTIONS"]

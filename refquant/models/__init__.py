@@ -5,12 +5,16 @@
 - :mod:`refquant.models.loaders`: ``load_model(path=None)`` (``None`` = the bundled GGUF) and
   ``save_hf(model, directory)``.
 - :mod:`refquant.models.tokenizer`: the checkpoint's own tokenizer.
-- :mod:`refquant.models.gguffile`: the GGUF container (metadata, tensor table, memory map).
+- The file-format toolkit every reader (and ``refquant inspect``) shares:
+  :mod:`refquant.models.gguffile` (the one GGUF container parser and its checks),
+  :mod:`refquant.models.layout` (tensor byte ranges; the one safetensors header reader),
+  :mod:`refquant.models.gguf_hf` (GGUF <-> Hugging Face tensor names, the Q/K row permutation),
+  :mod:`refquant.models.config_checks` (a ``LlamaConfig`` from GGUF metadata or ``config.json``,
+  cross-checked against the tensors) and :mod:`refquant.models.errors` (the exceptions).
 """
 
 from __future__ import annotations
 
+from refquant.models.errors import CheckpointError, CorruptCheckpoint, ModelFormatError
 
-class ModelFormatError(ValueError):
-    """A checkpoint that cannot be read: corrupt or truncated file, missing tensor, unsupported
-    architecture, tensor type or tokenizer. The message names the file (and tensor)."""
+__all__ = ["CheckpointError", "CorruptCheckpoint", "ModelFormatError"]

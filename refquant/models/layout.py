@@ -1,38 +1,47 @@
-"""Where every tensor of a GGUF or safetensors file lies, checked against the file's length.
+"""Where every tensor of a GGUF or safetensors file lies, checked before any data is read.
 
-These scanners read only the headers (the GGUF metadata and tensor-info table, the safetensors
-JSON header) and return each tensor's byte range. A file that is truncated or whose header is
-malformed raises :class:`CorruptCheckpoint` naming the tensor (or the metadata key) at fault,
-before any reader touches the data: a truncated checkpoint never yields a partial report.
+:func:`scan_gguf` lists the byte ranges that :func:`refquant.models.gguffile.read_gguf` (the one
+GGUF parser, with its checks) found; :func:`scan_safetensors` is the one safetensors header
+reader, used by the Hugging Face loader, the GPTQ reader and ``refquant inspect``, and
+:func:`read_safetensors_tensor` reads one tensor of a scanned file. A damaged file raises
+:class:`~refquant.models.errors.CorruptCheckpoint` naming the tensor or key at fault, so a
+truncated checkpoint never yields a partial model or report.
 
-GGUF layout (versions 2 and 3, little endian) [1]_::
+safetensors layout [1]_::
 
-    "GGUF" | u32 version | u64 n_tensors | u64 n_kv | n_kv x (string key, u32 type, value)
-    | n_tensors x (string name, u32 n_dims, u64 dims[n_dims], u32 ggml_type, u64 offset)
-    | padding to general.alignment (default 32) | tensor data (offsets relative to here)
+    u64 n | n bytes of JSON header | data buffer of D = file size - 8 - n bytes
 
-A string is ``u64 length`` + UTF-8 bytes; an array is ``u32 element type, u64 count, elements``.
-``dims[0]`` is the fastest-varying (innermost) dimension, so a weight stored as ``[K, N]`` in
-GGUF is an ``[N, K]`` array; a row of ``K`` values is stored as ``K / block_size`` blocks of
-``type_size`` bytes.
+The header maps each tensor name to ``{"dtype": str, "shape": [int, ...], "data_offsets":
+[lo, hi]}`` (offsets into the data buffer) and may hold ``"__metadata__"``: ``{str: str}``.
+Checks: a JSON object of that structure, a known dtype, non-negative integer dims,
+:math:`hi - lo = \\prod \\text{shape} \\cdot \\text{itemsize}`, and the rule of the reference
+implementation: sorted by ``lo``, the tensors tile the buffer exactly,
+
+.. math:: lo_0 = 0, \\qquad lo_i = hi_{i-1}, \\qquad hi_{last} = D
+
+(no gap, no overlap, nothing after the last tensor; a tensor that runs past the end of the file
+is reported as truncated).
 
 References
 ----------
-.. [1] GGUF file format specification, ``docs/gguf.md`` in the ggml repository.
+.. [1] huggingface/safetensors, ``README.md`` (format) and ``safetensors/src/tensor.rs``
+       (``Metadata::validate``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
+from refquant.models.errors import CorruptCheckpoint, require_finite
+from refquant.schemes.casts import from_bf16_bits
 
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file is truncated or malformed (the message names the tensor or key)."""
+MAX_HEADER_BYTES = 100_000_000                # the safetensors library's own limit
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class TensorSpan:
     type_name : str     GGML type name (``"Q4_1"``, ``"F32"``, ...) or safetensors dtype (``"F16"``)
     shape : tuple       NumPy order (outermost first)
     start : int         absolute byte offset of the data in the file
-    n_bytes : int       bytes the data must occupy
+    n_bytes : int       bytes the data occupies
     """
 
     name: str
@@ -55,162 +64,128 @@ class TensorSpan:
     n_bytes: int
 
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-class _Cursor:
-    def __init__(self, buf, what):
-        self.buf, self.pos, self.what = buf, 0, what
-
-    def take(self, n: int, context: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.buf):
-            raise CorruptCheckpoint(f"{self.what}: file ends inside {context} (needs {n} bytes at "
-                                    f"offset {self.pos}, file has {len(self.buf)})")
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str, context: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), context))[0]
-
-    def string(self, context: str) -> str:
-        n = self.unpack("<Q", context)
-        raw = self.take(n, context)
-        try:
-            return bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorruptCheckpoint(f"{self.what}: {context} is not valid UTF-8") from exc
-
-    def value(self, vtype: int, context: str):
-        if vtype in _GGUF_SCALARS:
-            return self.unpack(_GGUF_SCALARS[vtype], context)
-        if vtype == _STRING:
-            return self.string(context)
-        if vtype == _ARRAY:
-            etype = self.unpack("<I", context)
-            count = self.unpack("<Q", context)
-            if etype in _GGUF_SCALARS:                     # skip numeric arrays in one step
-                size = struct.calcsize(_GGUF_SCALARS[etype])
-                raw = self.take(size * count, context)
-                return np.frombuffer(raw, _GGUF_SCALARS[etype]) if count <= 64 else f"<{count} values>"
-            if etype == _STRING:
-                for _ in range(count):
-                    n = self.unpack("<Q", context)
-                    self.take(n, context)
-                return f"<{count} strings>"
-            raise CorruptCheckpoint(f"{self.what}: {context} has unsupported array element type {etype}")
-        raise CorruptCheckpoint(f"{self.what}: {context} has unknown value type {vtype}")
-
-
 def scan_gguf(path) -> tuple[list[TensorSpan], dict]:
-    """Parse a GGUF file's header; return ``(tensors, metadata)`` after checking that every
-    tensor's data lies inside the file.
+    """``(tensors, metadata)`` of a GGUF file, after every check of
+    :func:`~refquant.models.gguffile.read_gguf` (``metadata`` maps keys to values, arrays as
+    lists). Raises :class:`CorruptCheckpoint` naming the tensor (or metadata key) at fault."""
+    from refquant.models.gguffile import read_gguf
 
-    ``metadata`` maps keys to scalars or strings (large arrays are summarized as strings).
-    Raises :class:`CorruptCheckpoint` naming the tensor (or metadata key) at fault.
-    """
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    path = pathlib.Path(path)
-    size = path.stat().st_size
-    mm = np.memmap(path, np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-    buf = memoryview(mm)
-    c = _Cursor(buf, str(path))
-    if bytes(c.take(4, "the magic number")) != b"GGUF":
-        raise CorruptCheckpoint(f"{path}: not a GGUF file (bad magic number)")
-    version = c.unpack("<I", "the version")
-    if version not in (2, 3):
-        raise CorruptCheckpoint(f"{path}: unsupported GGUF version {version} (big-endian or v1 files "
-                                "are not supported)")
-    n_tensors = c.unpack("<Q", "the tensor count")
-    n_kv = c.unpack("<Q", "the metadata count")
-    if n_tensors > size or n_kv > size:
-        raise CorruptCheckpoint(f"{path}: implausible header ({n_tensors} tensors, {n_kv} keys)")
-    meta = {}
-    for i in range(n_kv):
-        key = c.string(f"metadata key #{i}")
-        vtype = c.unpack("<I", f"the type of metadata {key!r}")
-        meta[key] = c.value(vtype, f"metadata {key!r}")
-    infos = []
-    for i in range(n_tensors):
-        name = c.string(f"the name of tensor #{i}")
-        ctx = f"the info of tensor {name!r}"
-        n_dims = c.unpack("<I", ctx)
-        if n_dims > 8:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} claims {n_dims} dimensions")
-        dims = [c.unpack("<Q", ctx) for _ in range(n_dims)]
-        type_id = c.unpack("<I", ctx)
-        offset = c.unpack("<Q", ctx)
-        infos.append((name, dims, type_id, offset))
-    alignment = int(meta.get("general.alignment", 32))
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise CorruptCheckpoint(f"{path}: general.alignment {alignment} is not a power of two")
-    data_start = -(-c.pos // alignment) * alignment
-    spans = []
-    for name, dims, type_id, offset in infos:
-        try:
-            qtype = GGMLQuantizationType(type_id)
-        except ValueError:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} has unknown GGML type id {type_id}") from None
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        n_el = int(np.prod(dims, dtype=np.int64)) if dims else 1
-        if not dims or dims[0] % block:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} ({qtype.name}) row length "
-                                    f"{dims[0] if dims else 0} is not a multiple of its block size {block}")
-        n_bytes = n_el // block * type_size
-        start = data_start + offset
-        if offset % alignment:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} data offset {offset} is not aligned to {alignment}")
-        if start + n_bytes > size:
-            raise CorruptCheckpoint(
-                f"{path}: tensor {name!r} ({qtype.name}, shape {tuple(reversed(dims))}) is truncated: "
-                f"its {n_bytes} bytes at offset {start} end at {start + n_bytes}, the file has {size} bytes")
-        spans.append(TensorSpan(name, qtype.name, tuple(int(d) for d in reversed(dims)), start, n_bytes))
-    return spans, meta
+    f = read_gguf(path)
+    spans = [TensorSpan(t.name, t.type_name, t.shape, t.offset, t.n_bytes)
+             for t in f.tensors.values()]
+    return spans, f.metadata
 
 
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-              "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+# safetensors dtype -> NumPy dtype of the stored values (BF16: its bit patterns)
+ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+             "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1",
+             "BOOL": "?", "F8_E4M3": "u1", "F8_E5M2": "u1"}
+ST_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
-def scan_safetensors(path) -> list[TensorSpan]:
-    """Parse a safetensors header; check every tensor's byte range against the file length
-    and its dtype and shape. Raises :class:`CorruptCheckpoint` naming the tensor."""
-    path = pathlib.Path(path)
-    size = path.stat().st_size
+def _header(path: pathlib.Path, size: int) -> tuple[dict, int]:
+    """The parsed JSON header (an object) and the byte where the data buffer starts."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CorruptCheckpoint(f"{path}: file ends inside the safetensors header length")
+            raise CorruptCheckpoint(f"{path}: the file ends inside the safetensors header length "
+                                    f"({size} bytes, truncated)")
         n = struct.unpack("<Q", head)[0]
-        if 8 + n > size:
-            raise CorruptCheckpoint(f"{path}: safetensors header of {n} bytes does not fit in the "
-                                    f"{size}-byte file (truncated)")
+        if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+            raise CorruptCheckpoint(f"{path}: safetensors header length {n} does not fit in the "
+                                    f"{size}-byte file (corrupt header or truncated file)")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptCheckpoint(f"{path}: safetensors header is not valid JSON ({exc})") from exc
-    spans = []
+    if not isinstance(header, dict):
+        raise CorruptCheckpoint(f"{path}: safetensors header is a JSON {type(header).__name__}, "
+                                "not an object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CorruptCheckpoint(f"{path}: safetensors '__metadata__' must map strings to strings")
+    return header, 8 + n
+
+
+def _entry(path, name: str, info) -> tuple[str, tuple, int, int]:
+    """``(dtype, shape, lo, hi)`` of one header entry, its structure and types checked."""
+    if not isinstance(info, dict):
+        raise CorruptCheckpoint(f"{path}: tensor {name!r}: header entry must be an object, got "
+                                f"{info!r}")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in info:
+            raise CorruptCheckpoint(f"{path}: tensor {name!r}: header entry has no {key!r}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in ST_DTYPES:
+        raise CorruptCheckpoint(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(shape, list) or not all(is_int(d) for d in shape):
+        raise CorruptCheckpoint(f"{path}: tensor {name!r}: 'shape' must be a list of "
+                                f"non-negative integers, got {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise CorruptCheckpoint(f"{path}: tensor {name!r}: 'data_offsets' must be two integers "
+                                f"0 <= begin <= end, got {offsets!r}")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def scan_safetensors(path) -> list[TensorSpan]:
+    """Parse and check a safetensors header (see the module docstring); the tensors in the
+    order of their data. Raises :class:`CorruptCheckpoint` naming the file and tensor."""
+    path = pathlib.Path(path)
+    size = os.path.getsize(path)
+    header, start = _header(path, size)
+    entries = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (lo, hi) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in _ST_DTYPES:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        need = int(np.prod(shape, dtype=np.int64)) * _ST_DTYPES[dtype]
+        dtype, shape, lo, hi = _entry(path, name, info)
+        need = int(np.prod(shape, dtype=object)) * np.dtype(ST_DTYPES[dtype]).itemsize
         if hi - lo != need:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} ({dtype}, shape {shape}) spans {hi - lo} "
-                                    f"bytes, its shape needs {need}")
-        if 8 + n + hi > size:
-            raise CorruptCheckpoint(f"{path}: tensor {name!r} ({dtype}, shape {shape}) is truncated: it "
-                                    f"ends at byte {8 + n + hi}, the file has {size} bytes")
-        spans.append(TensorSpan(name, dtype, shape, 8 + n + lo, need))
-    return spans
+            raise CorruptCheckpoint(f"{path}: tensor {name!r} ({dtype}, shape {shape}) spans "
+                                    f"{hi - lo} bytes, its shape needs {need}")
+        if start + hi > size:
+            raise CorruptCheckpoint(f"{path}: tensor {name!r} ({dtype}, shape {shape}) is "
+                                    f"truncated: it ends at byte {start + hi}, the file has {size}")
+        entries.append((lo, hi, name, dtype, shape))
+    entries.sort()
+    end, previous = 0, None
+    for lo, hi, name, dtype, shape in entries:
+        if lo != end:
+            where = "the start of the data" if previous is None else f"the end of {previous!r}"
+            raise CorruptCheckpoint(f"{path}: tensor {name!r} data begins at {lo}, expected {end} "
+                                    f"at {where} ({'overlap' if lo < end else 'gap'})")
+        end, previous = hi, name
+    if start + end != size:
+        raise CorruptCheckpoint(f"{path}: {size - start - end} bytes follow the last tensor's data "
+                                f"({previous!r}): the header does not describe the file")
+    return [TensorSpan(name, dtype, shape, start + lo, hi - lo)
+            for lo, hi, name, dtype, shape in entries]
 
 
-__all__ = ["CorruptCheckpoint", "TensorSpan", "scan_gguf", "scan_safetensors"]
+def read_safetensors_tensor(path, span: TensorSpan, *, check_finite: bool = True) -> np.ndarray:
+    """One tensor of a file checked by :func:`scan_safetensors`, as a new array in its stored
+    NumPy dtype (BF16 widened to float32 by :func:`~refquant.schemes.casts.from_bf16_bits`).
+
+    Float tensors must be finite: NaN or Inf raises :class:`CorruptCheckpoint` naming the file
+    and tensor, when the tensor is read (``check_finite=False``, for ``refquant inspect``, which
+    reports them instead, skips the check except for BF16, whose decoder always rejects them).
+    """
+    raw = np.fromfile(path, dtype=ST_DTYPES[span.type_name], offset=span.start,
+                      count=span.n_bytes // np.dtype(ST_DTYPES[span.type_name]).itemsize)
+    if span.type_name == "BF16":
+        try:
+            raw = from_bf16_bits(raw)
+        except ValueError as exc:                          # a NaN or Inf bit pattern
+            raise CorruptCheckpoint(f"{path}: tensor {span.name!r} (BF16): {exc}") from None
+    W = raw.reshape(span.shape)
+    if check_finite and span.type_name in ST_FLOAT_DTYPES:
+        require_finite(W, path, span.name)
+    return W
+
+
+__all__ = ["CorruptCheckpoint", "TensorSpan", "scan_gguf", "scan_safetensors",
+           "read_safetensors_tensor", "ST_DTYPES", "ST_FLOAT_DTYPES"]

@@ -1,55 +1,44 @@
 """Load Llama checkpoints into a :class:`~refquant.models.llama.LlamaModel` with float32 weights.
 
-Two formats:
+Two formats, both read through the file-format toolkit of :mod:`refquant.models` (the same
+parsers and checks as ``refquant inspect``):
 
-- **GGUF** (llama.cpp): the container is parsed by :mod:`refquant.models.gguffile` (memory-mapped;
-  checked against ``gguf.GGUFReader``, which takes ~10x longer on a 49k-token vocabulary). The
-  configuration comes from the ``llama.*`` metadata; every tensor is dequantized to float32 with
-  ``gguf.quants.dequantize`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants and the
-  other types it implements). llama.cpp's converter permutes the rows of ``attn_q``/``attn_k``
-  (per head, it interleaves the two rotary halves); :func:`unpermute_qk` undoes it, so weights
-  are in the Hugging Face "rotate half" layout whatever the source.
+- **GGUF** (llama.cpp): the container is parsed and checked by
+  :func:`refquant.models.gguffile.read_gguf` (memory-mapped); the configuration comes from the
+  ``llama.*`` metadata and is cross-checked against the tensor table
+  (:mod:`refquant.models.config_checks`); every tensor is dequantized to float32 when it is read
+  (:func:`refquant.models.gguffile.dequantize`: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the
+  k-quants and the other types ``gguf.quants`` implements). llama.cpp's converter permutes the
+  rows of ``attn_q``/``attn_k``; :func:`refquant.models.gguf_hf.unpermute_qk` undoes it, so
+  weights are in the Hugging Face "rotate half" layout whatever the source.
 - **Hugging Face directories**: ``config.json`` with ``model.safetensors`` or a sharded
-  ``model.safetensors.index.json``, in F32, F16 or BF16 (BF16 widened to float32 in NumPy by
-  shifting the 16 bits into the high half of a 32-bit word), read lazily per tensor with
-  ``safetensors`` (numpy backend; BF16 tensors through a memory map of the same file, since NumPy
-  has no bfloat16). Torch ``.bin`` files are never read: they are pickles.
+  ``model.safetensors.index.json``, in F32, F16 or BF16, headers checked by
+  :func:`refquant.models.layout.scan_safetensors` and each tensor read lazily by
+  :func:`refquant.models.layout.read_safetensors_tensor` (BF16 widened by
+  :func:`refquant.schemes.casts.from_bf16_bits`). Torch ``.bin`` files are never read: they are
+  pickles.
+
+Every tensor is checked when it is read: finite values (a NaN or Inf in a stored weight, scale
+or norm raises :class:`~refquant.models.errors.CorruptCheckpoint` naming the file and tensor),
+the shape and a type fit for its role, at a byte range that the header scan has checked.
 
 Weights are lazy: ``model.weights`` (:class:`LazyWeights`) reads and dequantizes a tensor on first
 access and keeps it (``cache=True``) until :meth:`LazyWeights.drop_cache`, so a large model can
 be streamed block by block with bounded memory (``load_model(path, cache=False)``, or drop the
 cache after each block).
-
-Measured memory (bundled SmolLM2-135M Q4_1 GGUF, 98 MB file; peak RSS ``VmHWM`` of a fresh
-Python process, ``tests/test_loaders.py::test_peak_memory_of_loading_bundled_model``):
-``load_model()`` 75 MiB (it maps the file and reads the metadata and tokenizer only); after
-reading every weight as float32 676 MiB (134.5M parameters = 513 MiB of float32, plus the
-interpreter, NumPy and the tokenizer).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
+import re
 from collections.abc import Callable, Iterator, MutableMapping
 
 import numpy as np
 
-from refquant.models import ModelFormatError
+from refquant.models.errors import ModelFormatError, field, read_json_object
 from refquant.models.llama import LlamaConfig, LlamaModel
-
-GGUF_ARCH = "llama"
-
-# GGUF tensor name (per block: "blk.{i}." + key) -> Hugging Face name without "model.";
-# global tensors: Hugging Face name -> GGUF name
-_GGUF_BLOCK = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_GGUF_GLOBAL = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
 
 
 class LazyWeights(MutableMapping):
@@ -147,7 +136,9 @@ def load_model(path=None, *, cache: bool = True) -> LlamaModel:
     Raises
     ------
     ModelFormatError
-        Corrupt or truncated file, missing tensor, unsupported architecture or tensor type.
+        Unsupported architecture or tensor type, a missing or unused tensor, metadata that
+        disagrees with the tensors; :class:`~refquant.models.errors.CorruptCheckpoint` (a
+        subclass) for a truncated or malformed file, and, when a tensor is read, for NaN/Inf.
     """
     if path is None:
         from refquant.models.resources import bundled_model_path
@@ -165,239 +156,128 @@ def load_model(path=None, *, cache: bool = True) -> LlamaModel:
 
 # --------------------------------------------------------------------------------------- GGUF
 
-def unpermute_qk(W: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's rotary row permutation of a Q or K weight ``[n_heads*h_d, in]``.
-
-    llama.cpp rotates adjacent pairs ``(2j, 2j+1)`` of a head; Hugging Face rotates
-    ``(j, j + h_d/2)``. Its converter therefore stores, within each head, row ``2j`` = HF row ``j``
-    and row ``2j+1`` = HF row ``j + h_d/2``. This returns the HF order.
-    """
-    out_dim = W.shape[0]
-    hd = out_dim // n_heads
-    # [n_heads, h_d/2, 2, in] (pairs) -> [n_heads, 2, h_d/2, in] (halves)
-    return np.ascontiguousarray(
-        W.reshape(n_heads, hd // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape))
-
-
 def _load_gguf(path: pathlib.Path, *, cache: bool) -> LlamaModel:
-    from refquant.models.gguffile import dequantize, read_gguf
+    from refquant.models.gguffile import read_gguf
+    from refquant.models.tokenizer import tokenizer_from_gguf
 
     f = read_gguf(path)
-    meta, tensors = f.metadata, f.tensors
+    config, tensors = gguf_model_tensors(f)
 
-    def get(key, default=...):
-        if key not in meta:
-            if default is ...:
-                raise ModelFormatError(f"{path}: metadata key {key!r} missing")
-            return default
-        return meta[key]
-
-    arch = get("general.architecture")
-    if arch != GGUF_ARCH:
-        raise ModelFormatError(f"{path}: unsupported architecture general.architecture="
-                               f"{arch!r} (only {GGUF_ARCH!r})")
-    scaling = get("llama.rope.scaling.type", "none")
-    if scaling != "none":
-        raise ModelFormatError(f"{path}: rope scaling {scaling!r} not supported")
-    if "rope_freqs.weight" in tensors:
-        raise ModelFormatError(f"{path}: tensor 'rope_freqs.weight' (Llama 3 rope scaling) is "
-                               "not supported")
-    if "token_embd.weight" not in tensors:
-        raise ModelFormatError(f"{path}: tensor 'token_embd.weight' missing")
-    n_heads = int(get("llama.attention.head_count"))
-    d = int(get("llama.embedding_length"))
-    config = LlamaConfig(
-        n_layers=int(get("llama.block_count")), d_model=d, n_heads=n_heads,
-        n_kv_heads=int(get("llama.attention.head_count_kv", n_heads)),
-        d_ff=int(get("llama.feed_forward_length")),
-        vocab_size=int(get("llama.vocab_size", tensors["token_embd.weight"].shape[0])),
-        norm_eps=float(get("llama.attention.layer_norm_rms_epsilon")),
-        rope_theta=float(get("llama.rope.freq_base", 10000.0)),
-        tied_embeddings="output.weight" not in tensors,
-        head_dim=int(get("llama.attention.key_length", d // n_heads)),
-        max_seq_len=int(get("llama.context_length", 2048)),
-    )
-    rope_dim = int(get("llama.rope.dimension_count", config.head_dim))
-    if rope_dim != config.head_dim:
-        raise ModelFormatError(f"{path}: partial rotary (llama.rope.dimension_count={rope_dim}, "
-                               f"head_dim={config.head_dim}) not supported")
-
-    def loader(hf_name: str, t) -> Callable[[], np.ndarray]:
+    def loader(name: str, t) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            W = dequantize(t, path)                             # float32, own memory
-            if hf_name.endswith("q_proj.weight"):
-                W = unpermute_qk(W, config.n_heads)
-            elif hf_name.endswith("k_proj.weight"):
-                W = unpermute_qk(W, config.n_kv_heads)
-            return W
+            from refquant.models.gguf_hf import qk_heads, unpermute_qk
+            from refquant.models.gguffile import dequantize
+
+            W = dequantize(t, path)                    # float32, own memory, finite
+            heads = qk_heads(name, config.n_heads, config.n_kv_heads)
+            return W if heads is None else unpermute_qk(W, heads)
         return load
 
-    shapes = config.weight_shapes()
-    supported = _dequantizable()
-    loaders = {}
-    for name in shapes:
-        g = gguf_name(name)
-        t = tensors.get(g)
-        if t is None:
-            raise ModelFormatError(f"{path}: tensor {g!r} (for {name!r}) missing")
-        if t.shape != shapes[name]:
-            raise ModelFormatError(f"{path}: tensor {g!r} has shape {t.shape}, expected "
-                                   f"{shapes[name]}")
-        if supported is not None and t.type_id not in supported:
-            raise ModelFormatError(f"{path}: tensor {g!r} has type {_type_name(t.type_id)}, "
-                                   "which gguf cannot dequantize")
-        loaders[name] = loader(name, t)
-    weights = LazyWeights(loaders, shapes, source=path, cache=cache)
-    from refquant.models.tokenizer import tokenizer_from_gguf
-    tokenizer = tokenizer_from_gguf(meta, path)
+    loaders = {name: loader(name, t) for name, t in tensors.items()}
+    weights = LazyWeights(loaders, config.weight_shapes(), source=path, cache=cache)
+    tokenizer = tokenizer_from_gguf(f.metadata, path)
     return LlamaModel(config=config, weights=weights, tokenizer=tokenizer, source=path)
 
 
-def gguf_name(hf_name: str) -> str:
-    """The GGUF tensor name of a Hugging Face weight name (``layers.3.mlp.up_proj.weight`` ->
-    ``blk.3.ffn_up.weight``)."""
-    parts = hf_name.split(".")
-    if parts[0] == "layers":
-        sub = ".".join(parts[2:-1])
-        key = next(k for k, v in _GGUF_BLOCK.items() if v == sub)
-        return f"blk.{parts[1]}.{key}.weight"
-    return _GGUF_GLOBAL[parts[0]] + ".weight"
+def gguf_model_tensors(f) -> tuple[LlamaConfig, dict]:
+    """The configuration of a parsed Llama GGUF file (:class:`~refquant.models.gguffile.GGUFFile`)
+    and its tensor for every weight name, cross-checked
+    (:func:`refquant.models.config_checks.match_tensors`); ``refquant inspect`` runs the same."""
+    from refquant.models import config_checks
+    from refquant.models.gguf_hf import gguf_name, hf_name
+    from refquant.models.gguffile import FLOAT_TYPES
+
+    config = config_checks.gguf_config(f.metadata, {n: t.shape for n, t in f.tensors.items()},
+                                       f.path)
+    stored = {(hf_name(n) or n): (n, t.shape, t.type_name) for n, t in f.tensors.items()}
+    config_checks.match_tensors(config, stored, f.path, keys=config_checks.GGUF_KEYS,
+                                file_name=gguf_name, float_types=FLOAT_TYPES,
+                                matrix_types=_dequantizable())
+    return config, {name: f.tensors[stored[name][0]] for name in config.weight_shapes()}
 
 
-def _type_name(type_id: int) -> str:
-    import gguf
-    return gguf.GGMLQuantizationType(type_id).name
-
-
-def _dequantizable() -> frozenset | None:
-    """Ids of the GGML tensor types ``gguf.quants.dequantize`` implements."""
+def _dequantizable() -> frozenset:
+    """Names of the GGML tensor types that can be read as float weights: the float types and
+    those ``gguf.quants.dequantize`` implements."""
     import gguf
     import gguf.quants as q
+
+    from refquant.models.gguffile import FLOAT_TYPES
+
     traits = getattr(q, "_type_traits", None)
-    if traits is None:      # private table gone: types are then checked when a tensor is read
-        return None
     T = gguf.GGMLQuantizationType
-    return frozenset({int(T.F32), int(T.F16)} | {int(t) for t in T if t in traits})
+    if traits is None:      # private table gone: types are then checked when a tensor is read
+        return frozenset(t.name for t in T if t.name not in ("I8", "I16", "I32", "I64"))
+    return frozenset(FLOAT_TYPES) | {t.name for t in T if t in traits}
 
 
 # ------------------------------------------------------------------------- Hugging Face
 
-_HF_DTYPES = {"F32", "F16", "BF16"}
+_HF_DTYPES = ("F32", "F16", "BF16")
+# stored but never used by the model: rotary tables some exporters keep
+_HF_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
-def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32: the 16 bits become the high half of the word."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def _safetensors_header(file: pathlib.Path) -> tuple[dict, int]:
-    with open(file, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ModelFormatError(f"{file}: truncated safetensors file (no header)")
-        n = int.from_bytes(head, "little")
-        if n <= 0 or n > os.path.getsize(file) - 8:
-            raise ModelFormatError(f"{file}: corrupt safetensors header length {n}")
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError as exc:
-            raise ModelFormatError(f"{file}: corrupt safetensors header ({exc})") from exc
-    return header, 8 + n
-
-
-def _load_hf(directory: pathlib.Path, *, cache: bool) -> LlamaModel:
-    cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
-        raise ModelFormatError(f"{directory}: no config.json")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    archs = cfg.get("architectures") or []
-    if cfg.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
-        raise ModelFormatError(f"{cfg_path}: unsupported architecture model_type="
-                               f"{cfg.get('model_type')!r} architectures={archs!r} (only llama)")
-    rope = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling")
-    if scaling or rope.get("rope_type", "default") != "default":
-        raise ModelFormatError(f"{cfg_path}: rope scaling {scaling or rope!r} not supported")
-    for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key):
-            raise ModelFormatError(f"{cfg_path}: {key}=true not supported")
-    try:
-        n_heads = int(cfg["num_attention_heads"])
-        config = LlamaConfig(
-            n_layers=int(cfg["num_hidden_layers"]), d_model=int(cfg["hidden_size"]),
-            n_heads=n_heads, n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            d_ff=int(cfg["intermediate_size"]), vocab_size=int(cfg["vocab_size"]),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            head_dim=cfg.get("head_dim"),
-            max_seq_len=int(cfg.get("max_position_embeddings", 2048)))
-    except KeyError as exc:
-        raise ModelFormatError(f"{cfg_path}: key {exc.args[0]!r} missing") from exc
-
+def _hf_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    """The safetensors files of a Hugging Face directory, from the index if there is one."""
     index = directory / "model.safetensors.index.json"
     single = directory / "model.safetensors"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = {name: directory / f for name, f in weight_map.items()}
-    elif single.is_file():
-        files = None
-    else:
-        raise ModelFormatError(f"{directory}: neither model.safetensors nor "
-                               "model.safetensors.index.json (torch .bin pickles are not read)")
-    entries = {}   # tensor name in file -> (file, header entry, data start)
-    headers = {}
-    for file in sorted(set(files.values())) if files else [single]:
-        header, start = _safetensors_header(file)
-        headers[file] = (header, start)
-        size = os.path.getsize(file)
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["data_offsets"][1] + start > size:
-                raise ModelFormatError(f"{file}: tensor {name!r} extends beyond the end of the "
-                                       "file (truncated file)")
-            entries[name] = (file, info, start)
+        weight_map = field(read_json_object(index), "weight_map", dict, index)
+        bad = [k for k, v in weight_map.items() if not isinstance(v, str) or "/" in v]
+        if bad:
+            raise ModelFormatError(f"{index}: weight_map[{bad[0]!r}] must be a file name, got "
+                                   f"{weight_map[bad[0]]!r}")
+        files = sorted({directory / v for v in weight_map.values()})
+        missing = [p.name for p in files if not p.is_file()]
+        if missing:
+            raise ModelFormatError(f"{index}: shard(s) {missing} are missing")
+        return files
+    if single.is_file():
+        return [single]
+    raise ModelFormatError(f"{directory}: neither model.safetensors nor "
+                           "model.safetensors.index.json (torch .bin pickles are not read)")
 
-    def loader(name: str, key: str) -> Callable[[], np.ndarray]:
-        file, info, start = entries[key]
 
-        def load() -> np.ndarray:
-            shape = tuple(info["shape"])
-            if info["dtype"] == "BF16":
-                lo, hi = info["data_offsets"]
-                bits = np.memmap(file, dtype="<u2", mode="r", offset=start + lo,
-                                 shape=((hi - lo) // 2,))
-                return bf16_to_float32(np.asarray(bits)).reshape(shape)
-            from safetensors import safe_open
-            with safe_open(file, framework="np") as fh:
-                W = fh.get_tensor(key)
-            return np.ascontiguousarray(W, dtype=np.float32)
-        return load
+def _load_hf(directory: pathlib.Path, *, cache: bool) -> LlamaModel:
+    from refquant.models import config_checks
+    from refquant.models.layout import read_safetensors_tensor, scan_safetensors
+    from refquant.models.tokenizer import tokenizer_from_hf
+
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ModelFormatError(f"{directory}: no config.json")
+    cfg = read_json_object(cfg_path)
+    config = config_checks.hf_config(cfg, cfg_path)
+    entries = {}                           # tensor name in the file -> (file, span)
+    for file in _hf_files(directory):
+        for span in scan_safetensors(file):
+            if span.name in entries:
+                raise ModelFormatError(f"{file}: tensor {span.name!r} is also in "
+                                       f"{entries[span.name][0].name}")
+            entries[span.name] = (file, span)
+    stored = {k.removeprefix("model."): (k, s.shape, s.type_name) for k, (_, s) in entries.items()}
+    ignore = [k for k in entries if _HF_IGNORED.search(k)]
+    if config.tied_embeddings:
+        ignore.append("lm_head.weight")     # some exporters store the tied head as well
+    config_checks.match_tensors(config, stored, directory, keys=config_checks.HF_KEYS,
+                                file_name=_hf_key, float_types=_HF_DTYPES,
+                                matrix_types=_HF_DTYPES, ignore=ignore)
+
+    def loader(key: str) -> Callable[[], np.ndarray]:
+        file, span = entries[key]
+        return lambda: np.ascontiguousarray(read_safetensors_tensor(file, span), np.float32)
 
     shapes = config.weight_shapes()
-    loaders = {}
-    for name in shapes:
-        key = "model." + name if name != "lm_head.weight" else name
-        if key not in entries and name in entries:
-            key = name
-        if key not in entries:
-            raise ModelFormatError(f"{directory}: tensor {key!r} missing")
-        file, info, _ = entries[key]
-        if info["dtype"] not in _HF_DTYPES:
-            raise ModelFormatError(f"{file}: tensor {key!r} has dtype {info['dtype']}; only "
-                                   f"{sorted(_HF_DTYPES)} are supported")
-        if tuple(info["shape"]) != shapes[name]:
-            raise ModelFormatError(f"{file}: tensor {key!r} has shape {tuple(info['shape'])}, "
-                                   f"expected {shapes[name]}")
-        loaders[name] = loader(name, key)
+    loaders = {name: loader(stored[name][0]) for name in shapes}
     weights = LazyWeights(loaders, shapes, source=directory, cache=cache)
-    from refquant.models.tokenizer import tokenizer_from_hf
     tokenizer = tokenizer_from_hf(directory, cfg)
     return LlamaModel(config=config, weights=weights, tokenizer=tokenizer, source=directory)
+
+
+def _hf_key(name: str) -> str:
+    """The Hugging Face tensor name of a refquant weight name."""
+    return name if name.startswith("lm_head") else "model." + name
 
 
 def save_hf(model: LlamaModel, directory, *, dtype: str = "F32") -> pathlib.Path:

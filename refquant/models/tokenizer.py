@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from refquant.models import ModelFormatError
+from refquant.models.errors import ModelFormatError, field, read_json_object
 
 # llama.cpp's split regex for Llama 3 style vocabularies
 # (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)
@@ -116,25 +116,30 @@ def tokenizer_from_gguf(metadata: dict, path) -> Tokenizer:
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, processors
 
-    def get(key, default=...):
-        if key not in metadata:
-            if default is ...:
-                raise ModelFormatError(f"{path}: metadata key {key!r} missing")
-            return default
-        return metadata[key]
+    def get(key, kind, default=...):
+        kw = {} if default is ... else {"default": default}
+        return field(metadata, key, kind, path, error=ModelFormatError, **kw)
 
-    kind = get("tokenizer.ggml.model")
+    def strings(key, kind=str):
+        values = get(key, list)
+        bad = next((v for v in values if not isinstance(v, kind) or isinstance(v, bool)), None)
+        if bad is not None:
+            raise ModelFormatError(f"{path}: {key} must hold {kind.__name__} values, got {bad!r}")
+        return values
+
+    kind = get("tokenizer.ggml.model", str)
     if kind == "llama":
         raise ModelFormatError(f"{path}: SentencePiece ('llama') tokenizers are not supported "
                                "yet; only byte-level BPE ('gpt2')")
     if kind != "gpt2":
         raise ModelFormatError(f"{path}: tokenizer.ggml.model={kind!r} is not supported "
                                "(only 'gpt2' byte-level BPE)")
-    tokens = list(get("tokenizer.ggml.tokens"))
-    merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+    tokens = strings("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
     if any(len(m) != 2 for m in merges):
         raise ModelFormatError(f"{path}: tokenizer.ggml.merges has an entry without a space")
-    types = list(get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    types = strings("tokenizer.ggml.token_type", int) if "tokenizer.ggml.token_type" in metadata \
+        else [1] * len(tokens)
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise ModelFormatError(f"{path}: tokenizer.ggml.tokens has duplicate entries")
@@ -142,7 +147,7 @@ def tokenizer_from_gguf(metadata: dict, path) -> Tokenizer:
         backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     except Exception as exc:     # tokenizers raises a bare Exception on inconsistent merges
         raise ModelFormatError(f"{path}: inconsistent BPE vocabulary/merges ({exc})") from exc
-    backend.pre_tokenizer = _pre_tokenizer(get("tokenizer.ggml.pre", None), path)
+    backend.pre_tokenizer = _pre_tokenizer(get("tokenizer.ggml.pre", str, None), path)
     backend.decoder = decoders.ByteLevel()
     special = [AddedToken(t, special=True, normalized=False)
                for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_CONTROL]
@@ -150,20 +155,23 @@ def tokenizer_from_gguf(metadata: dict, path) -> Tokenizer:
             for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_USER_DEFINED]
     backend.add_special_tokens(special)
     backend.add_tokens(user)
-    bos = get("tokenizer.ggml.bos_token_id", None)
-    eos = get("tokenizer.ggml.eos_token_id", None)
-    if get("tokenizer.ggml.add_bos_token", False):
+    bos = get("tokenizer.ggml.bos_token_id", int, None)
+    eos = get("tokenizer.ggml.eos_token_id", int, None)
+    for key, value in (("bos", bos), ("eos", eos)):
+        if value is not None and not 0 <= value < len(tokens):
+            raise ModelFormatError(f"{path}: tokenizer.ggml.{key}_token_id={value} is outside the "
+                                   f"vocabulary of {len(tokens)} tokens")
+    if get("tokenizer.ggml.add_bos_token", bool, False):
         if bos is None:
             raise ModelFormatError(f"{path}: add_bos_token is set but bos_token_id is missing")
         backend.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B",
-            special_tokens=[(tokens[bos], int(bos))])
+            special_tokens=[(tokens[bos], bos)])
     if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
         raise ModelFormatError(f"{path}: tokenizer vocabulary size "
                                f"{backend.get_vocab_size(with_added_tokens=True)} != "
                                f"{len(tokens)} tokens in the metadata")
-    return Tokenizer(backend, bos_id=None if bos is None else int(bos),
-                     eos_id=None if eos is None else int(eos), source=path)
+    return Tokenizer(backend, bos_id=bos, eos_id=eos, source=path)
 
 
 def tokenizer_from_hf(directory, config: dict | None = None) -> Tokenizer | None:
@@ -188,17 +196,23 @@ def tokenizer_from_hf(directory, config: dict | None = None) -> Tokenizer | None
         raise ModelFormatError(f"{file}: cannot be read ({exc})") from exc
     config = dict(config or {})
     tcfg_file = directory / "tokenizer_config.json"
-    tcfg = json.loads(tcfg_file.read_text()) if tcfg_file.is_file() else {}
+    tcfg = read_json_object(tcfg_file) if tcfg_file.is_file() else {}
 
     def token_id(kind: str):
-        value = config.get(f"{kind}_token_id")
-        if isinstance(value, list):
+        key = f"{kind}_token_id"
+        value = config.get(key)
+        if isinstance(value, list):          # several EOS ids: the first
             value = value[0] if value else None
         if value is None:
             tok = tcfg.get(f"{kind}_token")
             if isinstance(tok, dict):
                 tok = tok.get("content")
+            if tok is not None and not isinstance(tok, str):
+                raise ModelFormatError(f"{tcfg_file}: '{kind}_token' must be a string, got {tok!r}")
             value = backend.token_to_id(tok) if tok else None
-        return None if value is None else int(value)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ModelFormatError(f"{directory / 'config.json'}: {key!r} must be an integer, got "
+                                   f"{value!r}")
+        return value
 
     return Tokenizer(backend, bos_id=token_id("bos"), eos_id=token_id("eos"), source=directory)
