@@ -83,6 +83,14 @@ class Linear:
         \\frac{\\partial L}{\\partial \\hat W} = dy^T x, \\qquad
         \\frac{\\partial L}{\\partial b} = \\sum_n dy_n, \\qquad
         \\frac{\\partial L}{\\partial x} = dy\\, \\hat W
+
+    Examples
+    --------
+    >>> lin = Linear(np.array([[1.0, 2.0]]), np.array([0.5]))
+    >>> lin.forward(np.array([[3.0, -1.0]])).tolist()            # 3 - 2 + 0.5
+    [[1.5]]
+    >>> lin.backward(np.array([[1.0]])).tolist(), lin.W.grad.tolist(), lin.b.grad.tolist()
+    ([[1.0, 2.0]], [[3.0, -1.0]], [1.0])
     """
 
     def __init__(self, W, b=None, *, weight_quant=None):
@@ -149,7 +157,12 @@ class Linear:
 
 
 class ReLU:
-    """``y = max(x, 0)``; ``dx = dy * [x > 0]`` (the subgradient 0 at ``x = 0``)."""
+    """``y = max(x, 0)``; ``dx = dy * [x > 0]`` (the subgradient 0 at ``x = 0``).
+
+    >>> relu = ReLU()
+    >>> relu.forward(np.array([-1.0, 2.0])).tolist(), relu.backward(np.array([5.0, 5.0])).tolist()
+    ([0.0, 2.0], [0.0, 5.0])
+    """
 
     def __init__(self):
         self._mask = None
@@ -175,6 +188,9 @@ class GELU:
         \\Phi(x) = \\tfrac12\\big(1 + \\operatorname{erf}(x/\\sqrt2)\\big), \\qquad
         \\frac{dy}{dx} = \\Phi(x) + x\\,\\varphi(x), \\quad
         \\varphi(x) = e^{-x^2/2} / \\sqrt{2\\pi}
+
+    >>> np.round(GELU().forward(np.array([0.0, 1.0])), 4).tolist()   # 1 * Phi(1)
+    [0.0, 0.8413]
     """
 
     def __init__(self):
@@ -197,7 +213,12 @@ class GELU:
 
 
 class Sequential:
-    """Layers applied in order; ``backward`` runs them in reverse."""
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    >>> model = Sequential([Linear(np.array([[1.0], [-1.0]])), ReLU()])
+    >>> model.forward(np.array([[2.0]])).tolist(), model.backward(np.ones((1, 2))).tolist()
+    ([[2.0, 0.0]], [[1.0]])
+    """
 
     def __init__(self, layers):
         self.layers = list(layers)
@@ -232,6 +253,12 @@ def softmax_cross_entropy(logits, labels) -> tuple[float, np.ndarray]:
         :math:`L = -\\frac1N \\sum_n \\log p_{n, y_n}`, ``p = softmax(logits)``.
     dlogits : ndarray [N, C]
         :math:`\\partial L / \\partial z = (p - \\mathrm{onehot}(y)) / N`.
+
+    Examples
+    --------
+    >>> loss, dz = softmax_cross_entropy(np.zeros((1, 2)), np.array([1]))
+    >>> round(loss, 6), dz.tolist()                              # log 2
+    (0.693147, [[0.5, -0.5]])
     """
     z = np.asarray(logits)
     y = np.asarray(labels)
@@ -273,6 +300,12 @@ class SGD:
         v \\leftarrow \\mu v + g, \\qquad \\theta \\leftarrow \\theta - \\eta v
 
     ``step()`` updates each ``Parameter.value`` in place (the arrays belong to the model).
+
+    >>> p = Parameter(np.array([1.0]))
+    >>> p.grad = np.array([0.5])
+    >>> SGD([p], lr=0.1).step()
+    >>> p.value.tolist()
+    [0.95]
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.0):
@@ -299,6 +332,14 @@ class Adam:
         v \\leftarrow \\beta_2 v + (1 - \\beta_2) g^2, \\quad
         \\theta \\leftarrow \\theta - \\eta\\, \\frac{m / (1 - \\beta_1^t)}
         {\\sqrt{v / (1 - \\beta_2^t)} + \\epsilon}
+
+    The first step moves each parameter by about ``lr`` against the sign of its gradient:
+
+    >>> p = Parameter(np.array([1.0]))
+    >>> p.grad = np.array([0.5])
+    >>> Adam([p], lr=0.1).step()
+    >>> np.round(p.value, 6).tolist()
+    [0.9]
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -355,6 +396,16 @@ def fit(model, X, y, optimizer, *, epochs: int, batch_size: int, seed: int = 0,
         On mismatched shapes, or when the loss is NaN or infinite, or a layer rejects its input
         during training (a quantizer seeing NaN weights); the message names the step (0-based,
         counted over all epochs) and the epoch.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((64, 2))
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> model = Sequential([Linear.init(2, 2, rng)])
+    >>> res = fit(model, X, y, SGD(model.parameters(), lr=0.5), epochs=20, batch_size=16)
+    >>> res.steps, bool(res.losses[-1] < res.losses[0]), accuracy(model, X, y) > 0.9
+    (80, True, True)
     """
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -384,7 +435,12 @@ def fit(model, X, y, optimizer, *, epochs: int, batch_size: int, seed: int = 0,
 
 
 def accuracy(model, X, y, batch_size: int = 4096) -> float:
-    """Fraction of rows of ``X`` whose arg-max output equals the label."""
+    """Fraction of rows of ``X`` whose arg-max output equals the label.
+
+    >>> accuracy(Sequential([Linear(np.array([[1.0], [-1.0]]))]), np.array([[1.0], [-2.0]]),
+    ...          np.array([0, 0]))
+    0.5
+    """
     X, y = np.asarray(X), np.asarray(y)
     pred = np.concatenate([model.forward(X[i:i + batch_size]).argmax(axis=1)
                            for i in range(0, X.shape[0], batch_size)])
