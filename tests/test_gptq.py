@@ -274,6 +274,20 @@ def test_inverse_hessian_factor_is_the_plain_factor():
     assert U.flags.f_contiguous
 
 
+def test_inverse_hessian_factor_ignores_blas_threads():
+    """The factor is bit-identical with 1 and 2 BLAS threads (OpenBLAS's threaded potrf/trtri
+    would not be: its blocking depends on the thread count). Oracle: the 1-thread factor."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(18)
+    X = rng.standard_normal((1200, 600)).astype(np.float32)
+    H = X.T @ X / 1200 + 0.01 * np.eye(600, dtype=np.float32)
+    factors = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+            factors.append(_inverse_hessian_factor(H.copy()))
+    assert np.array_equal(factors[0], factors[1])
+
+
 def _indefinite(off):
     """diag 1, off-diagonal ``off``: eigenvalues 1 - off and 1 + off, mean diag 1, so
     H + damp I is positive definite exactly when damp > off - 1 (hand calculation)."""

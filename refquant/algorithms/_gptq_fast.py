@@ -10,8 +10,11 @@ diagonal block ``Hinv[i1:i2, i1:i2]``, ``i`` the position of the current column 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.linalg
+import threadpoolctl
 
 _SUB = 16          # columns per cache-sized sub-block inside a lazy block
 
@@ -76,6 +79,12 @@ def _group_columns_updated(W, W1, Err1, Hinv, i1: int, i: int, width: int) -> np
     return np.concatenate(parts, axis=1)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> threadpoolctl.ThreadpoolController:
+    """The loaded BLAS libraries, found once (a scan of the process's shared libraries)."""
+    return threadpoolctl.ThreadpoolController()
+
+
 def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
     """``U`` upper triangular with ``H^-1 = U^T U``: the upper Cholesky factor of ``H^-1``.
 
@@ -86,13 +95,20 @@ def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
     and one triangular inverse instead of the reference's three ``n^3`` steps. Raises
     ``numpy.linalg.LinAlgError`` where ``H`` is not (numerically) positive definite. Pinned by
     ``test_inverse_hessian_factor_is_the_plain_factor``.
+
+    Both LAPACK steps run on one BLAS thread: OpenBLAS's multi-threaded ``potrf`` and ``trtri``
+    split the factorization differently for each thread count, so the factor (and then GPTQ's
+    codes) would depend on the machine's thread setting. The matrix products of the rest of
+    GPTQ are split by rows and columns only, each dot product summed in the same order whatever
+    the threads. Pinned by ``test_inverse_hessian_factor_ignores_blas_threads``.
     """
     # P H P is symmetric, so its row-major copy read as column-major (``.T``) is the same
     # matrix: LAPACK gets a Fortran array without a transposing copy
     PHP = np.ascontiguousarray(H[::-1, ::-1]).T
-    L = scipy.linalg.cholesky(PHP, lower=True, overwrite_a=True)       # P H P = L L^T
-    (trtri,) = scipy.linalg.lapack.get_lapack_funcs(("trtri",), (L,))
-    Linv, info = trtri(L, lower=1)                                      # L^-1, lower
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        L = scipy.linalg.cholesky(PHP, lower=True, overwrite_a=True)   # P H P = L L^T
+        (trtri,) = scipy.linalg.lapack.get_lapack_funcs(("trtri",), (L,))
+        Linv, info = trtri(L, lower=1)                                  # L^-1, lower
     if info != 0 or not np.isfinite(Linv).all():
         raise np.linalg.LinAlgError(f"inverting the Cholesky factor of H failed (trtri info={info})")
     return np.asfortranarray(Linv[::-1, ::-1])                         # U = P L^-1 P, upper
