@@ -469,3 +469,11 @@ def test_int_layer_needs_uint8_input():
     layer = quantize_linear(np.ones((2, 3)), None, (0.1, 0), (0.1, 0))
     with pytest.raises(ValueError, match="uint8"):
         linear_int(layer, np.zeros((1, 3), np.int8))
+
+
+def test_quantize_mlp_names_bad_calibration_data():
+    W, b = [np.ones((2, 2)), np.full((1, 2), 1e300)], [np.zeros(2), np.zeros(1)]
+    with pytest.raises(ValueError, match="x_calib contains NaN or Inf"):
+        quantize_mlp(W, b, np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="overflows .* at layer 1"):
+        quantize_mlp(W, b, np.full((3, 2), 1e10))

@@ -101,3 +101,12 @@ def test_w8a8_perplexity_near_float(model):
     ref = rq.perplexity(model, tokens, seq_len=256)
     q = rq.perplexity(model, tokens, seq_len=256, linear=w8a8_linear(model))
     assert ref.ppl < q.ppl < 1.10 * ref.ppl, (ref.ppl, q.ppl)
+
+
+def test_w8a8_matmul_checks_the_weight_scales():
+    q_wT = np.ones((4, 3), np.int8)
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"s_w must be float32 of shape \(3,\), got float64"):
+        w8a8_matmul(x, q_wT, np.ones(3))
+    with pytest.raises(ValueError, match=r"s_w must be finite and > 0, got 0.0"):
+        w8a8_matmul(x, q_wT, np.array([1.0, 0.0, 1.0], np.float32))

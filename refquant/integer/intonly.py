@@ -48,6 +48,7 @@ import numpy as np
 from refquant.integer.fixed_point import (INT32_MAX, M_MAX, M_MIN, SHIFT_MAX, SHIFT_MIN,
                                           multiply_by_quantized_multiplier, quantize_multiplier)
 from refquant.kernels import uint8_int8_matmul
+from refquant.schemes.numerics import as_float_array
 from refquant.schemes.uniform import _dequantize_codes, _round_codes
 
 W_QMAX = 127            # weight codes in [-127, 127] (restricted symmetric int8)
@@ -303,11 +304,15 @@ def quantize_mlp(weights, biases, x_calib) -> IntMLP:
     """
     if len(weights) != len(biases) or not weights:
         raise ValueError("weights and biases must be non-empty lists of the same length")
-    h = np.asarray(x_calib, np.float64)
+    h = as_float_array(x_calib, "x_calib").astype(np.float64)
     in_q = act_qparams(h.min(), h.max())
     layers, q_prev = [], in_q
     for i, (W, b) in enumerate(zip(weights, biases)):
-        h = h @ np.asarray(W, np.float64).T + b
+        with np.errstate(over="ignore", invalid="ignore"):
+            h = h @ np.asarray(W, np.float64).T + b
+        if not np.all(np.isfinite(h)):
+            raise ValueError(f"the float forward pass over x_calib overflows (or meets NaN) at "
+                             f"layer {i}")
         last = i == len(weights) - 1
         if not last:
             h = np.maximum(h, 0.0)

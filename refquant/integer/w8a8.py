@@ -76,9 +76,16 @@ def w8a8_matmul(x, q_wT, s_w, *, backend: str = "auto") -> np.ndarray:
     >>> np.round(y.astype(float), 3).tolist()       # 64 (2/127), -2, 32 (2/127)
     [[1.008, -2.0, 0.504]]
     """
+    s_w = np.asarray(s_w)
+    N = np.shape(q_wT)[-1]
+    if s_w.dtype != np.float32 or s_w.shape != (N,):
+        raise ValueError(f"s_w must be float32 of shape ({N},), got {s_w.dtype} {s_w.shape}")
+    if not np.all(np.isfinite(s_w) & (s_w > 0)):
+        raise ValueError(f"s_w must be finite and > 0, got "
+                         f"{s_w[~(np.isfinite(s_w) & (s_w > 0))][0].item()!r}")
     q_x, s_x = quantize_rows_int8(x)                                       # [T, K], [T]
     acc = int8_matmul(q_x, q_wT, backend=backend)                          # [T, N] int32
-    return acc.astype(np.float32) * s_x[:, None] * np.asarray(s_w, np.float32)[None, :]
+    return acc.astype(np.float32) * s_x[:, None] * s_w[None, :]
 
 
 def w8a8_linear(model, *, backend: str = "auto", skip=()):
