@@ -203,3 +203,18 @@ def write_bf16_safetensors(file, tensors: dict[str, np.ndarray]) -> None:
         fh.write(h)
         for b in blobs:
             fh.write(b)
+
+
+def tiny_model(seed: int = 0, *, salient: int = 0, **config):
+    """A :class:`refquant.models.llama.LlamaModel` of :func:`tiny_config` ``(**config)`` with
+    :func:`tiny_weights`; ``salient`` random channels of every RMSNorm weight are multiplied by
+    12 (the large-activation channels AWQ protects)."""
+    from refquant.models.llama import LlamaModel
+
+    cfg = tiny_config(**config)
+    w = tiny_weights(cfg, seed)
+    rng = np.random.default_rng(seed + 100)
+    for name in w:
+        if salient and name.endswith("layernorm.weight"):
+            w[name][rng.choice(cfg.d_model, salient, replace=False)] *= 12.0
+    return LlamaModel(cfg, w)

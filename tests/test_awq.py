@@ -3,24 +3,32 @@
 Oracles written here, independent of the code under test:
 - ``naive_fake_quantize``: asymmetric/symmetric min-max quantization by a loop over rows and
   groups (the formulas of refquant.schemes.uniform's module docstring);
-- ``naive_block``: a Llama decoder block (RMSNorm, rotary embeddings in the Hugging Face
-  rotate-half layout, grouped-query causal attention with ``repeat_kv``, SwiGLU MLP) with the
-  ``linear(name, x)`` protocol of refquant.models.llama, on a tiny random model.
+- ``authors_clip``: the clipping loop of the authors' ``auto_clip_layer`` (llm-awq,
+  ``awq/quantize/auto_clip.py``) transcribed group by group, with ``naive_fake_quantize``;
+- ``naive_block`` (``naive_attention``, ``naive_mlp``): a Llama decoder block (RMSNorm, rotary
+  embeddings in the Hugging Face rotate-half layout, grouped-query causal attention with
+  ``repeat_kv``, SwiGLU MLP) with the ``linear(name, x)`` protocol of refquant.models.llama, on
+  a tiny random ``LlamaModel`` (tests/helpers_model.py); it is checked against
+  refquant.models.llama.block, which awq_block runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 import pytest
+from helpers_model import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refquant as rq
-from refquant.algorithms.awq import (activation_scale, awq_clip, awq_search_scale, fold_scales,
-                          group_output_error, scale_from_alpha, scaled_fake_quantize)
-from refquant.pipeline.awq_block import LINEARS, awq_block, gqa_channel_map
+from refquant.algorithms.awq import (activation_scale, awq_clip, awq_search_scale, clip_range,
+                                     fold_scales, group_output_error, scale_from_alpha,
+                                     scaled_fake_quantize)
+from refquant.models import llama
+from refquant.pipeline.awq_block import awq_block, gqa_channel_map
+from refquant.pipeline.blocks import SHORT_NAMES
 
 G4 = rq.QuantSpec(bits=4, symmetric=False, granularity="group", group_size=16)
 G3 = rq.QuantSpec(bits=3, symmetric=False, granularity="group", group_size=16)
@@ -53,12 +61,45 @@ def naive_fake_quantize(W, bits, group_size, symmetric=False):
     return out
 
 
+def authors_clip(W, X, bits, group_size, symmetric=False, n_grid=20, max_shrink=0.5):
+    """llm-awq's ``auto_clip_layer``, one (row, group) at a time: for ``i_s < max_shrink n_grid``
+    clamp the group at ``+-max|w| (1 - i_s / n_grid)``, quantize the clamped group (min-max),
+    keep the first strictly smaller ``mean_t (x_t . (q - w))^2``; then the weight clamped at the
+    chosen bound, quantized. Returns (chosen ``i_s`` [out, G], W_hat [out, in] float64).
+
+    The quantizer is this file's ``naive_fake_quantize`` (zero inside the range); the authors'
+    ``pseudo_quantize_tensor`` takes the clamped group's own [min, max], the same range for a
+    group with both signs, as every group of the tests here has (asserted)."""
+    W, X = np.asarray(W, np.float64), np.asarray(X, np.float64)
+    n_out, k = W.shape
+    starts = range(0, k, group_size)
+    best_i = np.zeros((n_out, len(starts)), int)
+    W_hat = np.empty_like(W)
+    for r in range(n_out):
+        for g, a in enumerate(starts):
+            w, x = W[r, a:a + group_size], X[:, a:a + group_size]
+            assert w.min() < 0 < w.max()
+            org_out = x @ w                                              # [n]
+            org_max = np.abs(w).max()
+            min_err, best = 1e9, org_max
+            for i_s in range(int(max_shrink * n_grid)):
+                max_val = org_max * (1 - i_s / n_grid)
+                q = naive_fake_quantize(np.clip(w, -max_val, max_val)[None], bits, group_size,
+                                        symmetric)[0]
+                err = np.mean((x @ q - org_out) ** 2)
+                if err < min_err:
+                    min_err, best, best_i[r, g] = err, max_val, i_s
+            W_hat[r, a:a + group_size] = naive_fake_quantize(np.clip(w, -best, best)[None], bits,
+                                                             group_size, symmetric)[0]
+    return best_i, W_hat
+
+
 def rmsnorm(x, g, eps=1e-5):
     x = x.astype(np.float32)
     return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * g
 
 
-def rope(x, theta=10000.0):
+def rope(x, theta):
     """Rotary embedding, Hugging Face layout (rotate the two halves); x [B, T, H, hd]."""
     T, hd = x.shape[1], x.shape[-1]
     inv = theta ** (-np.arange(0, hd, 2) / hd)                       # [hd/2]
@@ -70,38 +111,21 @@ def rope(x, theta=10000.0):
     return (x * cos + rot * sin).astype(np.float32)
 
 
-@dataclass
-class TinyConfig:
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    dim: int = 32
-    ffn: int = 48
-    n_layers: int = 2
-    vocab: int = 40
-
-    @property
-    def head_dim(self):
-        return self.dim // self.n_heads
+def float_linear(model):
+    def linear(name, v):
+        return v @ model.weights[name + ".weight"].T
+    return linear
 
 
-@dataclass
-class TinyModel:
-    config: TinyConfig
-    weights: dict
-
-
-def naive_block(model, i, x, *, linear=None):
-    c, Wt = model.config, model.weights
-    if linear is None:
-        def linear(name, v):
-            return v @ Wt[name + ".weight"].T
-    p = f"layers.{i}."
-    B, T, _ = x.shape
+def naive_attention(model, i, h, linear):
+    """Causal GQA self-attention of block ``i`` on the normalized input ``h`` [B, T, d]."""
+    c = model.config
+    p = f"layers.{i}.self_attn."
+    B, T, _ = h.shape
     hd, H, K = c.head_dim, c.n_heads, c.n_kv_heads
-    h = rmsnorm(x, Wt[p + "input_layernorm.weight"])
-    q = rope(linear(p + "self_attn.q_proj", h).reshape(B, T, H, hd))
-    k = rope(linear(p + "self_attn.k_proj", h).reshape(B, T, K, hd))
-    v = linear(p + "self_attn.v_proj", h).reshape(B, T, K, hd)
+    q = rope(linear(p + "q_proj", h).reshape(B, T, H, hd), c.rope_theta)
+    k = rope(linear(p + "k_proj", h).reshape(B, T, K, hd), c.rope_theta)
+    v = linear(p + "v_proj", h).reshape(B, T, K, hd)
     kv_of = np.arange(H) // (H // K)                                  # repeat_kv
     k, v = k[:, :, kv_of], v[:, :, kv_of]                             # [B, T, H, hd]
     att = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(hd)
@@ -109,10 +133,22 @@ def naive_block(model, i, x, *, linear=None):
     att = np.exp(att - att.max(-1, keepdims=True))
     att /= att.sum(-1, keepdims=True)
     o = np.einsum("bhts,bshd->bthd", att, v).reshape(B, T, H * hd).astype(np.float32)
-    x = x + linear(p + "self_attn.o_proj", o)
-    h2 = rmsnorm(x, Wt[p + "post_attention_layernorm.weight"])
-    gate = linear(p + "mlp.gate_proj", h2)
-    m = linear(p + "mlp.down_proj", (gate / (1 + np.exp(-gate))) * linear(p + "mlp.up_proj", h2))
+    return linear(p + "o_proj", o)
+
+
+def naive_mlp(model, i, h, linear):
+    """SwiGLU MLP of block ``i`` on the normalized input ``h``."""
+    p = f"layers.{i}.mlp."
+    gate = linear(p + "gate_proj", h)
+    return linear(p + "down_proj", (gate / (1 + np.exp(-gate))) * linear(p + "up_proj", h))
+
+
+def naive_block(model, i, x, *, linear=None):
+    linear = linear or float_linear(model)
+    Wt, eps = model.weights, model.config.norm_eps
+    p = f"layers.{i}."
+    x = x + naive_attention(model, i, rmsnorm(x, Wt[p + "input_layernorm.weight"], eps), linear)
+    m = naive_mlp(model, i, rmsnorm(x, Wt[p + "post_attention_layernorm.weight"], eps), linear)
     return (x + m).astype(np.float32)
 
 
@@ -120,35 +156,23 @@ def naive_forward(model, tokens):
     x = model.weights["embed_tokens.weight"][tokens]
     for i in range(model.config.n_layers):
         x = naive_block(model, i, x)
-    return rmsnorm(x, model.weights["norm.weight"]) @ model.weights["embed_tokens.weight"].T
+    head = model.weights["lm_head.weight"]
+    return rmsnorm(x, model.weights["norm.weight"], model.config.norm_eps) @ head.T
 
 
-def tiny_model(seed=0, cfg=None):
-    """Random weights; a few channels of each RMSNorm weight are large (salient channels)."""
-    cfg = cfg or TinyConfig()
-    rng = np.random.default_rng(seed)
-    d, f, kvd = cfg.dim, cfg.ffn, cfg.n_kv_heads * cfg.head_dim
-    Wt = {"embed_tokens.weight": rng.normal(size=(cfg.vocab, d)), "norm.weight": np.ones(d)}
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        for n in ("input_layernorm", "post_attention_layernorm"):
-            g = rng.uniform(0.5, 1.5, d)
-            g[rng.choice(d, 3, replace=False)] *= 12.0
-            Wt[p + n + ".weight"] = g
-        shapes = {"q_proj": (d, d), "k_proj": (kvd, d), "v_proj": (kvd, d), "o_proj": (d, d),
-                  "gate_proj": (f, d), "up_proj": (f, d), "down_proj": (d, f)}
-        for k, shp in shapes.items():
-            Wt[p + LINEARS[k] + ".weight"] = rng.normal(size=shp) / np.sqrt(shp[1])
-    return TinyModel(cfg, {k: np.asarray(v, np.float32) for k, v in Wt.items()})
+def llama_tiny(seed=0):
+    """Two blocks, d = 32, 4 query and 2 key/value heads, MLP 48; three salient channels in
+    every RMSNorm weight."""
+    return tiny_model(seed, salient=3, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48)
 
 
 def block_input(model, seed=1, B=2, T=12):
     rng = np.random.default_rng(seed)
-    return model.weights["embed_tokens.weight"][rng.integers(0, model.config.vocab, (B, T))]
+    return model.weights["embed_tokens.weight"][rng.integers(0, model.config.vocab_size, (B, T))]
 
 
 def replaced(model, new):
-    return TinyModel(model.config, {**model.weights, **new})
+    return dataclasses.replace(model, weights={**model.weights, **new})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +284,7 @@ def test_gqa_channel_map_matches_loop():
 
 
 def test_fold_v_into_o_with_gqa_keeps_attention():
-    model = tiny_model(5)
+    model = llama_tiny(5)
     x = block_input(model)
     cfg = model.config
     s = np.exp(np.random.default_rng(6).uniform(-2, 2, cfg.n_kv_heads * cfg.head_dim))
@@ -310,6 +334,46 @@ def test_clip_without_shrink_is_rtn_and_heavy_tails_get_clipped():
     assert full(c.w_hat) < full(rq.fake_quantize(W, G3))
 
 
+@pytest.mark.parametrize("seed,bits,per_channel", [(0, 3, False), (1, 4, False), (2, 3, True),
+                                                   (3, 4, True)])
+def test_reference_clip_matches_the_authors_loop(seed, bits, per_channel):
+    """rule="reference" against ``authors_clip`` (llm-awq's auto_clip_layer transcribed): the
+    same factor for every group and the same quantized weight."""
+    rng = np.random.default_rng(seed)
+    W = (rng.laplace(size=(12, 48)) + rng.uniform(-0.5, 0.5, (12, 1))).astype(np.float32)
+    X = rng.normal(size=(40, 48)) * rng.uniform(0.2, 4, 48)
+    gs = 48 if per_channel else 16
+    spec = (rq.QuantSpec(bits=bits, symmetric=False, granularity="channel") if per_channel
+            else rq.QuantSpec(bits=bits, symmetric=False, granularity="group", group_size=16))
+    c = awq_clip(W, X, spec, rule="reference")
+    best_i, W_hat = authors_clip(W, X, bits, gs)
+    np.testing.assert_array_equal(c.shrink, 1 - best_i / 20)
+    np.testing.assert_array_equal(c.w_hat, W_hat.astype(np.float32))
+    assert c.rule == "reference" and np.any(best_i > 0)
+    assert np.all(c.group_loss <= c.group_loss_noclip)
+
+
+def test_clip_rules_by_hand():
+    """By hand: a group [-1, 4] at beta = 0.5 is [-0.5, 2] when shrunk and [-1, 2] when clamped
+    at +-beta max|w| (the authors' rule); a symmetric range [-3, 3] is [-1.5, 1.5] for both, but
+    the reference clamps the weight, so its codes never reach the extra negative code -8."""
+    lo, hi = clip_range(np.array([-1.0, -3.0]), np.array([4.0, 3.0]), 0.5, "shrink")
+    assert lo.tolist() == [-0.5, -1.5] and hi.tolist() == [2.0, 1.5]
+    lo, hi = clip_range(np.array([-1.0, -3.0]), np.array([4.0, 3.0]), 0.5, "reference")
+    assert lo.tolist() == [-1.0, -1.5] and hi.tolist() == [2.0, 1.5]
+    rng = np.random.default_rng(11)
+    W = rng.standard_t(3, size=(16, 64)).astype(np.float32)
+    X = rng.normal(size=(50, 64))
+    S4 = rq.QuantSpec(bits=4, symmetric=True, granularity="group", group_size=16)
+    a, b = awq_clip(W, X, S4), awq_clip(W, X, S4, rule="reference")
+    assert a.codes.min() == -8 and b.codes.min() == -7
+    np.testing.assert_array_equal(b.hi, -b.lo)
+    a, b = awq_clip(W, X, G3), awq_clip(W, X, G3, rule="reference")
+    assert not np.array_equal(a.w_hat, b.w_hat)
+    lo0 = np.minimum.reduceat(W, np.arange(0, 64, 16), axis=1).clip(max=0)
+    assert np.all(b.lo >= lo0) and np.any((b.lo == lo0) & (b.shrink < 1))   # one end kept
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 
@@ -342,30 +406,45 @@ def test_bad_input():
         awq_clip(W, X, rq.QuantSpec(bits=4, symmetric=False))
     with pytest.raises(ValueError, match="max_shrink"):
         awq_clip(W, X, G4, max_shrink=1.0)
+    with pytest.raises(ValueError, match="'authors'"):
+        awq_clip(W, X, G4, rule="authors")
     with pytest.raises(ValueError, match="s must"):
         fold_scales(np.array([1.0, 0.0]), np.ones(2), [np.ones((3, 2))])
     with pytest.raises(ValueError, match="prev"):
         fold_scales(np.ones(3), np.ones(2), [np.ones((3, 3))])
-    model = tiny_model()
+    model = llama_tiny()
     with pytest.raises(ValueError, match="X_in"):
-        awq_block(model, 0, np.zeros((4, 32)), G4, block_fn=naive_block)
+        awq_block(model, 0, np.zeros((4, 32)), G4)
     with pytest.raises(ValueError, match="layers.7"):
-        awq_block(model, 7, block_input(model), G4, block_fn=naive_block)
+        awq_block(model, 7, block_input(model), G4)
     with pytest.raises(ValueError, match="attention_loss"):
-        awq_block(model, 0, block_input(model), G4, attention_loss="attn", block_fn=naive_block)
+        awq_block(model, 0, block_input(model), G4, attention_loss="attn")
     with pytest.raises(ValueError, match="keys"):
-        awq_block(model, 0, block_input(model), {"q_proj": G4}, block_fn=naive_block)
+        awq_block(model, 0, block_input(model), {"q_proj": G4})
+    with pytest.raises(ValueError, match="'clamp'"):
+        awq_block(model, 0, block_input(model), G4, clip="clamp")
+    with pytest.raises(ValueError, match="LlamaModel"):
+        awq_block(dict(model.weights), 0, block_input(model), G4)
 
 
 # ---------------------------------------------------------------------------------------------
-# one block of a tiny Llama (the naive block above as the forward pass)
+# one block of a tiny Llama (refquant.models.llama.block, checked against naive_block)
+
+
+def test_naive_block_oracle_matches_llama_block():
+    """The oracle block of this file equals the project's block on the same weights."""
+    model = llama_tiny()
+    x = llama.embed(model, np.random.default_rng(2).integers(0, 300, (2, 12)))
+    for i in range(2):
+        np.testing.assert_allclose(naive_block(model, i, x), llama.block(model, i, x),
+                                   rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def tiny_result():
-    model = tiny_model()
+    model = llama_tiny()
     x = block_input(model)
-    return model, x, awq_block(model, 0, x, G3, n_grid=10, block_fn=naive_block)
+    return model, x, awq_block(model, 0, x, G3, n_grid=10)
 
 
 def test_block_folding_keeps_block_and_logits(tiny_result):
@@ -377,8 +456,8 @@ def test_block_folding_keeps_block_and_logits(tiny_result):
     # fold every block of the tiny model: the logits do not change
     new = dict(r.folded)
     x1 = naive_block(model, 0, x)
-    new.update(awq_block(model, 1, x1, G3, n_grid=4, clip=False, block_fn=naive_block).folded)
-    tokens = np.random.default_rng(9).integers(0, model.config.vocab, (2, 10))
+    new.update(awq_block(model, 1, x1, G3, n_grid=4, clip=None).folded)
+    tokens = np.random.default_rng(9).integers(0, model.config.vocab_size, (2, 10))
     np.testing.assert_allclose(naive_forward(replaced(model, new), tokens),
                                naive_forward(model, tokens), rtol=1e-4, atol=2e-4)
 
@@ -387,89 +466,129 @@ def test_block_result_consistent_and_beats_rtn(tiny_result):
     model, x, r = tiny_result
     for name, q in r.codes.items():
         assert np.array_equal(r.weights[name + ".weight"], rq.dequantize(q, r.qparams[name], G3))
-    assert set(r.clips) == {f"layers.0.{LINEARS[k]}" for k in ("v_proj", "o_proj", "gate_proj",
-                                                               "up_proj", "down_proj")}
-    y = naive_block(replaced(model, r.weights), 0, x)
+    assert set(r.clips) == {f"layers.0.{SHORT_NAMES[k]}" for k in ("v_proj", "o_proj", "gate_proj",
+                                                                   "up_proj", "down_proj")}
+    y = llama.block(replaced(model, r.weights), 0, x)            # the block awq_block runs
     assert np.array_equal(r.y, y)
-    y_float = naive_block(model, 0, x).astype(np.float64)
+    np.testing.assert_allclose(r.y, naive_block(replaced(model, r.weights), 0, x), rtol=1e-4,
+                               atol=1e-4)
+    y_float = llama.block(model, 0, x).astype(np.float64)
     assert r.mse == pytest.approx(np.mean((y - y_float) ** 2), rel=1e-12)
     rtn = {k: naive_fake_quantize(v, 3, 16).astype(np.float32) for k, v in model.weights.items()
            if k.startswith("layers.0.") and k.endswith("proj.weight")}
     y_rtn = naive_block(replaced(model, rtn), 0, x).astype(np.float64)
+    y_float = naive_block(model, 0, x).astype(np.float64)
     assert r.mse_rtn == pytest.approx(np.mean((y_rtn - y_float) ** 2), rel=1e-4)
     assert r.mse < 0.8 * r.mse_rtn
 
 
 def test_block_spec_mapping_keeps_float_layers():
-    model = tiny_model(2)
+    model = llama_tiny(2)
     x = block_input(model)
-    spec = {k: (None if k in ("o_proj", "down_proj") else G4) for k in LINEARS}
-    r = awq_block(model, 0, x, spec, n_grid=4, block_fn=naive_block)
+    spec = {k: (None if k in ("o_proj", "down_proj") else G4) for k in SHORT_NAMES}
+    r = awq_block(model, 0, x, spec, n_grid=4)
     assert set(r.scales) == {"qkv", "gate_up"}
-    assert set(r.codes) == {f"layers.0.{LINEARS[k]}" for k in ("q_proj", "k_proj", "v_proj",
-                                                               "gate_proj", "up_proj")}
+    assert set(r.codes) == {f"layers.0.{SHORT_NAMES[k]}" for k in ("q_proj", "k_proj", "v_proj",
+                                                                   "gate_proj", "up_proj")}
     for k in ("o_proj", "down_proj"):
-        name = f"layers.0.{LINEARS[k]}.weight"
+        name = f"layers.0.{SHORT_NAMES[k]}.weight"
         assert np.array_equal(r.weights[name], model.weights[name])
 
 
+@pytest.mark.parametrize("attention_loss", ["block", "module"])
+def test_block_search_losses_match_the_naive_block(attention_loss):
+    """Every grid point's loss, recomputed here: the candidates ``Q(W s) / s`` from
+    naive_fake_quantize with ``s`` from the search's own ``s_x`` (itself checked against the
+    naive block's normalized inputs), and the block output (or, with "module", the attention
+    output; the MLP groups always the MLP output) from naive_attention / naive_mlp / naive_block."""
+    model = llama_tiny(4)
+    x = block_input(model, seed=5)
+    n = 4
+    r = awq_block(model, 1, x, G3, n_grid=n, clip=None, attention_loss=attention_loss)
+    W, eps, p = model.weights, model.config.norm_eps, "layers.1."
+    h1 = rmsnorm(x, W[p + "input_layernorm.weight"], eps)
+    h2 = rmsnorm(x + naive_attention(model, 1, h1, float_linear(model)),
+                 W[p + "post_attention_layernorm.weight"], eps)
+    np.testing.assert_allclose(r.scales["qkv"].s_x, np.abs(h1.reshape(-1, 32)).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(r.scales["gate_up"].s_x, np.abs(h2.reshape(-1, 32)).mean(0),
+                               rtol=1e-5)
+    groups = {"qkv": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                      (lambda m: naive_attention(m, 1, h1, float_linear(m)))
+                      if attention_loss == "module" else (lambda m: naive_block(m, 1, x))),
+              "gate_up": (("mlp.gate_proj", "mlp.up_proj"),
+                          lambda m: naive_mlp(m, 1, h2, float_linear(m)))}
+    if attention_loss == "block":
+        groups["o"] = (("self_attn.o_proj",), lambda m: naive_block(m, 1, x))
+    for g, (lins, f) in groups.items():
+        sr = r.scales[g]
+        c = gqa_channel_map(4, 2, 8) if g == "o" else np.arange(32)
+        Y = f(model).astype(np.float64)
+        for j in range(n):
+            s = np.maximum(sr.s_x ** (j / n), 1e-4)
+            s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)[c]
+            cand = {p + lin + ".weight": (naive_fake_quantize(W[p + lin + ".weight"] * s, 3, 16)
+                                          / s).astype(np.float32) for lin in lins}
+            expect = np.mean((f(replaced(model, cand)) - Y) ** 2)
+            assert sr.losses[j] == pytest.approx(expect, rel=1e-4), (g, j)
+    if attention_loss == "module":       # o: o_proj's own output on its float input
+        assert r.scales["o"].losses[0] > 0
+
+
+def test_block_clip_rules_are_threaded_to_awq_clip():
+    """awq_block's clip: "reference" gives each clipped linear awq_clip(rule="reference") on its
+    input in the folded block (recorded here through llama.block); True is "shrink"; False and
+    None skip the search (min-max, as for q_proj and k_proj)."""
+    model = llama_tiny(6)
+    x = block_input(model, seed=7)
+    ref = awq_block(model, 0, x, G3, n_grid=4, clip="reference")
+    rec = {}
+
+    def recording(name, v):
+        rec[name] = v.reshape(-1, v.shape[-1])
+        return v @ ref.folded[name + ".weight"].T
+    llama.block(replaced(model, ref.folded), 0, x, linear=recording)
+    assert set(ref.clips) == {f"layers.0.{SHORT_NAMES[k]}" for k in ("v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj",
+                                                                     "down_proj")}
+    for name, c in ref.clips.items():
+        want = awq_clip(ref.folded[name + ".weight"], rec[name], G3, rule="reference")
+        assert c.rule == "reference" and np.array_equal(ref.codes[name], want.codes)
+    shrink = awq_block(model, 0, x, G3, n_grid=4)
+    assert all(c.rule == "shrink" for c in shrink.clips.values())
+    assert any(not np.array_equal(shrink.codes[n], ref.codes[n]) for n in ref.clips)
+    on = awq_block(model, 0, x, G3, n_grid=4, clip=True)
+    off, none = (awq_block(model, 0, x, G3, n_grid=4, clip=v) for v in (False, None))
+    assert all(np.array_equal(on.codes[n], shrink.codes[n]) for n in shrink.codes)
+    assert off.clips == none.clips == {}
+    for name in off.codes:
+        w = off.folded[name + ".weight"]
+        assert np.array_equal(off.weights[name + ".weight"], rq.fake_quantize(w, G3))
+        assert np.array_equal(off.codes[name], none.codes[name])
+
+
 # ---------------------------------------------------------------------------------------------
-# the project's Llama forward pass (refquant.models.llama): the default path of awq_block
-
-
-def llama_tiny(seed=0):
-    from helpers_model import tiny_config, tiny_weights
-
-    from refquant.models.llama import LlamaModel
-    cfg = tiny_config(d_model=32, n_heads=4, n_kv_heads=2, d_ff=48)
-    w = tiny_weights(cfg, seed)
-    rng = np.random.default_rng(seed + 100)
-    for name in w:                                      # salient channels in every RMSNorm
-        if name.endswith("layernorm.weight"):
-            w[name][rng.choice(32, 3, replace=False)] *= 12.0
-    return LlamaModel(cfg, w)
-
-
-def test_naive_block_oracle_matches_llama_block():
-    """The oracle block of this file equals the project's block on the same weights."""
-    from refquant.models import llama
-    model = llama_tiny()
-    x = llama.embed(model, np.random.default_rng(2).integers(0, 300, (2, 12)))
-    for i in range(2):
-        np.testing.assert_allclose(naive_block(model, i, x), llama.block(model, i, x),
-                                   rtol=1e-4, atol=1e-5)
+# the project's Llama forward pass on more than one block, and the bundled model
 
 
 def test_awq_block_on_llama_keeps_logits_and_beats_rtn():
-    from refquant.models import llama
     model = llama_tiny()
     tokens = np.random.default_rng(3).integers(0, 300, (3, 16))
     x = llama.embed(model, tokens)
     folded, quantized = {}, {}
     for i in range(2):
-        r = awq_block(model, i, x, G3, n_grid=8)        # llama.block / attention / mlp
+        r = awq_block(model, i, x, G3, n_grid=8)
         assert r.mse < r.mse_rtn
-        # the same searches through block runs only (no sub-module functions): same losses
-        def block_only(m, i, x, *, linear):             # not llama.block itself: no sub-modules
-            return llama.block(m, i, x, linear=linear)
-        r2 = awq_block(model, i, x, G3, n_grid=8, block_fn=block_only)
-        for g in r.scales:
-            np.testing.assert_allclose(r2.scales[g].losses, r.scales[g].losses, rtol=1e-6)
-        # the reference's attention-output loss: sub-module and block-run paths agree too
-        m1 = awq_block(model, i, x, G3, n_grid=4, attention_loss="module", clip=False)
-        m2 = awq_block(model, i, x, G3, n_grid=4, attention_loss="module", clip=False,
-                       block_fn=block_only)
+        # the reference's attention-output loss measures something else than the block's
+        m = awq_block(model, i, x, G3, n_grid=4, attention_loss="module", clip=None)
         for g in ("qkv", "o"):
-            np.testing.assert_allclose(m2.scales[g].losses, m1.scales[g].losses, rtol=1e-6)
-            assert not np.allclose(m1.scales[g].losses, r.scales[g].losses[::2])
+            assert not np.allclose(m.scales[g].losses, r.scales[g].losses[::2])
         folded.update(r.folded)
         quantized.update(r.weights)
         x = llama.block(model, i, x)
     logits = llama.forward(model, tokens)
-    model_f = type(model)(model.config, {**model.weights, **folded})
-    np.testing.assert_allclose(llama.forward(model_f, tokens), logits, rtol=1e-4, atol=1e-4)
-    model_q = type(model)(model.config, {**model.weights, **quantized})
-    assert not np.allclose(llama.forward(model_q, tokens), logits, atol=1e-3)
+    np.testing.assert_allclose(llama.forward(replaced(model, folded), tokens), logits,
+                               rtol=1e-4, atol=1e-4)
+    assert not np.allclose(llama.forward(replaced(model, quantized), tokens), logits, atol=1e-3)
 
 
 def test_real_block_of_bundled_model():
@@ -477,7 +596,6 @@ def test_real_block_of_bundled_model():
     output, AWQ's output error is below RTN's at W3 g128; RTN's error recomputed here from
     rq.fake_quantize and the model's block."""
     from refquant.pipeline import data
-    from refquant.models import llama
     model = rq.load_model()
     tokens = np.asarray(data.calibration_tokens(model.tokenizer, 128))[:128].reshape(2, 64)
     i = 2
@@ -494,7 +612,7 @@ def test_real_block_of_bundled_model():
                                           **new})
     y_fold = llama.block(with_w(r.folded), i, x)
     np.testing.assert_allclose(y_fold, y, rtol=1e-3, atol=1e-3 * np.abs(y).max())
-    names = [f"layers.{i}.{LINEARS[k]}.weight" for k in LINEARS]
+    names = [f"layers.{i}.{path}.weight" for path in SHORT_NAMES.values()]
     rtn = {n: rq.fake_quantize(model.weights[n], spec) for n in names}
     y_rtn = llama.block(with_w(rtn), i, x)
     assert r.mse_rtn == pytest.approx(np.mean((y_rtn.astype(np.float64) - y) ** 2), rel=1e-5)

@@ -67,3 +67,18 @@ def test_streams_come_from_their_own_split():
     assert "".join(map(chr, c)).startswith(arts[calib[0]] + "\n\n")
     assert "".join(map(chr, e)).startswith(arts[evaluation[0]] + "\n\n")
     assert len(c) == len(e) == 5000
+
+
+def test_calibration_batch_is_the_stream_in_whole_sequences(tmp_path):
+    """calibration_batch reshapes the calibration stream (the oracle: calibration_tokens, cut by
+    hand to 3 sequences of 7 characters) and drops the remainder."""
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps({f"T{i}": {"extract": f"article number {i}"} for i in range(10)}))
+    stream = data.calibration_tokens(CharTokenizer(), 23, eval_fraction=0.3, path=f)
+    batch = data.calibration_batch(CharTokenizer(), 23, 7, eval_fraction=0.3, path=f)
+    assert batch.shape == (3, 7) and batch.dtype == np.int64
+    assert batch.tolist() == [stream[0:7].tolist(), stream[7:14].tolist(), stream[14:21].tolist()]
+    with pytest.raises(ValueError, match="fewer than one sequence of 30"):
+        data.calibration_batch(CharTokenizer(), 23, 30, eval_fraction=0.3, path=f)
+    with pytest.raises(ValueError, match="seq_len"):
+        data.calibration_batch(CharTokenizer(), 23, 0, eval_fraction=0.3, path=f)

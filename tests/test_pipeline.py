@@ -1,83 +1,42 @@
 """Tests of refquant.pipeline.blockwise: the sequential procedure checked against an independent re-run
-written here (naive block forward, Hessians from recorded inputs, rq.gptq / rq.fake_quantize per
-layer), recipes, sizes by hand, and -- where the Llama model module is present -- a shortened
-end-to-end run of each method on the bundled model."""
+written here (Hessians from the inputs recorded block by block on the already-quantized blocks,
+rq.gptq / rq.fake_quantize per layer), recipes, sizes by hand, and a shortened end-to-end run of
+each method on the bundled model. The models are tiny random ``LlamaModel`` s
+(tests/helpers_model.py); their forward pass, refquant.models.llama.block, is checked against
+independent oracles in tests/test_llama.py and tests/test_awq.py.
+"""
 
-from dataclasses import dataclass
+import dataclasses
+import importlib.util
+import pathlib
 
 import numpy as np
 import pytest
+from helpers_model import tiny_model as _tiny_llama
 
 import refquant as rq
+from refquant.models import llama
 from refquant.pipeline.blockwise import (FLOAT, LINEARS, LayerSetting, layer_bits, linear_names,
-                               quantize_model, recipe_size, resolve_recipe)
+                                         quantize_model, recipe_size, resolve_recipe)
+
+
+def _quality_script():
+    """scripts/quality_targets.py as a module (the quality runs and their arithmetic)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "quality_targets.py"
+    spec = importlib.util.spec_from_file_location("quality_targets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---------------------------------------------------------------------------------------------
-# a tiny Llama-shaped model with a naive block (RMSNorm, causal GQA attention, SwiGLU MLP)
-
-
-@dataclass
-class Cfg:
-    n_layers: int = 3
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    dim: int = 32
-    ffn: int = 48
-    vocab: int = 50
-
-
-@dataclass
-class Tiny:
-    config: Cfg
-    weights: dict
-
-
-def _norm(x, g):
-    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-5) * g
-
-
-def tiny_block(model, i, x, *, linear=None):
-    Wt, c = model.weights, model.config
-    if linear is None:
-        linear = lambda name, v: v @ Wt[name + ".weight"].T  # noqa: E731
-    p = f"layers.{i}."
-    B, T, d = x.shape
-    hd = d // c.n_heads
-    h = _norm(x, Wt[p + "input_layernorm.weight"])
-    q = linear(p + "self_attn.q_proj", h).reshape(B, T, c.n_heads, hd)
-    k = linear(p + "self_attn.k_proj", h).reshape(B, T, c.n_kv_heads, hd)
-    v = linear(p + "self_attn.v_proj", h).reshape(B, T, c.n_kv_heads, hd)
-    rep = np.arange(c.n_heads) // (c.n_heads // c.n_kv_heads)
-    s = np.einsum("bthd,bshd->bhts", q, k[:, :, rep]) / np.sqrt(hd)
-    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
-    a = np.exp(s - s.max(-1, keepdims=True))
-    a /= a.sum(-1, keepdims=True)
-    o = np.einsum("bhts,bshd->bthd", a, v[:, :, rep]).reshape(B, T, d).astype(np.float32)
-    x = x + linear(p + "self_attn.o_proj", o)
-    h = _norm(x, Wt[p + "post_attention_layernorm.weight"])
-    g = linear(p + "mlp.gate_proj", h)
-    return (x + linear(p + "mlp.down_proj", g / (1 + np.exp(-g)) * linear(p + "mlp.up_proj", h))).astype(np.float32)
-
-
-def tiny_embed(model, tokens):
-    return model.weights["embed_tokens.weight"][tokens]
+# a tiny Llama: 3 blocks, d = 32, 4 query / 2 key-value heads, MLP 48, vocabulary 50 (tied)
 
 
 def tiny_model(seed=0, **config):
-    c = Cfg(**config)
-    rng = np.random.default_rng(seed)
-    kv = c.n_kv_heads * (c.dim // c.n_heads)
-    W = {"embed_tokens.weight": rng.standard_normal((c.vocab, c.dim)), "norm.weight": np.ones(c.dim)}
-    shapes = {"self_attn.q_proj": (c.dim, c.dim), "self_attn.k_proj": (kv, c.dim),
-              "self_attn.v_proj": (kv, c.dim), "self_attn.o_proj": (c.dim, c.dim),
-              "mlp.gate_proj": (c.ffn, c.dim), "mlp.up_proj": (c.ffn, c.dim), "mlp.down_proj": (c.dim, c.ffn)}
-    for i in range(c.n_layers):
-        W[f"layers.{i}.input_layernorm.weight"] = rng.uniform(0.5, 1.5, c.dim)
-        W[f"layers.{i}.post_attention_layernorm.weight"] = rng.uniform(0.5, 1.5, c.dim)
-        for lin, shp in shapes.items():
-            W[f"layers.{i}.{lin}.weight"] = rng.standard_normal(shp) / np.sqrt(shp[1])
-    return Tiny(c, {k: np.asarray(v, np.float32) for k, v in W.items()})
+    kw = dict(n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, vocab_size=50,
+              tied_embeddings=True)
+    return _tiny_llama(seed, **{**kw, **config})
 
 
 def _tokens(seed=1, B=3, T=10):
@@ -85,8 +44,11 @@ def _tokens(seed=1, B=3, T=10):
 
 
 def _run(model, recipe, **kw):
-    return quantize_model(model, _tokens(), recipe, block_fn=tiny_block, embed_fn=tiny_embed,
-                          batch_size=2, **kw)
+    return quantize_model(model, _tokens(), recipe, batch_size=2, **kw)
+
+
+def _replaced(model, weights):
+    return dataclasses.replace(model, weights=weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,14 +72,14 @@ def test_gptq_is_sequential_on_quantized_inputs(setting):
     model = tiny_model()
     res = _run(model, setting)
     W = dict(model.weights)
-    x = tiny_embed(model, _tokens())
+    x = llama.embed(model, _tokens())
     for i in range(3):
         rec = {}
 
         def linear(name, v):
             rec.setdefault(name, v.reshape(-1, v.shape[-1]))
             return v @ W[name + ".weight"].T
-        tiny_block(Tiny(model.config, W), i, x, linear=linear)
+        llama.block(_replaced(model, W), i, x, linear=linear)
         for lin in LINEARS:
             n = f"layers.{i}.{lin}"
             X = rec[n].astype(np.float64)
@@ -127,7 +89,7 @@ def test_gptq_is_sequential_on_quantized_inputs(setting):
             np.testing.assert_array_equal(res.layers[n].codes, r.codes)
             np.testing.assert_allclose(res.weights[n + ".weight"], r.w_hat, rtol=0, atol=1e-6)
             W[n + ".weight"] = r.w_hat
-        x = tiny_block(Tiny(model.config, W), i, x)
+        x = llama.block(_replaced(model, W), i, x)
 
 
 def test_deterministic_and_model_untouched():
@@ -182,7 +144,7 @@ def test_bad_pipeline_input():
     with pytest.raises(ValueError, match="mixes AWQ"):
         _run(model, [("*.q_proj", LayerSetting("gptq")), ("*", LayerSetting("awq", 4, 16))])
     with pytest.raises(ValueError, match="calib_tokens"):
-        quantize_model(model, np.zeros(5, int), FLOAT, block_fn=tiny_block, embed_fn=tiny_embed)
+        quantize_model(model, np.zeros(5, int), FLOAT)
     with pytest.raises(ValueError, match="n_blocks"):
         _run(model, FLOAT, n_blocks=4)
 
@@ -246,7 +208,7 @@ def test_streaming_memory_does_not_grow_with_blocks():
     peaks = {}
     for n in (2, 8):
         for streamed in (False, True):
-            res = _run(tiny_model(n_layers=n, dim=64, ffn=160), LayerSetting("gptq", 4, 16), track_memory=True,
+            res = _run(tiny_model(n_layers=n, d_model=64, d_ff=160), LayerSetting("gptq", 4, 16), track_memory=True,
                        sink=(lambda *a: None) if streamed else None)
             peaks[n, streamed] = res.peak_bytes
     assert peaks[8, False] - peaks[2, False] > 5 * per_block
@@ -276,15 +238,15 @@ def test_sensitivity_and_auto_recipe():
 
     model = tiny_model()
     low, high = LayerSetting("rtn", 2, 16), LayerSetting("rtn", 8, None)
-    sens = layer_sensitivity(model, _tokens(), low, block_fn=tiny_block, embed_fn=tiny_embed)
+    sens = layer_sensitivity(model, _tokens(), low)
     assert set(sens) == set(linear_names(3)) and all(v > 0 for v in sens.values())
     # oracle for one layer: block 1's output error with only its v_proj quantized, by hand
-    x0 = tiny_embed(model, _tokens())
-    x1 = tiny_block(model, 0, x0)
-    y = tiny_block(model, 1, x1)
+    x0 = llama.embed(model, _tokens())
+    x1 = llama.block(model, 0, x0)
+    y = llama.block(model, 1, x1)
     W = dict(model.weights)
     W["layers.1.self_attn.v_proj.weight"] = rq.fake_quantize(W["layers.1.self_attn.v_proj.weight"], low.spec())
-    yq = tiny_block(Tiny(model.config, W), 1, x1)
+    yq = llama.block(_replaced(model, W), 1, x1)
     expected = np.sum((yq.astype(np.float64) - y) ** 2) / np.sum((y.astype(np.float64) - x1) ** 2)
     assert sens["layers.1.self_attn.v_proj"] == pytest.approx(expected, rel=1e-6)
 
@@ -306,7 +268,6 @@ def test_sensitivity_and_auto_recipe():
 
 
 def _random_llama(seed=0):
-    from refquant.models import llama
     cfg = llama.LlamaConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=40, vocab_size=60,
                             tied_embeddings=True)
     rng = np.random.default_rng(seed)
@@ -319,8 +280,6 @@ def _random_llama(seed=0):
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_pipeline_with_llama_block(method):
-    from refquant.models import llama
-
     model = _random_llama()
     tokens = np.random.default_rng(2).integers(0, 60, (4, 12))
     setting = LayerSetting(method, 4, 16, act_order=method == "gptq")
@@ -364,8 +323,6 @@ def bundled():
 
 @pytest.fixture(scope="module")
 def bundled_runs(bundled):
-    from refquant.models import llama
-
     model, tokens = bundled
     x = llama.embed(model, tokens)
     for i in range(2):
@@ -401,8 +358,8 @@ def test_bundled_quantize_command_export_and_reload(bundled, tmp_path, capsys):
     the pipeline's (re-run here on the same calibration batch) up to the float16 rounding of the
     scales; everything else is the model's own float weights."""
     from refquant.cli import main
-    from refquant.commands.quantize import calibration_batch
     from refquant.formats.gptq import load_quantized_model
+    from refquant.pipeline.data import calibration_batch
 
     model, _ = bundled
     out = tmp_path / "ckpt"
@@ -441,9 +398,11 @@ def test_bundled_quantize_command_export_and_reload(bundled, tmp_path, capsys):
 
 
 def test_quality_target_arithmetic_by_hand():
-    """quality_targets on made-up perplexities (float 10): W4 per-channel RTN 14, GPTQ 12.5 ->
-    1 - 2.5/4 = 37.5% recovered; W3 RTN 20, GPTQ 16, AWQ 14 -> 40% and 60%."""
-    from refquant.commands.demo import quality_runs, quality_targets
+    """scripts/quality_targets.py's quality_targets on made-up perplexities (float 10): W4
+    per-channel RTN 14, GPTQ 12.5 -> 1 - 2.5/4 = 37.5% recovered; W3 RTN 20, GPTQ 16, AWQ 14 ->
+    40% and 60%."""
+    script = _quality_script()
+    quality_runs, quality_targets = script.quality_runs, script.quality_targets
 
     ppl = {("rtn", 8, None): 10.06, ("gptq", 8, None): 10.0, ("awq", 8, None): 10.02,
            ("rtn", 4, 128): 12.0, ("gptq-plain", 4, 128): 13.5, ("gptq", 4, 128): 11.0, ("awq", 4, 128): 12.5,
@@ -462,12 +421,12 @@ def test_quality_target_arithmetic_by_hand():
 def test_quality_targets_whole_model(capsys):
     """Issue 5's targets on the whole bundled model with scripts/quality_targets.py's sizes (the
     run is deterministic, so this reproduces the script's table; ~30 minutes on 2 cores)."""
+    from refquant.commands.demo import format_table, run_experiments
     from refquant.pipeline import data
-    from refquant.commands.demo import (QUALITY_SIZES, format_table, quality_runs, quality_targets,
-                                        run_experiments)
-    from refquant.commands.quantize import calibration_batch
+    from refquant.pipeline.data import calibration_batch
 
-    z = QUALITY_SIZES
+    script = _quality_script()
+    quality_runs, quality_targets, z = script.quality_runs, script.quality_targets, script.QUALITY_SIZES
     model = rq.load_model(None)
     calib = calibration_batch(model.tokenizer, z["calib_tokens"], z["calib_seq_len"], seed=0)
     ev = np.asarray(data.evaluation_tokens(model.tokenizer, z["eval_tokens"])).reshape(-1)

@@ -4,7 +4,7 @@ plus a mixed-precision recipe: perplexity, size and time in one table, JSON and 
 Every run starts from the same float model (the bundled GGUF's dequantized weights) and the same
 calibration and evaluation tokens (disjoint article splits). The default sizes are chosen to
 finish in about 15 minutes on a 2-core machine and are printed; ``--full`` uses 16k evaluation
-tokens (the issue's quality-target setting) and more calibration data.
+tokens (the size of ``scripts/quality_targets.py``) and more calibration data.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import numpy as np
 # AWQ's searches dominate the default's time (each grid point re-runs a sub-module of every block):
 # the default gives them 2 sequences and 10 grid points; --full the paper's 20 points.
 DEFAULTS = dict(calib_tokens=2048, eval_tokens=2048, seq_len=256, calib_seq_len=256, awq_seqs=2, awq_grid=10)
-# issue 5's quality targets: >= 16k evaluation tokens (see quality_runs)
-QUALITY_SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=4096, calib_seq_len=512, awq_seqs=4, awq_grid=20)
 FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512, awq_seqs=16, awq_grid=20)
 
 
@@ -46,7 +44,7 @@ SETTINGS = {"w8": (8, None), "w4g128": (4, 128), "w3g128": (3, 128), "w4": (4, N
 
 
 def _setting(method, bits, group):
-    from refquant.pipeline.blockwise import LayerSetting
+    from refquant.pipeline.recipes import LayerSetting
 
     if method == "gptq":                          # the best GPTQ setting: act_order + static groups
         return LayerSetting("gptq", bits, group, act_order=True, static_groups=group is not None)
@@ -55,7 +53,7 @@ def _setting(method, bits, group):
 
 def mixed_recipe(n_layers: int):
     """W3 g128 GPTQ, with the first and last blocks' linears and every down_proj at W4 g128."""
-    from refquant.pipeline.blockwise import LayerSetting
+    from refquant.pipeline.recipes import LayerSetting
 
     w4 = LayerSetting("gptq", 4, 128, act_order=True, static_groups=True)
     w3 = LayerSetting("gptq", 3, 128, act_order=True, static_groups=True)
@@ -104,7 +102,9 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
     :func:`refquant.pipeline.blockwise.quantize_model` on ``calib`` and measure perplexity on
     ``eval_tokens``. Returns one row (dict) per run, the float baseline first."""
     import refquant as rq
-    from refquant.pipeline.blockwise import linear_names, quantize_model, recipe_size, resolve_recipe
+    from refquant.pipeline.blocks import linear_names
+    from refquant.pipeline.blockwise import quantize_model
+    from refquant.pipeline.recipes import recipe_size, resolve_recipe
 
     def evaluate(m):
         return rq.perplexity(m, eval_tokens, seq_len=seq_len, progress=progress).ppl
@@ -138,60 +138,9 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
     return rows
 
 
-def quality_runs():
-    """The runs of issue 5's quality targets (``scripts/quality_targets.py`` and the slow test):
-    ``(method, LayerSetting)``; ``gptq-plain`` is GPTQ in column order with dynamic groups."""
-    from refquant.pipeline.blockwise import LayerSetting
-
-    best = dict(act_order=True)
-    return [
-        ("rtn", LayerSetting("rtn", 8, None)),
-        ("gptq", LayerSetting("gptq", 8, None, **best)),
-        ("awq", LayerSetting("awq", 8, None)),
-        ("rtn", LayerSetting("rtn", 4, 128)),
-        ("gptq-plain", LayerSetting("gptq", 4, 128)),
-        ("gptq", LayerSetting("gptq", 4, 128, static_groups=True, **best)),
-        ("awq", LayerSetting("awq", 4, 128)),
-        ("rtn", LayerSetting("rtn", 4, None)),
-        ("gptq-plain", LayerSetting("gptq", 4, None)),
-        ("gptq", LayerSetting("gptq", 4, None, **best)),
-        ("rtn", LayerSetting("rtn", 3, 128)),
-        ("gptq", LayerSetting("gptq", 3, 128, static_groups=True, **best)),
-        ("awq", LayerSetting("awq", 3, 128)),
-    ]
-
-
-def quality_targets(rows):
-    """The issue's targets as ``(text, met)`` pairs from the rows of :func:`run_experiments` over
-    :func:`quality_runs` (``met`` is None for a line that reports without a target)."""
-    base = rows[0]["ppl"]
-    ppl = {(r["method"], r["bits"], r["group"]): r["ppl"] for r in rows[1:]}
-    inc = {k: v - base for k, v in ppl.items()}
-
-    def recovered(method, bits, group):
-        return 1 - inc[(method, bits, group)] / inc[("rtn", bits, group)]
-
-    out = [(f"W8 per-channel RTN increase {100 * inc[('rtn', 8, None)] / base:+.2f}% <= 0.5%",
-            inc[("rtn", 8, None)] / base <= 0.005)]
-    for m in ("gptq", "awq"):
-        out.append((f"W4 g128 {m} {ppl[(m, 4, 128)]:.3f} < RTN {ppl[('rtn', 4, 128)]:.3f}",
-                    ppl[(m, 4, 128)] < ppl[("rtn", 4, 128)]))
-    out.append((f"(not a target) W4 g128 plain GPTQ {ppl[('gptq-plain', 4, 128)]:.3f} vs RTN "
-                f"{ppl[('rtn', 4, 128)]:.3f}: plain GPTQ {'beats' if ppl[('gptq-plain', 4, 128)] < ppl[('rtn', 4, 128)] else 'does not beat'} RTN",
-                None))
-    r = recovered("gptq", 4, None)
-    out.append((f"W4 per-channel GPTQ recovers {100 * r:.0f}% of RTN's increase (>= 33%)", r >= 1 / 3))
-    rg, ra = recovered("gptq", 3, 128), recovered("awq", 3, 128)
-    out.append((f"W3 g128 best of GPTQ/AWQ recovers {100 * max(rg, ra):.0f}% (>= 50%)", max(rg, ra) >= 0.5))
-    out.append((f"W3 g128 GPTQ recovers {100 * rg:.0f}%, AWQ {100 * ra:.0f}% (each >= 25%)",
-                min(rg, ra) >= 0.25))
-    return out
-
-
 def run(args) -> int:
     import refquant as rq
-    from refquant.commands.quantize import calibration_batch
-    from refquant.pipeline.data import evaluation_tokens
+    from refquant.pipeline.data import calibration_batch, evaluation_tokens
 
     sizes = dict(FULL if args.full else DEFAULTS)
     for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs", "awq_grid"):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 
 def add_arguments(p):
     p.add_argument("model", nargs="?", default=None, help="GGUF file or Hugging Face directory (default: bundled SmolLM2-135M)")
@@ -33,22 +31,13 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true")
 
 
-def calibration_batch(tokenizer, n_tokens: int, seq_len: int, seed: int) -> np.ndarray:
-    """``[n_tokens // seq_len, seq_len]`` calibration tokens from the calibration articles."""
-    from refquant.pipeline.data import calibration_tokens
-
-    toks = np.asarray(calibration_tokens(tokenizer, n_tokens, seed=seed))
-    toks = toks.reshape(-1)
-    n_seq = len(toks) // seq_len
-    if n_seq < 1:
-        raise ValueError(f"only {len(toks)} calibration tokens, fewer than one sequence of {seq_len}")
-    return toks[: n_seq * seq_len].reshape(n_seq, seq_len)
-
-
 def run(args) -> int:
     import refquant as rq
     from refquant.formats.gptq import CheckpointWriter, layer_from_quantized
-    from refquant.pipeline.blockwise import LayerSetting, block_tensor_names, quantize_model
+    from refquant.pipeline.blocks import block_tensor_names
+    from refquant.pipeline.blockwise import quantize_model
+    from refquant.pipeline.data import calibration_batch
+    from refquant.pipeline.recipes import LayerSetting
 
     gs = None if args.group_size in (0, -1) else args.group_size
     setting = LayerSetting(args.method, args.bits, gs, symmetric=args.sym, act_order=args.act_order,

@@ -13,7 +13,8 @@ gives a different split.
 
 Token streams: the articles of one split, in their key order, joined with a blank line
 (``"\\n\\n"``) into one text, which is tokenized once (no BOS/EOS between articles; the bundled
-tokenizer adds none) and cut to the requested number of tokens.
+tokenizer adds none) and cut to the requested number of tokens. :func:`calibration_batch` cuts
+the calibration stream into ``[n_tokens // seq_len, seq_len]`` sequences, the pipeline's input.
 """
 
 from __future__ import annotations
@@ -93,3 +94,17 @@ def evaluation_tokens(tokenizer, n_tokens: int, *, seed: int = 0,
     """The first ``n_tokens`` token ids (int64) of the evaluation articles' stream."""
     _, evaluation = split_articles(seed, eval_fraction=eval_fraction, path=path)
     return _tokens(tokenizer, evaluation, n_tokens, path, "evaluation")
+
+
+def calibration_batch(tokenizer, n_tokens: int, seq_len: int, seed: int = 0, *,
+                      eval_fraction: float = EVAL_FRACTION, path=None) -> np.ndarray:
+    """``[n_tokens // seq_len, seq_len]`` int64: the first ``n_tokens`` calibration tokens
+    (:func:`calibration_tokens`) as whole sequences of ``seq_len``; the remainder is dropped."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    toks = calibration_tokens(tokenizer, n_tokens, seed=seed, eval_fraction=eval_fraction,
+                              path=path)
+    n_seq = len(toks) // seq_len
+    if n_seq < 1:
+        raise ValueError(f"only {len(toks)} calibration tokens, fewer than one sequence of {seq_len}")
+    return toks[: n_seq * seq_len].reshape(n_seq, seq_len)
