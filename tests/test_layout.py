@@ -161,3 +161,36 @@ def test_public_api_survives_an_old_import():
     from refquant.calibration.observers import calibrate
     assert np.array_equal(qp.scale, calibrate(w, spec).scale)
     assert np.array_equal(res.codes, rq.quantize(w, qp, spec))
+
+
+MAX_MODULE_LINES = 420          # "~400": a module is read in one sitting
+MAX_FUNCTION_CODE_LINES = 100   # lines holding code, docstring excluded; kernels/ exempt
+
+
+def _code_lines(fn) -> int:
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return len({n.lineno for b in body for n in ast.walk(b) if hasattr(n, "lineno")})
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for name, path in library_modules().items():
+        src = path.read_text()
+        if len(src.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(src.splitlines())} lines")
+        if name.startswith("refquant.kernels"):
+            continue
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = _code_lines(node)
+                if n > MAX_FUNCTION_CODE_LINES:
+                    too_long.append(f"{name}.{node.name}: {n} code lines")
+    assert too_long == []
+
+
+def test_the_size_rule_counts_code_not_docstrings():
+    fn = ast.parse('def f():\n    """doc\n    more"""\n    x = 1\n    return x\n').body[0]
+    assert _code_lines(fn) == 2
