@@ -2,12 +2,14 @@
 
 Every entry point takes ``backend=``:
 
+===========  ===================================================================================
 ``"numpy"``  the specification (:mod:`refquant.kernels.reference`);
 ``"numba"``  Numba ``@njit(parallel=True)`` kernels (:mod:`refquant.kernels.cpu`);
 ``"cuda"``   numba.cuda kernels (:mod:`refquant.kernels.cuda`), on a GPU or under the CUDA
              simulator (``NUMBA_ENABLE_CUDASIM=1``);
 ``"auto"``   the fastest available: ``"cuda"`` on a real GPU, else ``"numba"``, else ``"numpy"``
              (:func:`auto_backend` says which).
+===========  ===================================================================================
 
 Integer results equal the specification bit for bit. An unknown or unavailable backend raises
 ``ValueError``; nothing falls back silently. Nothing is compiled until a kernel is first called.

@@ -6,9 +6,11 @@ Nothing is compiled at import: each kernel is built by its own cached builder on
 
 Symbols
 -------
-x        [M, K] float32 activations
-q        [N, K] 4-bit codes, packed 8 per int32 word (code ``8w + i`` at bits ``4i..4i+3``)
-s, z     [N, G] per-group scales (float32) and zero points, ``g(k) = k // group_size``
+====  ==================================================================================
+x     [M, K] float32 activations
+q     [N, K] 4-bit codes, packed 8 per int32 word (code ``8w + i`` at bits ``4i..4i+3``)
+s, z  [N, G] per-group scales (float32) and zero points, ``g(k) = k // group_size``
+====  ==================================================================================
 
 Whole-word groups (``group_size % 8 == 0``)
 -------------------------------------------

@@ -2,15 +2,17 @@
 
 Symbols
 -------
-A      [M, K]  int8 left operand (activations)
-B      [K, N]  int8 right operand (weights, input-major: ``B = W^T``)
-C      [M, N]  int32 result ``C = A B`` accumulated in int32
-a_z    int     zero point of uint8 activations ``A_u``: ``A = A_u - a_z``
-b_z    int     zero point of the int8 weights (0 for symmetric weights)
-x      [M, K]  float32 activations of the 4-bit weight-only product
-packed [N, ceil(K/8)] int32   4-bit codes ``q`` of ``W[N, K]`` packed by :func:`refquant.pack`
-s, z   [N, G]  per-group scales (float32, > 0) and integer zero points in [0, 15],
-               ``G = ceil(K / group_size)``
+======  ==============  =======================================================================
+A       [M, K]          int8 left operand (activations)
+B       [K, N]          int8 right operand (weights, input-major: ``B = W^T``)
+C       [M, N]          int32 result ``C = A B`` accumulated in int32
+a_z     int             zero point of uint8 activations ``A_u``: ``A = A_u - a_z``
+b_z     int             zero point of the int8 weights (0 for symmetric weights)
+x       [M, K]          float32 activations of the 4-bit weight-only product
+packed  [N, ceil(K/8)]  int32: the 4-bit codes ``q`` of ``W[N, K]`` packed by :func:`refquant.pack`
+s, z    [N, G]          per-group scales (float32, > 0) and integer zero points in [0, 15],
+                        ``G = ceil(K / group_size)``
+======  ==============  =======================================================================
 
 Overflow bound
 --------------

@@ -9,10 +9,12 @@ rule here; :mod:`refquant.schemes.nonuniform` re-exports every public name of th
 
 Symbols
 -------
-x        real input, any shape (weights are (out_features, in_features))
-s        scale > 0: a scalar, or one per block, broadcast against ``x``
-c        levels, 1-D, strictly increasing (float64 internally)
-q        integer code, an index into ``c``
+=  ===============================================================
+x  real input, any shape (weights are (out_features, in_features))
+s  scale > 0: a scalar, or one per block, broadcast against ``x``
+c  levels, 1-D, strictly increasing (float64 internally)
+q  integer code, an index into ``c``
+=  ===============================================================
 
 Nearest level and ties
 ----------------------

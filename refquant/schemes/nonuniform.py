@@ -16,11 +16,13 @@ Every quantizer here is the same rule, nearest level from a sorted table, with a
 
 Symbols
 -------
-x        real input, any shape (weights are (out_features, in_features))
-s        scale > 0 (float32): a scalar, or one per parameter group / block
-c        levels, 1-D, strictly increasing (float64 internally)
-q        integer code: an index into ``c`` (codebooks), or a signed level number (log-scale)
-L        number of power-of-two magnitude levels of a :class:`LogSpec`
+=  ===================================================================================
+x  real input, any shape (weights are (out_features, in_features))
+s  scale > 0 (float32): a scalar, or one per parameter group / block
+c  levels, 1-D, strictly increasing (float64 internally)
+q  integer code: an index into ``c`` (codebooks), or a signed level number (log-scale)
+L  number of power-of-two magnitude levels of a :class:`LogSpec`
+=  ===================================================================================
 
 The nearest-level rule (exact midpoints, ties to the lower level) and the codebook and NF4
 quantizers live in :mod:`refquant.schemes.codebook`; they are re-exported here.
@@ -229,7 +231,7 @@ def _mse(x_sorted, c, bounds) -> float:
 def fit_lloyd_max(x, n_levels: int, iters: int = 100, seed: int = 0, init: str = "quantile") -> LloydMaxResult:
     """A codebook of ``n_levels`` levels minimising the mean squared error on ``x`` (Lloyd-Max).
 
-    Alternates the two optimality conditions of Lloyd [3]_ and Max [4]_ (1-D k-means):
+    Alternates the two optimality conditions of Lloyd [1]_ and Max [2]_ (1-D k-means):
 
     .. math::
 
@@ -258,6 +260,11 @@ def fit_lloyd_max(x, n_levels: int, iters: int = 100, seed: int = 0, init: str =
     Returns
     -------
     LloydMaxResult
+
+    References
+    ----------
+    .. [1] S. P. Lloyd, "Least Squares Quantization in PCM", IEEE Trans. Inf. Theory 28(2), 1982.
+    .. [2] J. Max, "Quantizing for Minimum Distortion", IRE Trans. Inf. Theory 6(1), 1960.
 
     Examples
     --------

@@ -2,21 +2,23 @@
 
 Symbols
 -------
-b        bit width of the integer codes (2..8, or 16)
-q_min    smallest code, q_max largest code
-round    the rounding function named by the spec: ``"half_even"`` (IEEE round-half-to-even,
-         NumPy's ``rint``; the default) or ``"half_away"`` (ties away from zero, as llama.cpp's
-         ``roundf``)
+=====  ======================================================================================
+b      bit width of the integer codes (2..8, or 16)
+q_min  smallest code, q_max largest code
+round  the rounding function named by the spec: ``"half_even"`` (IEEE round-half-to-even,
+       NumPy's ``rint``; the default) or ``"half_away"`` (ties away from zero, as llama.cpp's
+       ``roundf``)
+=====  ======================================================================================
 
 Ranges
 ------
-==================  =========================  ===============================
-codes               q_min                      q_max
-==================  =========================  ===============================
-signed (full)       -2^(b-1)                   2^(b-1) - 1
-signed (restricted) -(2^(b-1) - 1)             2^(b-1) - 1
-unsigned            0                          2^b - 1
-==================  =========================  ===============================
+===================  =========================  ===============================
+codes                q_min                      q_max
+===================  =========================  ===============================
+signed (full)        -2^(b-1)                   2^(b-1) - 1
+signed (restricted)  -(2^(b-1) - 1)             2^(b-1) - 1
+unsigned             0                          2^b - 1
+===================  =========================  ===============================
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+#: The rounding modes a spec can name: round half to even (IEEE 754, NumPy's ``rint``) and
+#: round half away from zero (C's ``roundf``, as llama.cpp rounds).
 ROUNDING_MODES = ("half_even", "half_away")
 
 

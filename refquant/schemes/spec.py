@@ -3,17 +3,19 @@ granularity helpers that map a tensor onto its parameter groups.
 
 Granularity
 -----------
-``"tensor"``  one (scale, zero point) for the whole array; parameter shape ``()``.
-``"channel"`` one per index along ``axis``; parameter shape ``(x.shape[axis],)``. For a weight
-              in the (out_features, in_features) convention, ``axis=0`` is one scale per
-              output channel.
-``"group"``   groups of ``group_size`` consecutive elements along the *last* axis (the input
-              dimension of a weight), separately for every index of the leading axes;
-              parameter shape ``x.shape[:-1] + (n_groups,)`` with
-              ``n_groups = ceil(K / group_size)``. Element ``i`` of a row belongs to group
-              ``g_idx = i // group_size`` (the GPTQ convention), so where ``group_size`` does
-              not divide ``K`` the last group is shorter: K = 576 with groups of 128 gives
-              groups of 128, 128, 128, 128 and 64. ``axis`` plays no part in this granularity.
+=============  ================================================================================
+``"tensor"``   one (scale, zero point) for the whole array; parameter shape ``()``.
+``"channel"``  one per index along ``axis``; parameter shape ``(x.shape[axis],)``. For a weight
+               in the (out_features, in_features) convention, ``axis=0`` is one scale per
+               output channel.
+``"group"``    groups of ``group_size`` consecutive elements along the *last* axis (the input
+               dimension of a weight), separately for every index of the leading axes;
+               parameter shape ``x.shape[:-1] + (n_groups,)`` with
+               ``n_groups = ceil(K / group_size)``. Element ``i`` of a row belongs to group
+               ``g_idx = i // group_size`` (the GPTQ convention), so where ``group_size`` does
+               not divide ``K`` the last group is shorter: K = 576 with groups of 128 gives
+               groups of 128, 128, 128, 128 and 64. ``axis`` plays no part in this granularity.
+=============  ================================================================================
 
 Zero-range convention
 ---------------------

@@ -7,19 +7,23 @@
 
 Symbols
 -------
+========  ==============================================================================
 x         real input, any shape (weights are (out_features, in_features))
 s         scale, float32 > 0, one per parameter group (see :mod:`refquant.schemes.spec`)
 z         integer zero point (0 for symmetric specs)
 q         integer code in [q_min, q_max]
 x_hat     dequantized value
 [lo, hi]  calibrated clipping range of one parameter group
+========  ==============================================================================
 
 Parameters from a range (:func:`qparams_from_range`)
 ----------------------------------------------------
+===========  =======================================================================================
 symmetric:   ``s = max(|lo|, |hi|) / (2^(b-1) - 1)``, ``z = 0`` (also for the full signed range:
              the extra negative code -2^(b-1) is reachable but not used to set the scale).
 asymmetric:  the range is widened to contain 0 (so 0 is exactly representable, as padding and
              ReLU outputs need), ``s = (hi - lo) / (2^b - 1)``, ``z = clamp(round(-lo / s), 0, 2^b - 1)``.
+===========  =======================================================================================
 
 Arithmetic is carried out in float64; scales are stored as float32 (as checkpoint formats do).
 

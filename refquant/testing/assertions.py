@@ -6,10 +6,12 @@ tolerates only a stated number of off-by-one codes at *verified* rounding ties;
 
 Symbols
 -------
-x      the float input both implementations quantized, any shape
-s, z   scale and integer zero point of each element's parameter group (``expand``-ed to ``x``)
-q      integer code; a dequantized value ``v`` maps back to ``q = round(v / s) + z``
-k      lower code of a disagreement with the offset removed: ``k = min(q_a, q_e) - z``
+====  =======================================================================================
+x     the float input both implementations quantized, any shape
+s, z  scale and integer zero point of each element's parameter group (``expand``-ed to ``x``)
+q     integer code; a dequantized value ``v`` maps back to ``q = round(v / s) + z``
+k     lower code of a disagreement with the offset removed: ``k = min(q_a, q_e) - z``
+====  =======================================================================================
 
 A disagreement is a *tie* when ``x = (k + 1/2) s`` exactly (in float64, exact for float32
 ``x`` and ``s``), or within ``tie_tol |k + 1/2|`` of it when a tolerance is stated.

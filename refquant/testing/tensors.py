@@ -5,12 +5,14 @@ generators themselves need only NumPy, so a test can call them with a fixed seed
 
 Symbols
 -------
-x      float32 tensor of ``shape``; weights follow the (out_features, in_features) convention
-b      bit width of the spec; ``q_min``, ``q_max`` its code range
-s      scale of one parameter group, ``s = m 2^e`` with an integer mantissa ``m``
-z      integer zero point of one parameter group (0 for symmetric specs)
-k      integer code offset: a tie sits at ``x = (k + 1/2) s``, between codes ``k + z`` and
-       ``k + 1 + z``
+===  ======================================================================================
+x    float32 tensor of ``shape``; weights follow the (out_features, in_features) convention
+b    bit width of the spec; ``q_min``, ``q_max`` its code range
+s    scale of one parameter group, ``s = m 2^e`` with an integer mantissa ``m``
+z    integer zero point of one parameter group (0 for symmetric specs)
+k    integer code offset: a tie sits at ``x = (k + 1/2) s``, between codes ``k + z`` and
+     ``k + 1 + z``
+===  ======================================================================================
 """
 
 from __future__ import annotations
