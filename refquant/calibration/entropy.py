@@ -16,11 +16,13 @@ computes the same value from prefix sums in ``O(L)`` per group and is what the s
 
 Symbols
 -------
-B        number of histogram bins; counts ``[*G, B]`` (``*G``: the parameter groups)
-t        window width in bins; ``start`` ``[*G]`` its first bin
-L        number of quantization levels (chunks)
-T        total count of a group
-P, Q     reference and quantized distributions over the window
+====  ===========================================================================
+B     number of histogram bins; counts ``[*G, B]`` (``*G``: the parameter groups)
+t     window width in bins; ``start`` ``[*G]`` its first bin
+L     number of quantization levels (chunks)
+T     total count of a group
+P, Q  reference and quantized distributions over the window
+====  ===========================================================================
 
 References
 ----------

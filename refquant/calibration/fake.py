@@ -12,9 +12,11 @@ and ``refquant.fake_quant(v, qp, spec)`` is a deprecated alias of
 
 Symbols
 -------
-x       real input, any shape
-s, z    scale and zero point of each parameter group (:class:`refquant.QParams`)
-x_hat   the fake-quantized output, the shape of ``x``
+=====  ========================================================================
+x      real input, any shape
+s, z   scale and zero point of each parameter group (:class:`refquant.QParams`)
+x_hat  the fake-quantized output, the shape of ``x``
+=====  ========================================================================
 """
 
 from __future__ import annotations

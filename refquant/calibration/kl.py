@@ -60,12 +60,12 @@ class KLObserver(_KeepData):
     eps : float
         Probability given to bins where ``P > 0`` but ``Q = 0`` (default 1e-4), in (0, 1).
 
-    Attributes (after ``clip_range()`` or ``qparams()``)
-    ----------------------------------------------------
+    Attributes
+    ----------
     kl : ndarray of the parameter shape
-        The smallest divergence of each group.
+        The smallest divergence of each group; set by ``clip_range()`` or ``qparams()``.
     n_bins : ndarray of the parameter shape
-        The chosen window width ``t`` in bins.
+        The chosen window width ``t`` in bins; set by ``clip_range()`` or ``qparams()``.
 
     Notes
     -----

@@ -18,11 +18,13 @@ Methods (:data:`OBSERVERS`)
 
 Symbols
 -------
-x          data of one parameter group (all batches seen), NaN-padded members ignored
-a          symmetric threshold: the clipping range is ``[-a, a]``, ``0 <= a <= max |x|``
-lo, hi     asymmetric clipping range
-alpha      shrink factor in (0, 1] of the min-max range (``mse``)
-P, Q       reference and quantized histograms over the candidate window (``kl``)
+======  =============================================================================
+x       data of one parameter group (all batches seen), NaN-padded members ignored
+a       symmetric threshold: the clipping range is ``[-a, a]``, ``0 <= a <= max |x|``
+lo, hi  asymmetric clipping range
+alpha   shrink factor in (0, 1] of the min-max range (``mse``)
+P, Q    reference and quantized histograms over the candidate window (``kl``)
+======  =============================================================================
 
 Clipping-range convention
 -------------------------
@@ -132,12 +134,12 @@ class MSEObserver(_KeepData):
     grid : int
         ``n``, the number of candidates; default 100.
 
-    Attributes (after ``clip_range()`` or ``qparams()``)
-    ----------------------------------------------------
+    Attributes
+    ----------
     alpha : ndarray of the parameter shape
-        The chosen shrink factor of each group.
+        The chosen shrink factor of each group; set by ``clip_range()`` or ``qparams()``.
     mse : ndarray of the parameter shape
-        Its mean squared quantization error.
+        Its mean squared quantization error; set by ``clip_range()`` or ``qparams()``.
 
     References
     ----------
