@@ -78,6 +78,28 @@ class AuditReport:
 
 
 def relative_error(w_hat: np.ndarray, w: np.ndarray) -> float:
+    """The relative error ``||w_hat - w||_F / ||w||_F`` of a stored weight, in float64.
+
+    Parameters
+    ----------
+    w_hat : ndarray
+        The weight as stored (dequantized), any float dtype.
+    w : ndarray
+        The reference weight, the shape of ``w_hat``.
+
+    Returns
+    -------
+    float
+        The relative error; the absolute error ``||w_hat - w||_F`` where ``w`` is all zeros.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relative_error(np.array([3.0, 3.0]), np.array([3.0, 4.0]))     # 1 / 5
+    0.2
+    >>> relative_error(np.array([3.0, 4.0]), np.zeros(2))               # ||w|| = 0: absolute
+    5.0
+    """
     w64 = w.astype(np.float64)
     den = np.linalg.norm(w64)
     num = np.linalg.norm(w_hat.astype(np.float64) - w64)

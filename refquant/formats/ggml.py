@@ -10,20 +10,22 @@ reshaping to ``(n_blocks, 32)``.
 
 Symbols (one block)
 -------------------
-x        the 32 input values, float32
-d        the block scale; computed in float32, *stored* as float16
-m        the block minimum (Q4_1 only); stored as float16
-id       ``1 / d`` in float32, or 0 where ``d == 0``
-q        the codes: int8 in [-127, 127] (Q8_0) or 4-bit nibbles in [0, 15] (Q4_0, Q4_1)
-x_hat    the dequantized value
+=====  ==============================================================================
+x      the 32 input values, float32
+d      the block scale; computed in float32, *stored* as float16
+m      the block minimum (Q4_1 only); stored as float16
+id     ``1 / d`` in float32, or 0 where ``d == 0``
+q      the codes: int8 in [-127, 127] (Q8_0) or 4-bit nibbles in [0, 15] (Q4_0, Q4_1)
+x_hat  the dequantized value
+=====  ==============================================================================
 
-=======  =================================  ====================================  ==========
-format   scale (float32)                    code                                  x_hat
-=======  =================================  ====================================  ==========
-Q8_0     ``d = max|x| / 127``               ``q = roundf(x * id)``                ``d q``
-Q4_0     ``d = x[argmax|x|] / -8``          ``q = min(15, trunc(x * id + 8.5))``  ``d (q-8)``
-Q4_1     ``d = (max x - min x) / 15``       ``q = min(15, trunc((x - m) id + .5))``  ``d q + m``
-=======  =================================  ====================================  ==========
+======  ============================  =======================================  ===========
+format  scale (float32)               code                                     x_hat
+======  ============================  =======================================  ===========
+Q8_0    ``d = max|x| / 127``          ``q = roundf(x * id)``                   ``d q``
+Q4_0    ``d = x[argmax|x|] / -8``     ``q = min(15, trunc(x * id + 8.5))``     ``d (q-8)``
+Q4_1    ``d = (max x - min x) / 15``  ``q = min(15, trunc((x - m) id + .5))``  ``d q + m``
+======  ============================  =======================================  ===========
 
 Rounding, exactly
 -----------------
@@ -53,10 +55,14 @@ Where refquant is stricter than the reference
 
 Byte layout (little endian, one block; blocks are concatenated along each row)
 ------------------------------------------------------------------------------
-Q8_0  34 bytes: ``d`` float16, then 32 int8 codes.                           8.5 bits/weight
-Q4_0  18 bytes: ``d`` float16, then 16 bytes; byte ``j`` holds code ``j`` in its low nibble
-      and code ``j + 16`` in its high nibble.                                4.5 bits/weight
-Q4_1  20 bytes: ``d`` float16, ``m`` float16, then 16 bytes of nibbles as Q4_0.  5.0 bits/weight
+======  =====  ===========  ======================================================================
+format  bytes  bits/weight  layout
+======  =====  ===========  ======================================================================
+Q8_0    34     8.5          ``d`` float16, then 32 int8 codes
+Q4_0    18     4.5          ``d`` float16, then 16 bytes; byte ``j`` holds code ``j`` in its low
+                            nibble and code ``j + 16`` in its high nibble
+Q4_1    20     5.0          ``d`` float16, ``m`` float16, then 16 bytes of nibbles as Q4_0
+======  =====  ===========  ======================================================================
 
 References
 ----------

@@ -29,7 +29,7 @@ Codes are unsigned ``[0, 2^b - 1]``; a symmetric refquant spec (signed codes, ze
 as codes ``+ 2^(b-1)`` with zero ``2^(b-1)`` (the same values).
 
 Zero-point convention -- read this before mixing tools
------------------------------------------------------
+------------------------------------------------------
 * ``checkpoint_format: "gptq"`` (the original AutoGPTQ format, "v1", the default here):
   ``qzeros`` stores ``zero - 1``, reduced modulo ``2^b`` before packing (so zero 0 is stored as
   ``2^b - 1``, and the familiar symmetric 4-bit value 8 as 7: the ``0x77777777`` words). The

@@ -88,9 +88,10 @@ def dequantize_layer(layer: PackedLayer) -> np.ndarray:
 def layer_from_quantized(codes, qparams: QParams, spec: QuantSpec, g_idx=None) -> PackedLayer:
     """Convert refquant codes and parameters (weight ``[N, K]``) to the stored form.
 
-    ``g_idx`` is the group of every input column (default ``k // group_size``; pass
-    :attr:`refquant.algorithms.gptq.GPTQResult.g_idx` for act-order results). Scales are rounded to float16
-    (round to nearest even): the stored model dequantizes with those, not the float32 scales.
+    ``g_idx`` is the group of every input column (default ``k // group_size``; pass the
+    ``g_idx`` of a :class:`refquant.algorithms.gptq.GPTQResult` for act-order results). Scales
+    are rounded to float16 (round to nearest even): the stored model dequantizes with those, not
+    the float32 scales.
     """
     codes = np.asarray(codes)
     if codes.ndim != 2:
