@@ -39,13 +39,15 @@ within ``3/4`` of the exact product (not ``1/2``) and at most one unit from the 
 
 Symbols
 -------
-acc     int32 accumulator, any shape
-M       real multiplier ``S_x S_w / S_y`` (float64), broadcast against ``acc``
-M0      int32 mantissa, ``[2^30, 2^31)`` from :func:`quantize_multiplier` (any ``[0, 2^31)``
-        is accepted, as TFLite does)
-n       int32 shift, ``M = M0 2^-(31+n)``; TFLite's ``shift`` is ``-n``. Accepted range
-        ``[-30, 31]`` (TFLite's); :func:`quantize_multiplier` gives ``[-16, 30]``
-l, r    the left and right shifts of the two-step form
+====  ====================================================================================
+acc   int32 accumulator, any shape
+M     real multiplier ``S_x S_w / S_y`` (float64), broadcast against ``acc``
+M0    int32 mantissa, ``[2^30, 2^31)`` from :func:`quantize_multiplier` (any ``[0, 2^31)``
+      is accepted, as TFLite does)
+n     int32 shift, ``M = M0 2^-(31+n)``; TFLite's ``shift`` is ``-n``. Accepted range
+      ``[-30, 31]`` (TFLite's); :func:`quantize_multiplier` gives ``[-16, 30]``
+l, r  the left and right shifts of the two-step form
+====  ====================================================================================
 
 References
 ----------
@@ -86,6 +88,11 @@ def quantize_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     M0, n : numpy.ndarray of int32, the shape of ``M`` (0-d arrays for a scalar)
+
+    References
+    ----------
+    .. [1] B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+           Integer-Arithmetic-Only Inference", CVPR 2018, arXiv:1712.05877.
 
     Examples
     --------

@@ -24,12 +24,14 @@ value (tested).
 
 Symbols
 -------
-q_x     [B, K] uint8   input codes, S_x, Z_x their scale and zero point
-q_w     [N, K] int8    weight codes (symmetric, per output channel, in [-127, 127]), S_w [N]
-q_b     [N] int32      bias codes, scale S_x S_w, zero point 0
-acc     [B, N] int32   ``sum_k q_w (q_x - Z_x) + q_b``
-M0, n   [N] int32      the fixed-point multiplier ``M = M0 2^-(31+n)``
-q_y     [B, N] uint8   output codes, S_y, Z_y
+=====  ============  =====================================================================
+q_x    [B, K] uint8  input codes, S_x, Z_x their scale and zero point
+q_w    [N, K] int8   weight codes (symmetric, per output channel, in [-127, 127]), S_w [N]
+q_b    [N] int32     bias codes, scale S_x S_w, zero point 0
+acc    [B, N] int32  ``sum_k q_w (q_x - Z_x) + q_b``
+M0, n  [N] int32     the fixed-point multiplier ``M = M0 2^-(31+n)``
+q_y    [B, N] uint8  output codes, S_y, Z_y
+=====  ============  =====================================================================
 
 References
 ----------

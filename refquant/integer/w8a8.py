@@ -16,10 +16,12 @@ baseline, Xiao et al., ICML 2023, arXiv:2211.10438). Codes are symmetric in [-12
 
 Symbols
 -------
-x    [T, K] float32   the flattened activations of one linear call (T tokens)
-q_x  [T, K] int8      their codes, s_x [T] per-token scales
-W    [N, K] float32   the layer's weight (out, in); q_w [N, K] int8, s_w [N]
-acc  [T, N] int32     ``q_x q_w^T`` from :func:`refquant.int8_matmul`
+===  ==============  =======================================================
+x    [T, K] float32  the flattened activations of one linear call (T tokens)
+q_x  [T, K] int8     their codes, s_x [T] per-token scales
+W    [N, K] float32  the layer's weight (out, in); q_w [N, K] int8, s_w [N]
+acc  [T, N] int32    ``q_x q_w^T`` from :func:`refquant.int8_matmul`
+===  ==============  =======================================================
 """
 
 from __future__ import annotations
