@@ -9,11 +9,13 @@ differences in ``tests/test_nn.py``.
 
 Symbols
 -------
-N        batch size (rows of ``x``)
-K        input features, M output features, C classes
-x        layer input ``[N, K]`` (or ``[..., K]``), y its output, dy = dL/dy, dx = dL/dx
-W        weight ``[M, K]`` (the (out_features, in_features) convention), b bias ``[M]``
-W_hat    the weight the layer multiplies with: ``W``, or its fake-quantized version
+=====  ==============================================================================
+N      batch size (rows of ``x``)
+K      input features, M output features, C classes
+x      layer input ``[N, K]`` (or ``[..., K]``), y its output, dy = dL/dy, dx = dL/dx
+W      weight ``[M, K]`` (the (out_features, in_features) convention), b bias ``[M]``
+W_hat  the weight the layer multiplies with: ``W``, or its fake-quantized version
+=====  ==============================================================================
 
 References
 ----------
@@ -106,7 +108,12 @@ class Linear:
     @classmethod
     def init(cls, k: int, m: int, rng: np.random.Generator, *, bias=True, dtype=np.float64,
              weight_quant=None) -> "Linear":
-        """He-uniform initialisation [2]_: ``W ~ U(-sqrt(6/K), sqrt(6/K))``, ``b = 0``."""
+        """He-uniform initialisation [1]_: ``W ~ U(-sqrt(6/K), sqrt(6/K))``, ``b = 0``.
+
+        References
+        ----------
+        .. [1] K. He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv:1502.01852.
+        """
         bound = math.sqrt(6.0 / k)
         W = rng.uniform(-bound, bound, size=(m, k)).astype(dtype)
         return cls(W, np.zeros(m, dtype) if bias else None, weight_quant=weight_quant)
@@ -184,6 +191,12 @@ class GELU:
         \\frac{dy}{dx} = \\Phi(x) + x\\,\\varphi(x), \\quad
         \\varphi(x) = e^{-x^2/2} / \\sqrt{2\\pi}
 
+    References
+    ----------
+    .. [1] D. Hendrycks, K. Gimpel, "Gaussian Error Linear Units (GELUs)", arXiv:1606.08415, 2016.
+
+    Examples
+    --------
     >>> np.round(GELU().forward(np.array([0.0, 1.0])), 4).tolist()   # 1 * Phi(1)
     [0.0, 0.8413]
     """

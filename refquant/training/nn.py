@@ -10,12 +10,14 @@ optimizers and the loop in :mod:`refquant.training.optim`; this module gathers t
 
 Symbols
 -------
-N        batch size (rows of ``x``)
-K        input features, M output features, C classes
-x        layer input ``[N, K]`` (or ``[..., K]``), y its output, dy = dL/dy, dx = dL/dx
-W        weight ``[M, K]`` (the (out_features, in_features) convention), b bias ``[M]``
-W_hat    the weight the layer multiplies with: ``W``, or its fake-quantized version
-eta      learning rate; mu momentum; beta1, beta2, eps Adam's constants
+=====  ==============================================================================
+N      batch size (rows of ``x``)
+K      input features, M output features, C classes
+x      layer input ``[N, K]`` (or ``[..., K]``), y its output, dy = dL/dy, dx = dL/dx
+W      weight ``[M, K]`` (the (out_features, in_features) convention), b bias ``[M]``
+W_hat  the weight the layer multiplies with: ``W``, or its fake-quantized version
+eta    learning rate; mu momentum; beta1, beta2, eps Adam's constants
+=====  ==============================================================================
 
 References
 ----------

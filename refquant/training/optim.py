@@ -42,6 +42,13 @@ class SGD:
 
     ``step()`` updates each ``Parameter.value`` in place (the arrays belong to the model).
 
+    References
+    ----------
+    .. [1] B. T. Polyak, "Some methods of speeding up the convergence of iteration methods",
+           USSR Comp. Math. and Math. Physics 4(5), 1964 (heavy-ball momentum).
+
+    Examples
+    --------
     >>> from refquant.training.nn import Parameter
     >>> p = Parameter(np.array([1.0]))
     >>> p.grad = np.array([0.5])
@@ -66,7 +73,7 @@ class SGD:
 
 
 class Adam:
-    """Adam [2]_ with bias correction.
+    """Adam [1]_ with bias correction.
 
     .. math::
 
@@ -75,6 +82,13 @@ class Adam:
         \\theta \\leftarrow \\theta - \\eta\\, \\frac{m / (1 - \\beta_1^t)}
         {\\sqrt{v / (1 - \\beta_2^t)} + \\epsilon}
 
+    References
+    ----------
+    .. [1] D. P. Kingma, J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
+           arXiv:1412.6980.
+
+    Examples
+    --------
     The first step moves each parameter by about ``lr`` against the sign of its gradient:
 
     >>> from refquant.training.nn import Parameter

@@ -13,13 +13,15 @@ backward pass.
 
 Symbols
 -------
-v          the tensor being quantized (a weight ``[out, in]`` or an activation ``[N, K]``)
-s, z       scale (step size) and integer zero point, one per parameter group
-q          integer code ``clamp(round(v / s) + z, q_min, q_max)``
-v_hat      ``s (q - z)``, the fake-quantized value
-Q_N, Q_P   codes below / above the zero point: ``Q_N = z - q_min``, ``Q_P = q_max - z``
-           (LSQ's notation; for a symmetric spec ``Q_P = 2^(b-1) - 1``)
-g          LSQ's gradient scale ``1 / sqrt(N Q_P)``, N the elements sharing one step size
+========  ===============================================================================
+v         the tensor being quantized (a weight ``[out, in]`` or an activation ``[N, K]``)
+s, z      scale (step size) and integer zero point, one per parameter group
+q         integer code ``clamp(round(v / s) + z, q_min, q_max)``
+v_hat     ``s (q - z)``, the fake-quantized value
+Q_N, Q_P  codes below / above the zero point: ``Q_N = z - q_min``, ``Q_P = q_max - z``
+          (LSQ's notation; for a symmetric spec ``Q_P = 2^(b-1) - 1``)
+g         LSQ's gradient scale ``1 / sqrt(N Q_P)``, N the elements sharing one step size
+========  ===============================================================================
 
 Straight-through estimators
 ---------------------------
@@ -27,8 +29,10 @@ Straight-through estimators
 clipping range) and 0 outside, the derivative of ``clamp`` with rounding treated as identity.
 ``"identity"``: ``dv = dv_hat`` everywhere (Bengio et al.'s plain STE).
 
-LSQ step-size gradient (Esser et al. [3]_, eq. 3, generalised to a fixed zero point)
--------------------------------------------------------------------------------------
+LSQ step-size gradient
+----------------------
+Esser et al. [3]_, eq. 3, generalised to a fixed zero point:
+
 .. math::
 
     \\frac{\\partial \\hat v}{\\partial s} =
@@ -121,12 +125,18 @@ def ste_mask(v, qp: QParams, spec: QuantSpec, ste: str = "clipped") -> np.ndarra
 
 
 def lsq_grad_scale(n: int, spec: QuantSpec) -> float:
-    """LSQ's gradient scale ``g = 1 / sqrt(N Q_P)`` with ``Q_P = q_max`` of the spec [3]_.
+    """LSQ's gradient scale ``g = 1 / sqrt(N Q_P)`` with ``Q_P = q_max`` of the spec [1]_.
 
     ``n`` is the number of elements that share one step size (all weights of a layer for a
     per-tensor scale, one row for a per-channel scale, the features of one sample for an
     activation).
 
+    References
+    ----------
+    .. [1] S. K. Esser et al., "Learned Step Size Quantization", ICLR 2020, arXiv:1902.08153.
+
+    Examples
+    --------
     >>> from refquant import QuantSpec
     >>> round(lsq_grad_scale(64, QuantSpec(bits=4)), 6)          # 1 / sqrt(64 * 7)
     0.047246
@@ -175,7 +185,7 @@ def lsq_forward(v, s, z, spec: QuantSpec, *, return_codes: bool = False):
 
 def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float,
                  q=None) -> tuple[np.ndarray, np.ndarray]:
-    """LSQ backward: the clipped STE for ``v`` and the step-size gradient of [3]_ (eq. 3).
+    """LSQ backward: the clipped STE for ``v`` and the step-size gradient of [1]_ (eq. 3).
 
     Parameters
     ----------
@@ -192,6 +202,10 @@ def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float,
     -------
     dv : ndarray shaped like ``v``
     ds : ndarray of ``param_shape(v.shape, spec)``, float64
+
+    References
+    ----------
+    .. [1] S. K. Esser et al., "Learned Step Size Quantization", ICLR 2020, arXiv:1902.08153.
 
     Examples
     --------
@@ -228,18 +242,23 @@ def lsq_backward(dv_hat, v, s, z, spec: QuantSpec, g: float,
 class FakeQuant:
     """Fake quantizer with fixed or re-calibrated parameters and a straight-through backward.
 
+    A layer (``forward``/``backward``/``parameters``) and a weight quantizer for
+    :class:`refquant.training.nn.Linear`. It has no trainable parameters.
+
     Parameters
     ----------
     spec : QuantSpec
     qparams : QParams, optional
         Fixed parameters. If ``None``, every forward pass calibrates on its input with
-        ``method`` (the dynamic "observer" scheme of [2]_; the scale gets no gradient).
+        ``method`` (the dynamic "observer" scheme of [1]_; the scale gets no gradient).
     method : str
         Calibration method for ``qparams=None``.
     ste : {"clipped", "identity"}
 
-    A layer (``forward``/``backward``/``parameters``) and a weight quantizer for
-    :class:`refquant.training.nn.Linear`. It has no trainable parameters.
+    References
+    ----------
+    .. [1] B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+           Integer-Arithmetic-Only Inference", CVPR 2018, arXiv:1712.05877.
 
     Examples
     --------
@@ -284,7 +303,7 @@ class FakeQuant:
 
 
 class LSQ:
-    """Learned step size quantizer [3]_: the step ``s`` is a trainable :class:`Parameter`.
+    """Learned step size quantizer [1]_: the step ``s`` is a trainable :class:`Parameter`.
 
     Parameters
     ----------
@@ -304,6 +323,10 @@ class LSQ:
     dtype : numpy dtype
         Precision of the step parameter: float64 (the default) for gradient checks, float32
         for a forward pass equal to the deployed :func:`refquant.fake_quantize` bit for bit.
+
+    References
+    ----------
+    .. [1] S. K. Esser et al., "Learned Step Size Quantization", ICLR 2020, arXiv:1902.08153.
 
     Examples
     --------

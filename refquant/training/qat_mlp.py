@@ -17,13 +17,16 @@ written by hand (:func:`swiglu_mlp_backward`) and checked against finite differe
 
 Symbols
 -------
-N           tokens (rows of X); d model width (576 for SmolLM2-135M); F FFN width (1536)
-X           [N, d]   MLP input (the block's residual stream after ``post_attention_layernorm``)
-W_g, W_u    [F, d]   gate and up projections; W_d [d, F] down projection
-A, B        [N, F]   pre-activations ``X W_g^T`` and ``X W_u^T``
-Z           [N, F]   ``silu(A) * B``, the input of the down projection
-Y           [N, d]   MLP output; ``Y_hat`` that of the fake-quantized MLP
-L           ``||Y_hat - Y||_F^2 / (N d)``, the training objective
+========  ======  ===========================================================================
+N, d, F   int     tokens (rows of X); model width (576 for SmolLM2-135M); FFN width (1536)
+X         [N, d]  MLP input (the block's residual stream after ``post_attention_layernorm``)
+W_g, W_u  [F, d]  gate and up projections
+W_d       [d, F]  down projection
+A, B      [N, F]  pre-activations ``X W_g^T`` and ``X W_u^T``
+Z         [N, F]  ``silu(A) * B``, the input of the down projection
+Y         [N, d]  MLP output; ``Y_hat`` that of the fake-quantized MLP
+L         scalar  ``||Y_hat - Y||_F^2 / (N d)``, the training objective
+========  ======  ===========================================================================
 """
 
 from __future__ import annotations
@@ -102,9 +105,14 @@ def swiglu_mlp_backward(dY, X, W_g, W_u, W_d):
 class MLPQATResult:
     """Result of :func:`qat_swiglu_mlp`.
 
-    w_hat    name -> fake-quantized float32 weight (``"gate"``, ``"up"``, ``"down"``)
-    qparams  name -> final :class:`~refquant.QParams`
-    losses   [steps] training objective of every step (on its mini-batch, before the update)
+    Attributes
+    ----------
+    w_hat : dict
+        name -> fake-quantized float32 weight (``"gate"``, ``"up"``, ``"down"``).
+    qparams : dict
+        name -> final :class:`~refquant.QParams`.
+    losses : ndarray [steps]
+        The training objective of every step (on its mini-batch, before the update).
     """
 
     w_hat: dict
