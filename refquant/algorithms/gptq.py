@@ -12,26 +12,27 @@ calibration inputs changes as little as possible. It minimizes, row by row, the 
 greedily, using the inverse Hessian in Cholesky form (Algorithm 1 of [1]_).
 
 Symbols (shapes for a weight with ``d_row`` outputs and ``d_col`` inputs)
------------------------------------------------------------------------
-W          [d_row, d_col]  the weights being quantized, updated in place by the error feedback
-H          [d_col, d_col]  the Hessian ``2 X X^T / n`` of the layer's squared output error
-lambda     scalar          dampening ``damp * mean(diag H)`` added to ``diag H``
-Hinv       [d_col, d_col]  the upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``);
-                           row ``i`` right of the diagonal carries column ``i``'s error forward
-B          int             the lazy-batch size ``block_size``: columns ``i1:i2`` are quantized
-                           against a local copy ``W1``; the rest of ``W`` is updated once per block
-W1, Q1     [d_row, i2-i1]  the current block of weights and its dequantized quantization
-Err1       [d_row, i2-i1]  the scaled errors ``(w - q) / [Hinv]_ii`` of the block's columns
-Losses1    [d_row, i2-i1]  the per-element losses ``(w - q)^2 / [Hinv]_ii^2``
-perm       [d_col]         processing order: ``argsort(-diag H)`` with ``act_order``, else identity
-g_idx      [d_col]         group of each (original) input column
+-------------------------------------------------------------------------
+=======  ==============  ========================================================================
+W        [d_row, d_col]  the weights being quantized, updated in place by the error feedback
+H        [d_col, d_col]  the Hessian ``2 X X^T / n`` of the layer's squared output error
+lambda   scalar          dampening ``damp * mean(diag H)`` added to ``diag H``
+Hinv     [d_col, d_col]  the upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``);
+                         row ``i`` right of the diagonal carries column ``i``'s error forward
+B        int             the lazy-batch size ``block_size``: columns ``i1:i2`` are quantized
+                         against a local copy ``W1``; the rest of ``W`` is updated once per block
+W1, Q1   [d_row, i2-i1]  the current block of weights and its dequantized quantization
+Err1     [d_row, i2-i1]  the scaled errors ``(w - q) / [Hinv]_ii`` of the block's columns
+Losses1  [d_row, i2-i1]  the per-element losses ``(w - q)^2 / [Hinv]_ii^2``
+perm     [d_col]         processing order: ``argsort(-diag H)`` with ``act_order``, else identity
+g_idx    [d_col]         group of each (original) input column
+=======  ==============  ========================================================================
 
 The loss
 --------
-Write the result row by row as ``w - q = e U`` with ``e_i = (w'_i - q_i) / U_ii`` (``w'`` the
-error-updated weight when column ``i`` is quantized): column ``i`` is changed by
-``-e_i U_ij`` at every step ``i <= j`` (step ``j`` itself sets it to ``q_j``). Since
-``H_damped = (U^T U)^{-1} = U^{-1} U^{-T}``,
+Row by row, ``w - q = e U`` with ``e_i = (w'_i - q_i) / U_ii`` (``w'`` the error-updated weight when
+column ``i`` is quantized): column ``i`` is changed by ``-e_i U_ij`` at every step ``i <= j`` (step
+``j`` itself sets it to ``q_j``). Since ``H_damped = (U^T U)^{-1} = U^{-1} U^{-T}``,
 
 .. math::
 
@@ -45,11 +46,10 @@ so the reported loss ``sum_i (w'_i - q_i)^2 / (2 U_ii^2)`` (summed over rows) is
     \\mathcal L = \\tfrac12 \\operatorname{tr}\\big((W - \\hat W)\\,(H + \\lambda I)\\,(W - \\hat W)^\\top\\big)
       = \\frac{1}{n}\\lVert (W - \\hat W) X \\rVert_F^2 + \\frac{\\lambda}{2}\\lVert W - \\hat W\\rVert_F^2
 
-(the second form when ``H = 2 X X^T / n``), with ``H`` after the dead-input fix below and ``W``
-with the dead columns set to zero. The identity is exact in exact arithmetic; the tests confirm
-it to 1e-5 (relative) with ``dtype=float64`` and to 1e-3 with the default float32 working
-precision. The order of the columns does not matter (the permutation is
-applied to ``W`` and ``H`` alike).
+(the second form when ``H = 2 X X^T / n``), with ``H`` after the dead-input fix below and ``W`` with
+the dead columns set to zero. The identity is exact in exact arithmetic; the tests confirm it to
+1e-5 (relative) with ``dtype=float64`` and to 1e-3 with the default float32 working precision. The
+order of the columns does not matter (the permutation is applied to ``W`` and ``H`` alike).
 
 Dead inputs
 -----------

@@ -3,14 +3,14 @@
 The recipe of Lin et al. [1]_ for a Llama block (as in the authors' code [2]_), built from the
 matrix-level pieces of :mod:`refquant.algorithms.awq`:
 
-==========  ======================  ===========================  ============================
-group       weights scaled          scale folded into            loss measured on
-==========  ======================  ===========================  ============================
-``qkv``     q_proj, k_proj, v_proj  input_layernorm weight       block output (*)
-``o``       o_proj                  v_proj rows                  block output (*)
-``gate_up`` gate_proj, up_proj      post_attention_layernorm     MLP output (down_proj's)
-``down``    down_proj               up_proj rows                 down_proj output
-==========  ======================  ===========================  ============================
+===========  ======================  ========================  ========================
+group        weights scaled          scale folded into         loss measured on
+===========  ======================  ========================  ========================
+``qkv``      q_proj, k_proj, v_proj  input_layernorm weight    block output (*)
+``o``        o_proj                  v_proj rows               block output (*)
+``gate_up``  gate_proj, up_proj      post_attention_layernorm  MLP output (down_proj's)
+``down``     down_proj               up_proj rows              down_proj output
+===========  ======================  ========================  ========================
 
 (*) The reference implementation [2]_ measures the q/k/v loss on the attention output and the
 o loss on o_proj's output (``attention_loss="module"`` here). The default here,
@@ -42,13 +42,15 @@ scale when the shapes differ; here it is searched over the shared channels.
 
 Symbols
 -------
-X_in   [B, T, d]        the block's calibration input
-W_k    [out_k, in_k]    linear ``k`` of the block (``k`` a short name: ``"q_proj"`` ...)
-X_k    [B, T, in_k]     its input in the float block
-g1, g2 [d]              the input_layernorm and post_attention_layernorm weights
-s      [C]              one group's scale (C = the group's input channels, or the shared value
-                        channels for ``o``)
-c      [n_heads h_d]    ``gqa_channel_map``: o_proj input ``j`` uses scale ``s[c_j]``
+======  =============  ======================================================================
+X_in    [B, T, d]      the block's calibration input
+W_k     [out_k, in_k]  linear ``k`` of the block (``k`` a short name: ``"q_proj"`` ...)
+X_k     [B, T, in_k]   its input in the float block
+g1, g2  [d]            the input_layernorm and post_attention_layernorm weights
+s       [C]            one group's scale (C = the group's input channels, or the shared value
+                       channels for ``o``)
+c       [n_heads h_d]  ``gqa_channel_map``: o_proj input ``j`` uses scale ``s[c_j]``
+======  =============  ======================================================================
 
 References
 ----------
