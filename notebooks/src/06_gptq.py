@@ -497,5 +497,5 @@ else:
 #   layers: is one of them better on the held-out tokens?
 # - Quantize the whole model block by block (each block calibrated on the outputs of the
 #   quantized blocks before it): `.venv/bin/refquant quantize --method gptq --bits 4
-#   --group-size 128 --act-order --static-groups -o out/gptq-w4` (about a minute on two cores),
+#   --group-size 128 --act-order --static-groups -o out/gptq-w4` (a minute or two on two cores),
 #   then `.venv/bin/refquant eval out/gptq-w4`; notebook 09 does this at smaller sizes.
