@@ -84,18 +84,59 @@ def activation_scale(X, channel_map=None) -> np.ndarray:
         raise ValueError(f"X must have at least 2 axes (tokens, channels), got shape {X.shape}")
     X = _matrix(X.reshape(-1, X.shape[-1]), "X")
     c, C = _channel_map(channel_map, X.shape[1])
-    per_channel = np.abs(X.astype(np.float64)).mean(axis=0)               # [in]
-    return np.bincount(c, per_channel, minlength=C) / np.bincount(c, minlength=C)
+    with np.errstate(over="ignore"):                     # finite X can overflow the float64 sum
+        per_channel = np.abs(X.astype(np.float64)).mean(axis=0)           # [in]
+        s_x = np.bincount(c, per_channel, minlength=C) / np.bincount(c, minlength=C)
+    bad = np.flatnonzero(~np.isfinite(s_x))
+    if bad.size:
+        raise ValueError(f"the mean |X| of channel {int(bad[0])} overflows float64 "
+                         f"({bad.size} such channel(s))")
+    return s_x
+
+
+def _check_s_x(s_x, C: int | None = None) -> np.ndarray:
+    """``s_x`` as float64 ``[C]``: 1-D, non-empty (of length ``C`` if given), finite and >= 0;
+    ``ValueError`` naming the first bad channel (its index) otherwise."""
+    s_x = np.asarray(as_float_array(s_x, "s_x"), np.float64)      # names a NaN/Inf's index
+    if s_x.ndim != 1 or s_x.size == 0 or (C is not None and s_x.shape != (C,)):
+        want = "(C,) with C >= 1" if C is None else f"({C},)"
+        raise ValueError(f"s_x must have shape {want}, got {s_x.shape}")
+    bad = np.flatnonzero(s_x < 0)
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(f"s_x[{j}] = {float(s_x[j])}: activation magnitudes must be >= 0 "
+                         f"({bad.size} negative channel(s))")
+    return s_x
 
 
 def scale_from_alpha(s_x, alpha: float) -> np.ndarray:
-    """``s = max(s_x^alpha, 1e-4) / sqrt(max * min)`` as float32 (see the module docstring)."""
-    s_x = np.asarray(s_x, np.float64)
+    """``s = max(s_x^alpha, 1e-4) / sqrt(max * min)`` as float32 (see the module docstring).
+
+    ``s_x`` ``[C]`` must be finite and >= 0 and ``alpha`` in ``[0, 1]``; a ``ValueError`` names
+    the first bad channel, or the first channel whose scale is not a finite positive float32
+    (a spread ``max / min`` of ``s_x^alpha`` above ~1e77).
+
+    Examples
+    --------
+    >>> scale_from_alpha([4.0, 1.0, 0.25], 0.5)
+    array([2. , 1. , 0.5], dtype=float32)
+    >>> scale_from_alpha([1.0, float("nan")], 0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: s_x contains NaN or Inf (first at index (1,): np.float64(nan))
+    """
+    s_x = _check_s_x(s_x)
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
     s = np.maximum(s_x ** float(alpha), _S_FLOOR)                            # [C]
-    s = s / np.sqrt(s.max() * s.min())
-    return s.astype(np.float32)
+    with np.errstate(over="ignore"):             # overflow to inf (or, of max*min, to 0):
+        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)   # checked next
+    bad = np.flatnonzero(~np.isfinite(s) | (s <= 0))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(f"the scale of channel {j} is {s[j]} in float32 (s_x[{j}] = {float(s_x[j])}, "
+                         f"alpha = {float(alpha)!r}): the spread of s_x is too large")
+    return s
 
 
 def scaled_fake_quantize(W, s, spec: QuantSpec, channel_map=None) -> np.ndarray:
@@ -209,12 +250,7 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
     specs = _specs(spec, len(Ws))
     n_grid = check_positive_int(n_grid, "n_grid")
     c, C = _channel_map(channel_map, k)
-    if s_x is None:
-        s_x = activation_scale(X, c)
-    else:
-        s_x = np.asarray(s_x, np.float64)
-        if s_x.shape != (C,) or not np.all(np.isfinite(s_x)) or np.any(s_x < 0):
-            raise ValueError(f"s_x must be finite, non-negative, of shape ({C},), got {s_x.shape}")
+    s_x = activation_scale(X, c) if s_x is None else _check_s_x(s_x, C)
     if forward_fn is None:
         def forward_fn(weights):                                             # [n, sum out_i]
             return np.concatenate([X @ W.T for W in weights], axis=-1)
@@ -236,6 +272,9 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
             raise ValueError(f"forward_fn returned shape {Y_hat.shape} for candidate weights, "
                              f"{Y.shape} for the originals")
         losses[a_i] = _mse(Y, Y_hat)
+        if not np.isfinite(losses[a_i]):          # a NaN loss would never win, silently
+            raise ValueError(f"the loss at alpha = {float(alpha)} is {losses[a_i]}: forward_fn "
+                             "returned NaN or Inf for the candidate weights")
         if losses[a_i] < losses[best]:
             best = a_i
     return AWQScaleResult(s=scale_from_alpha(s_x, alphas[best]), alpha=float(alphas[best]),
@@ -285,9 +324,14 @@ def fold_scales(s, prev, weights, *, channel_map=None) -> FoldResult:
     -------
     FoldResult with float32 arrays (the inputs are not modified).
     """
-    s = np.asarray(as_float_array(s, "s"), np.float32)
-    if s.ndim != 1 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError("s must be a 1-D array of finite positive scales")
+    with np.errstate(over="ignore"):                             # checked below
+        s = np.asarray(as_float_array(s, "s"), np.float32)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"s must be a non-empty 1-D array of scales, got shape {s.shape}")
+    bad = np.flatnonzero(~np.isfinite(s) | (s <= 0))       # inf here: overflow of the float32 cast
+    if bad.size:
+        raise ValueError(f"s[{int(bad[0])}] = {float(s[bad[0]])} in float32: scales must be "
+                         "finite and > 0")
     prev = as_float_array(prev, "prev").astype(np.float32)
     if prev.ndim not in (1, 2) or prev.shape[0] != s.shape[0]:
         raise ValueError(f"prev must have shape ({s.shape[0]},) or ({s.shape[0]}, n), "
