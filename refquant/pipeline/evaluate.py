@@ -11,6 +11,10 @@ scored, so ``N = n_windows * (L - 1)`` predicted tokens. The log-probabilities c
 numerically stable log-softmax in float64, :math:`\\log p_i = z_i - m - \\log\\sum_j e^{z_j - m}`
 with :math:`m = \\max_j z_j`, applied to the float32 logits in chunks of positions so that memory
 stays bounded.
+
+The result is never NaN: a non-finite log-likelihood (the forward pass overflowed, or the model
+holds non-finite weights) raises ``ValueError`` naming the window and the position in it (and in
+the token stream) whose logits fail.
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: i
     linear : the linear layer of the forward pass (``None``: float32 weights).
     max_windows : evaluate at most this many windows (the first ones).
     progress : show a tqdm progress bar over windows.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, and where a predicted token's log-likelihood is not finite (the first
+        such window and position are named; see the module docstring).
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
@@ -86,8 +96,28 @@ def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: i
         for a in range(0, seq_len - 1, HEAD_CHUNK):
             b = min(a + HEAD_CHUNK, seq_len - 1)
             logits = head(model, h[a:b])                        # [b-a, V]
-            total += float(token_nll(logits, x[0, a + 1:b + 1]).sum())
+            nll = token_nll(logits, x[0, a + 1:b + 1])          # [b-a] float64
+            _check_finite(nll, logits, x[0], w, a, seq_len)
+            total += float(nll.sum())
     n = n_windows * (seq_len - 1)
     nll = total / n
     return PerplexityResult(ppl=float(np.exp(nll)), nll=nll, n_tokens=n, seq_len=seq_len,
                             n_windows=n_windows)
+
+
+def _check_finite(nll: np.ndarray, logits: np.ndarray, window: np.ndarray, w: int, a: int,
+                  seq_len: int) -> None:
+    """Raise ``ValueError`` at the first non-finite ``nll [b-a]``: the log-likelihood from the
+    logits at positions ``a ...`` of window ``w`` (tokens ``window [L]``) of their next tokens;
+    the message names the window, the position and what its logits hold."""
+    bad = np.flatnonzero(~np.isfinite(nll))
+    if bad.size == 0:
+        return
+    j = int(bad[0])
+    t = a + j                                                   # the position whose logits fail
+    n_bad = int(np.count_nonzero(~np.isfinite(logits[j])))
+    cause = (f"its logits hold {n_bad} NaN or Inf value(s): the forward pass overflowed or the "
+             f"model holds non-finite weights" if n_bad else "its logits are finite")
+    raise ValueError(f"non-finite log-likelihood ({nll[j]}) in window {w} at position {t} "
+                     f"(token {w * seq_len + t} of the stream, id {int(window[t])}, predicting "
+                     f"id {int(window[t + 1])}); {cause}")
