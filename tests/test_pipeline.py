@@ -438,3 +438,59 @@ def test_quality_targets_whole_model(capsys):
         print("\n" + format_table(rows))
         print("\n".join(text for text, _ in targets))
     assert all(met for _, met in targets if met is not None), [t for t, met in targets if met is False]
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ's damping retries are reported per linear, in memory and streamed
+
+
+def test_damping_retries_are_reported():
+    """On the bundled model's first block with 128 calibration tokens, every Hessian needs more
+    than damp 1e-6 in float32 and factors by 1e-4 (margins measured by hand, a decade or more
+    either way), so each linear retries once or twice. Oracle: rq.gptq on the Hessian recorded
+    here from the block's own linear inputs (llama.block with a recording linear) reports the
+    same damping and retries."""
+    from refquant.algorithms.gptq import hessian
+    from refquant.pipeline.data import calibration_batch
+
+    model = rq.load_model(None)
+    calib = calibration_batch(model.tokenizer, 128, 64)
+    setting = LayerSetting("gptq", 4, 128)
+    res = quantize_model(model, calib, setting, damp=1e-6, n_blocks=1)
+    rec = {}
+
+    def linear(name, v):
+        rec[name] = v.reshape(-1, v.shape[-1])
+        W = model.weights[name + ".weight"]
+        return (rec[name] @ W.T).reshape(*v.shape[:-1], W.shape[0])
+
+    llama.block(model, 0, llama.embed(model, calib), linear=linear)
+    assert set(res.layers) == set(linear_names(1))
+    for n, ly in res.layers.items():
+        r = rq.gptq(model.weights[n + ".weight"], hessian(rec[n])[0], setting.spec(), damp=1e-6)
+        assert (ly.damp, ly.damp_retries) == (r.damp, r.damp_retries), n
+        assert ly.damp_retries in (1, 2) and ly.damp == pytest.approx(1e-6 * 10**ly.damp_retries)
+    assert res.damp_retries == {n: (ly.damp, ly.damp_retries) for n, ly in res.layers.items()}
+    streamed = quantize_model(model, calib, setting, damp=1e-6, n_blocks=1, sink=lambda *a: None)
+    assert streamed.layers == {} and streamed.damp_retries == res.damp_retries
+    plain = quantize_model(model, calib, LayerSetting("rtn", 4, 128), n_blocks=1)
+    assert plain.damp_retries == {} and all(ly.damp is None for ly in plain.layers.values())
+
+
+def test_quantize_command_prints_and_records_the_retries(tmp_path, capsys):
+    """The progress output names each linear whose damping was raised; quantize_config.json
+    lists them (layer -> [damp used, retries]) as the pipeline reported them."""
+    import json
+
+    from refquant.cli import main
+
+    out = tmp_path / "ck"
+    assert main(["quantize", "--damp", "1e-6", "--n-blocks", "1", "--calib-tokens", "128", "--seq-len", "64",
+                 "--no-progress", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    recorded = json.loads((out / "quantize_config.json").read_text())["damp_retries"]
+    assert sorted(recorded) == sorted(linear_names(1))
+    for n, (d, r) in recorded.items():
+        word = "retry" if r == 1 else "retries"
+        assert f"{n}: H + lambda I not positive definite at damp 1e-06; factored at damp {d:g} after {r} {word}" in printed
+    assert "damping raised for 7 linears" in printed

@@ -5,6 +5,10 @@ Every run starts from the same float model (the bundled GGUF's dequantized weigh
 calibration and evaluation tokens (disjoint article splits). The default sizes are chosen to
 finish in about 15 minutes on a 2-core machine and are printed; ``--full`` uses 16k evaluation
 tokens (the size of ``scripts/quality_targets.py``) and more calibration data.
+
+Every argument is checked before any work (numbers and lists by their argparse types, the sizes
+against each other, then the model's tokenizer); the output directory is created only when the
+results are written.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import time
 
 import numpy as np
 
+from refquant.commands._args import integer, output_directory, subset
+
 # default: ~15 minutes on 2 cores (an evaluation of 2048 tokens is ~0.55 TFLOP of forward pass)
 # AWQ's searches dominate the default's time (each grid point re-runs a sub-module of every block):
 # the default gives them 2 sequences and 10 grid points; --full the paper's 20 points.
@@ -22,25 +28,29 @@ DEFAULTS = dict(calib_tokens=2048, eval_tokens=2048, seq_len=256, calib_seq_len=
 FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=512, awq_seqs=16, awq_grid=20)
 
 
+SETTINGS = {"w8": (8, None), "w4g128": (4, 128), "w3g128": (3, 128), "w4": (4, None)}
+METHODS = ("rtn", "gptq", "awq")
+
+
 def add_arguments(p):
     p.add_argument("--model", default=None, help="GGUF file or Hugging Face directory (default: bundled SmolLM2-135M)")
-    p.add_argument("-o", "--output", default="results", help="output directory (default results/)")
+    p.add_argument("-o", "--output", default="results", type=output_directory,
+                   help="output directory (default results/)")
     p.add_argument("--full", action="store_true", help="larger calibration/evaluation sets (slow)")
-    p.add_argument("--calib-tokens", type=int, default=None)
-    p.add_argument("--eval-tokens", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None, help="evaluation window length")
-    p.add_argument("--methods", default="rtn,gptq,awq", help="comma-separated subset of rtn,gptq,awq")
-    p.add_argument("--settings", default="w8,w4g128,w3g128", help="comma-separated subset of w8,w4g128,w3g128,w4")
+    p.add_argument("--calib-tokens", type=integer(1), default=None)
+    p.add_argument("--eval-tokens", type=integer(2), default=None)
+    p.add_argument("--seq-len", type=integer(2), default=None, help="evaluation window length")
+    p.add_argument("--methods", type=subset(METHODS), default="rtn,gptq,awq",
+                   help="comma-separated subset of rtn,gptq,awq")
+    p.add_argument("--settings", type=subset(tuple(SETTINGS)), default="w8,w4g128,w3g128",
+                   help="comma-separated subset of w8,w4g128,w3g128,w4")
     p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision recipe")
-    p.add_argument("--n-blocks", type=int, default=None, help="quantize only the first N blocks (quick checks)")
-    p.add_argument("--awq-grid", type=int, default=None,
+    p.add_argument("--n-blocks", type=integer(1), default=None, help="quantize only the first N blocks (quick checks)")
+    p.add_argument("--awq-grid", type=integer(1), default=None,
                    help="AWQ: grid points of alpha and of the clipping search (default 10; --full 20)")
-    p.add_argument("--awq-seqs", type=int, default=None, help="AWQ: calibration sequences its searches see")
+    p.add_argument("--awq-seqs", type=integer(1), default=None, help="AWQ: calibration sequences its searches see")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-
-
-SETTINGS = {"w8": (8, None), "w4g128": (4, 128), "w3g128": (3, 128), "w4": (4, None)}
 
 
 def _setting(method, bits, group):
@@ -132,27 +142,47 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
                          ppl=ppl, change_pct=100 * (ppl / base_ppl - 1), size_mb=size.total_mb,
                          bits_per_weight=size.bits_per_weight, seconds=res.seconds,
                          eval_seconds=time.perf_counter() - t))
+        rows[-1]["damp_retries"] = {n: list(v) for n, v in res.damp_retries.items()}
         if log:
+            raised = f", damping raised for {len(res.damp_retries)} linears" if res.damp_retries else ""
             log(f"{rows[-1]['label']}: perplexity {ppl:.3f} ({rows[-1]['change_pct']:+.2f}%), "
-                f"quantized in {res.seconds:.1f} s, evaluated in {rows[-1]['eval_seconds']:.1f} s")
+                f"quantized in {res.seconds:.1f} s{raised}, evaluated in {rows[-1]['eval_seconds']:.1f} s")
     return rows
+
+
+def _sizes(args) -> dict:
+    """The run's sizes: the defaults (or ``--full``'s) with the options given; ``ValueError``
+    where the tokens do not fill one sequence or window."""
+    sizes = dict(FULL if args.full else DEFAULTS)
+    for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs", "awq_grid"):
+        if getattr(args, k) is not None:
+            sizes[k] = getattr(args, k)
+    if sizes["calib_tokens"] < sizes["calib_seq_len"]:
+        raise ValueError(f"--calib-tokens {sizes['calib_tokens']} is less than one calibration "
+                         f"sequence of {sizes['calib_seq_len']} tokens")
+    if sizes["eval_tokens"] < sizes["seq_len"]:
+        raise ValueError(f"--eval-tokens {sizes['eval_tokens']} do not fill one window of "
+                         f"--seq-len {sizes['seq_len']}")
+    return sizes
 
 
 def run(args) -> int:
     import refquant as rq
     from refquant.pipeline.data import calibration_batch, evaluation_tokens
 
-    sizes = dict(FULL if args.full else DEFAULTS)
-    for k in ("calib_tokens", "eval_tokens", "seq_len", "awq_seqs", "awq_grid"):
-        if getattr(args, k) is not None:
-            sizes[k] = getattr(args, k)
+    sizes = _sizes(args)
     progress = not args.no_progress
     out = pathlib.Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    methods, settings = args.methods, args.settings          # lists (their argparse types)
 
     t0 = time.perf_counter()
     model = rq.load_model(args.model)
+    if model.tokenizer is None:
+        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
+                         "to tokenize the calibration and evaluation text")
     L = model.config.n_layers
+    if args.n_blocks is not None and args.n_blocks > L:
+        raise ValueError(f"--n-blocks {args.n_blocks}: the model has {L} blocks")
     calib = calibration_batch(model.tokenizer, sizes["calib_tokens"], sizes["calib_seq_len"], args.seed)
     ev = np.asarray(evaluation_tokens(model.tokenizer, sizes["eval_tokens"])).reshape(-1)
     print(f"model: {model.source}")
@@ -162,11 +192,11 @@ def run(args) -> int:
           f"evaluation: {ev.size} tokens in windows of {sizes['seq_len']}")
 
     runs = []
-    for key in args.settings.split(","):
+    for key in settings:
         bits, group = SETTINGS[key]
-        for method in args.methods.split(","):
+        for method in methods:
             runs.append((method, _setting(method, bits, group)))
-    if not args.no_mixed and "gptq" in args.methods:
+    if not args.no_mixed and "gptq" in methods:
         runs.append(("mixed", mixed_recipe(L)))
     rows = run_experiments(model, calib, ev, runs, seq_len=sizes["seq_len"], n_blocks=args.n_blocks,
                            progress=progress, log=print, awq_max_seqs=sizes["awq_seqs"],
@@ -176,10 +206,11 @@ def run(args) -> int:
     print()
     print(table)
     summary = dict(model=str(model.source), sizes=sizes, seed=args.seed, n_blocks=n_blocks,
-                   awq_grid=sizes["awq_grid"], methods=args.methods, settings=args.settings,
+                   awq_grid=sizes["awq_grid"], methods=",".join(methods), settings=",".join(settings),
                    total_seconds=time.perf_counter() - t0, rows=rows,
                    notes="size: block linears as stored in the GPTQ format (codes, float16 scales, "
                          "b-bit zeros, int32 g_idx), everything else float16; float = 16 bits/weight")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "demo.txt").write_text(table + "\n")
     plot(rows, out / "demo.png")

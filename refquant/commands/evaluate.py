@@ -1,17 +1,23 @@
-"""``refquant eval [MODEL] [--seq-len L] [--tokens N]``: perplexity on the evaluation articles."""
+"""``refquant eval [MODEL] [--seq-len L] [--tokens N]``: perplexity on the evaluation articles.
+
+The numbers are checked by their argparse types and against each other (``--tokens`` must fill
+one window) before the model is read; a model without a tokenizer is refused before any work.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 
+from refquant.commands._args import integer
+
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file, Hugging Face directory, or a GPTQ checkpoint written by "
                         "`refquant quantize` (default: the bundled SmolLM2-135M)")
-    p.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
-    p.add_argument("--tokens", type=int, default=16384,
+    p.add_argument("--seq-len", type=integer(2), default=512, help="window length (>= 2; default 512)")
+    p.add_argument("--tokens", type=integer(2), default=16384,
                    help="evaluation tokens taken from the stream (default 16384)")
     p.add_argument("--seed", type=int, default=0, help="seed of the article split (default 0)")
 
@@ -21,14 +27,17 @@ def run(args) -> int:
     from refquant.pipeline.evaluate import perplexity
     from refquant.formats.gptq import load_any
 
+    if args.tokens < args.seq_len:
+        raise ValueError(f"--tokens {args.tokens} do not fill one window of --seq-len {args.seq_len}")
     model = load_any(args.model)        # a GPTQ checkpoint must hold every weight of the model
     if model.tokenizer is None:
-        raise SystemExit(f"{model.source}: the model has no tokenizer (tokenizer.json)")
+        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
+                         "to tokenize the evaluation text")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
     t0 = time.perf_counter()
-    r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)
+    r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)   # raises on a NaN/Inf NLL
     dt = time.perf_counter() - t0
-    if not math.isfinite(r.ppl):    # every weight read is checked finite: the arithmetic overflowed
+    if not math.isfinite(r.ppl):        # a finite mean NLL above ~709 nats: exp overflows
         raise ValueError(f"{model.source}: perplexity is {r.ppl} (mean NLL {r.nll})")
     print(f"model:      {model.source}")
     print(f"text:       evaluation split (seed {args.seed}), {len(tokens)} tokens, "

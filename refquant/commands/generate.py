@@ -1,16 +1,22 @@
-"""``refquant generate PROMPT [--model M] [--n-new N]``: greedy continuation of a prompt."""
+"""``refquant generate PROMPT [--model M] [--n-new N]``: greedy continuation of a prompt.
+
+The prompt must be non-empty and ``--n-new >= 0``; a model without a tokenizer, or a prompt
+whose tokens plus ``--n-new`` exceed the model's context length, is refused before any work.
+"""
 
 from __future__ import annotations
 
 import time
 
+from refquant.commands._args import integer, non_empty
+
 
 def add_arguments(p) -> None:
-    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("prompt", type=non_empty, help="the text to continue")
     p.add_argument("--model", default=None,
                    help="GGUF file, Hugging Face directory or GPTQ checkpoint (default: the bundled "
                         "SmolLM2-135M)")
-    p.add_argument("--n-new", type=int, default=24, help="new tokens at most (default 24)")
+    p.add_argument("--n-new", type=integer(0), default=24, help="new tokens at most (default 24)")
 
 
 def run(args) -> int:
@@ -19,8 +25,15 @@ def run(args) -> int:
 
     model = load_any(args.model)
     if model.tokenizer is None:
-        raise SystemExit(f"{model.source}: the model has no tokenizer (tokenizer.json)")
+        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
+                         "to encode the prompt")
     prompt = model.tokenizer.encode(args.prompt)
+    if not prompt:
+        raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")
+    limit = model.config.max_seq_len
+    if len(prompt) + args.n_new > limit:
+        raise ValueError(f"the prompt's {len(prompt)} tokens plus --n-new {args.n_new} exceed the "
+                         f"model's context length {limit}")
     t0 = time.perf_counter()
     new = generate(model, prompt, args.n_new)
     dt = time.perf_counter() - t0

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refquant.algorithms.gptq import gptq, hessian
+from refquant.algorithms.gptq import HessianNotPositiveDefinite, gptq, hessian
 from refquant.calibration.observers import calibrate
 from refquant.models.llama import LINEAR_NAMES, block
 from refquant.pipeline.awq_block import awq_block
@@ -77,7 +77,12 @@ _INPUT_OF = {"self_attn.q_proj": "self_attn.q_proj", "self_attn.k_proj": "self_a
 @dataclass
 class QuantizedLayer:
     """One quantized linear: codes ``[out, in]``, parameters, the spec, ``g_idx`` (groups of the
-    input columns, ``None`` for per-channel), the GPTQ loss (``None`` otherwise), and seconds."""
+    input columns, ``None`` for per-channel), the GPTQ loss (``None`` otherwise), and seconds.
+
+    GPTQ only: ``damp`` is the dampening its Hessian was factored with and ``damp_retries`` how
+    many times it was raised 10x for that (0: the requested ``damp`` held;
+    :func:`refquant.algorithms.gptq.gptq`); ``None`` and 0 for the other methods.
+    """
 
     setting: LayerSetting
     codes: np.ndarray
@@ -86,6 +91,8 @@ class QuantizedLayer:
     g_idx: np.ndarray | None = None
     loss: float | None = None
     seconds: float = 0.0
+    damp: float | None = None
+    damp_retries: int = 0
 
 
 @dataclass
@@ -109,6 +116,9 @@ class QuantizeResult:
     n_blocks : int
     streamed : bool
         True when the blocks went to a ``sink`` (``weights`` and ``layers`` are then empty).
+    damp_retries : dict[str, tuple[float, int]]
+        The GPTQ linears whose Hessian could not be factored at the requested ``damp``:
+        name -> (damp used, retries). Kept when streamed.
     """
 
     weights: dict
@@ -119,6 +129,7 @@ class QuantizeResult:
     peak_bytes: int | None = None
     n_blocks: int = 0
     streamed: bool = False
+    damp_retries: dict = field(default_factory=dict)
 
     def apply(self, model):
         """The model with these weights laid over its own (the original is not modified)."""
@@ -153,7 +164,7 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
         AWQ's searches see only the first ``awq_max_seqs`` calibration sequences (its grid
         searches run ~40 block forwards each); the next block's input is computed on all.
     progress : bool
-        Show a tqdm bar over the blocks.
+        Show a tqdm bar over the blocks (its postfix counts the linears whose damping was raised).
     track_memory : bool
         Record the ``tracemalloc`` peak (slows Python allocations slightly).
     sink : callable, optional
@@ -169,6 +180,13 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     Returns
     -------
     QuantizeResult
+
+    Raises
+    ------
+    HessianNotPositiveDefinite
+        (a ``ValueError``) where a GPTQ linear's Hessian cannot be factored at any damping tried;
+        the message starts with the linear's name (``layers.3.mlp.down_proj: ...``) and its
+        ``layer`` attribute holds it.
     """
     tokens = np.asarray(calib_tokens)
     if tokens.ndim != 2 or tokens.dtype.kind not in "iu" or tokens.size == 0:
@@ -185,6 +203,7 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     overrides: dict = {}
     view = with_weights(model, overrides)                       # sees every update to overrides
     layers: dict = {}
+    retried: dict = {}
     block_seconds = []
     try:
         X = embed_batched(view, tokens, batch_size)             # [B, T, d]
@@ -200,6 +219,10 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                                                   awq_max_seqs=awq_max_seqs)
             overrides.update(weights)
             layers.update(new_layers)
+            retried.update({n: (ly.damp, ly.damp_retries) for n, ly in new_layers.items()
+                            if ly.damp_retries})
+            if progress and retried:
+                blocks.set_postfix(damp_raised=len(retried))
             X = block_batched(view, i, X, batch_size)           # the next block's input
             if sink is not None:
                 _to_sink(sink, i, model, view, overrides, layers)
@@ -210,7 +233,8 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
             tracemalloc.stop()
     return QuantizeResult(weights=dict(overrides), layers=layers, settings=settings,
                           seconds=time.perf_counter() - t_start, block_seconds=block_seconds,
-                          peak_bytes=peak, n_blocks=n_blocks, streamed=sink is not None)
+                          peak_bytes=peak, n_blocks=n_blocks, streamed=sink is not None,
+                          damp_retries=retried)
 
 
 def _quantize_block(view, i: int, X: np.ndarray, st: dict, *, damp: float, block_size: int,
@@ -241,13 +265,28 @@ def _quantize_block(view, i: int, X: np.ndarray, st: dict, *, damp: float, block
             w_hat = dequantize(codes, qp, sp)
             layers[n] = QuantizedLayer(setting, codes, qp, sp, _group_index(W.shape[1], sp))
         else:
-            r = gptq(W, Hs[_INPUT_OF[lin]], sp, block_size=block_size, damp=damp,
-                     act_order=setting.act_order, static_groups=setting.static_groups)
+            r = _gptq_layer(n, W, Hs[_INPUT_OF[lin]], sp, setting, damp, block_size)
             w_hat = r.w_hat
-            layers[n] = QuantizedLayer(setting, r.codes, r.qparams, sp, r.g_idx, r.loss)
+            layers[n] = QuantizedLayer(setting, r.codes, r.qparams, sp, r.g_idx, r.loss,
+                                       damp=r.damp, damp_retries=r.damp_retries)
         layers[n].seconds = time.perf_counter() - t1
         weights[n + ".weight"] = w_hat
     return weights, layers
+
+
+def _gptq_layer(name: str, W, H, spec: QuantSpec, setting: LayerSetting, damp: float,
+                block_size: int):
+    """:func:`refquant.algorithms.gptq.gptq` of the linear ``name``; a Hessian that cannot be
+    factored re-raises :class:`HessianNotPositiveDefinite` with ``name`` in front of the
+    message (which names the damping tried) and as the ``layer`` attribute."""
+    try:
+        return gptq(W, H, spec, block_size=block_size, damp=damp, act_order=setting.act_order,
+                    static_groups=setting.static_groups)
+    except HessianNotPositiveDefinite as exc:
+        named = HessianNotPositiveDefinite(exc.damps, exc.lambdas)
+        named.args = (f"{name}: {exc}",)
+        named.layer = name
+        raise named from exc
 
 
 def _group_index(in_features: int, spec: QuantSpec) -> np.ndarray | None:
