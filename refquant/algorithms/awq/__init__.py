@@ -25,16 +25,19 @@ The block-level recipe for a Llama block is :func:`refquant.pipeline.awq_block.a
 
 Symbols
 -------
-X          [n, in]    calibration inputs of the weights (tokens flattened)
-W          [out, in]  one weight (out_features, in_features); several ``W`` may share ``X``
-s_x        [C]        mean |X| of each input channel (C = in, or fewer shared channels, below)
-alpha      scalar     the exponent, on the grid ``k / n_grid``, ``k = 0..n_grid-1``
-s          [C]        the per-channel scale ``s_x^alpha``, normalized (below)
-Q          the fake quantizer of the spec (min-max calibration, :func:`refquant.fake_quantize`)
-f          ``forward_fn``: candidate weights -> the output whose error is measured
-c          [in]       ``channel_map``: input channel ``j`` of ``W`` uses scale ``s[c_j]``
-                      (identity by default; grouped-query attention shares one scale among the
-                      query heads that read the same key/value head, see :func:`fold_scales`)
+=====  =========  ==========================================================================
+X      [n, in]    calibration inputs of the weights (tokens flattened)
+W      [out, in]  one weight (out_features, in_features); several ``W`` may share ``X``
+s_x    [C]        ``mean |X|`` of each input channel (C = in, or fewer shared channels, below)
+alpha  scalar     the exponent, on the grid ``k / n_grid``, ``k = 0..n_grid-1``
+s      [C]        the per-channel scale ``s_x^alpha``, normalized (below)
+Q                 the fake quantizer of the spec (min-max calibration,
+                  :func:`refquant.fake_quantize`)
+f                 ``forward_fn``: candidate weights -> the output whose error is measured
+c      [in]       ``channel_map``: input channel ``j`` of ``W`` uses scale ``s[c_j]``
+                  (identity by default; grouped-query attention shares one scale among the
+                  query heads that read the same key/value head, see :func:`fold_scales`)
+=====  =========  ==========================================================================
 
 Normalization of s
 ------------------

@@ -13,12 +13,14 @@ min-max range shrink by ``beta`` (``rule="shrink"``, the default), or the weight
 
 Symbols
 -------
-X          [n, in]    calibration inputs of the layer (tokens flattened)
-W          [out, in]  the weight; row ``r``, input group ``g`` of ``gs`` columns (G groups)
-beta       scalar     the clipping factor, on the grid ``1 - k / n_grid``
-l_0, h_0   [out, G]   the min-max range of each parameter group (zero included)
-m_0        [out, G]   ``max(-l_0, h_0) = max|w|`` of each group
-H_g        [gs, gs]   ``X_g^T X_g / n``: group ``g``'s second moments (float64)
+========  =========  ===================================================================
+X         [n, in]    calibration inputs of the layer (tokens flattened)
+W         [out, in]  the weight; row ``r``, input group ``g`` of ``gs`` columns (G groups)
+beta      scalar     the clipping factor, on the grid ``1 - k / n_grid``
+l_0, h_0  [out, G]   the min-max range of each parameter group (zero included)
+m_0       [out, G]   ``max(-l_0, h_0) = max|w|`` of each group
+H_g       [gs, gs]   ``X_g^T X_g / n``: group ``g``'s second moments (float64)
+========  =========  ===================================================================
 
 References
 ----------
@@ -219,6 +221,11 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     Returns
     -------
     AWQClipResult
+
+    References
+    ----------
+    .. [2] MIT HAN Lab, llm-awq (the authors' code), ``awq/quantize/auto_clip.py``
+           (``auto_clip_layer``).
     """
     W = _matrix(W, "W").astype(np.float32)
     X = as_float_array(X, "X")

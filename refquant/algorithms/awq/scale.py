@@ -225,6 +225,11 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
     -------
     AWQScaleResult
 
+    References
+    ----------
+    .. [1] J. Lin et al., "AWQ: Activation-aware Weight Quantization for On-Device LLM
+           Compression and Acceleration", MLSys 2024, arXiv:2306.00978.
+
     Examples
     --------
     >>> import numpy as np, refquant as rq
