@@ -21,7 +21,7 @@ fi
 # 2. the docstring examples
 "$py" -m pytest -q -p no:cacheprovider --doctest-modules refquant
 # 3. the notebooks, executed top to bottom
-"$py" -m pytest -q --nbmake notebooks/
+"$py" -m pytest -q --nbmake notebooks/ --durations=0
 # 4. the CUDA kernels under the simulator (exit status 5: no test collected, e.g. no numba-cuda)
 NUMBA_ENABLE_CUDASIM=1 "$py" -m pytest -q -m "cuda and not slow" || { rc=$?; [ "$rc" -eq 5 ] || exit "$rc"; }
 # 5. the documentation site with -W --keep-going (see the header)
