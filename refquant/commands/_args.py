@@ -109,3 +109,17 @@ def output_directory(text: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {str(parent)!r}: "
                                          f"{exc.strerror or exc}") from None
     return text
+
+
+def require_tokenizer(model, purpose: str) -> None:
+    """Raise ``ValueError`` naming the model when it has no tokenizer, needed for ``purpose``."""
+    if model.tokenizer is None:
+        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
+                         f"to {purpose}")
+
+
+def check_n_blocks(model, n_blocks) -> None:
+    """Raise ``ValueError`` when ``--n-blocks`` asks for more blocks than the model has."""
+    L = model.config.n_layers
+    if n_blocks is not None and n_blocks > L:
+        raise ValueError(f"--n-blocks {n_blocks}: the model has {L} blocks")

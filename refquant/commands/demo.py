@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from refquant.commands._args import integer, output_directory, subset
+from refquant.commands._args import (check_n_blocks, integer, output_directory,
+                                     require_tokenizer, subset)
 
 # default: ~15 minutes on 2 cores (an evaluation of 2048 tokens is ~0.55 TFLOP of forward pass)
 # AWQ's searches dominate the default's time (each grid point re-runs a sub-module of every block):
@@ -177,12 +178,8 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     model = rq.load_model(args.model)
-    if model.tokenizer is None:
-        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
-                         "to tokenize the calibration and evaluation text")
-    L = model.config.n_layers
-    if args.n_blocks is not None and args.n_blocks > L:
-        raise ValueError(f"--n-blocks {args.n_blocks}: the model has {L} blocks")
+    require_tokenizer(model, "tokenize the calibration and evaluation text")
+    check_n_blocks(model, args.n_blocks)
     calib = calibration_batch(model.tokenizer, sizes["calib_tokens"], sizes["calib_seq_len"], args.seed)
     ev = np.asarray(evaluation_tokens(model.tokenizer, sizes["eval_tokens"])).reshape(-1)
     print(f"model: {model.source}")
@@ -197,7 +194,7 @@ def run(args) -> int:
         for method in methods:
             runs.append((method, _setting(method, bits, group)))
     if not args.no_mixed and "gptq" in methods:
-        runs.append(("mixed", mixed_recipe(L)))
+        runs.append(("mixed", mixed_recipe(model.config.n_layers)))
     rows = run_experiments(model, calib, ev, runs, seq_len=sizes["seq_len"], n_blocks=args.n_blocks,
                            progress=progress, log=print, awq_max_seqs=sizes["awq_seqs"],
                            awq_kw=dict(n_grid=sizes["awq_grid"], clip_grid=sizes["awq_grid"]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 
-from refquant.commands._args import integer
+from refquant.commands._args import integer, require_tokenizer
 
 
 def add_arguments(p) -> None:
@@ -30,9 +30,7 @@ def run(args) -> int:
     if args.tokens < args.seq_len:
         raise ValueError(f"--tokens {args.tokens} do not fill one window of --seq-len {args.seq_len}")
     model = load_any(args.model)        # a GPTQ checkpoint must hold every weight of the model
-    if model.tokenizer is None:
-        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
-                         "to tokenize the evaluation text")
+    require_tokenizer(model, "tokenize the evaluation text")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
     t0 = time.perf_counter()
     r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)   # raises on a NaN/Inf NLL

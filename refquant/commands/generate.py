@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from refquant.commands._args import integer, non_empty
+from refquant.commands._args import integer, non_empty, require_tokenizer
 
 
 def add_arguments(p) -> None:
@@ -24,9 +24,7 @@ def run(args) -> int:
     from refquant.models.llama import generate
 
     model = load_any(args.model)
-    if model.tokenizer is None:
-        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
-                         "to encode the prompt")
+    require_tokenizer(model, "encode the prompt")
     prompt = model.tokenizer.encode(args.prompt)
     if not prompt:
         raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")

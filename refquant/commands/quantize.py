@@ -20,7 +20,8 @@ import pathlib
 import shutil
 import time
 
-from refquant.commands._args import finite_float, group_size, integer, output_directory
+from refquant.commands._args import (check_n_blocks, finite_float, group_size, integer,
+                                     output_directory, require_tokenizer)
 
 
 def add_arguments(p):
@@ -57,12 +58,8 @@ def run(args) -> int:
                            static_groups=args.static_groups)
     t0 = time.perf_counter()
     model = rq.load_model(args.model)
-    if model.tokenizer is None:
-        raise ValueError(f"{model.source}: the model has no tokenizer (tokenizer.json), needed "
-                         "to tokenize the calibration text")
-    L = model.config.n_layers
-    if args.n_blocks is not None and args.n_blocks > L:
-        raise ValueError(f"--n-blocks {args.n_blocks}: the model has {L} blocks")
+    require_tokenizer(model, "tokenize the calibration text")
+    check_n_blocks(model, args.n_blocks)
     calib = calibration_batch(model.tokenizer, args.calib_tokens, args.seq_len, args.seed)
     out = pathlib.Path(args.output)
     existed = out.exists()
