@@ -396,8 +396,9 @@ for gs in (128, 32):
     b = rq.gptq(W, H, sp, group_params="updated", dtype=np.float64)
     b64 = rq.gptq(W, H, sp, group_params="updated", block_size=64, dtype=np.float64)
     print(f"g{gs:<4d} loss reference {a.loss:.4f}  updated {b.loss:.4f}   codes differ: "
-          f"{np.mean(a.codes != b.codes):6.2%}   scales differ: {np.mean(a.qparams.scale != b.qparams.scale):6.2%}"
-          f"   'updated' independent of the block size: {np.array_equal(b.codes, b64.codes)}")
+          f"{np.mean(a.codes != b.codes):6.2%}   scales differ: "
+          f"{np.mean(a.qparams.scale != b.qparams.scale):6.2%}   'updated' independent of the "
+          f"block size: {np.array_equal(b.codes, b64.codes)}")
 
 sp32 = rq.QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32)
 a = rq.gptq(W, H, sp32, group_params="reference", dtype=np.float64)

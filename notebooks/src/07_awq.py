@@ -199,7 +199,8 @@ def qkv_loss(s, X):
 
 held_losses = [qkv_loss(awq.scale_from_alpha(r.s_x, a), X_held) for a in r.alphas]
 print(f"alpha* = {r.alpha}: calibration loss {r.loss:.4e} vs RTN (alpha = 0) {r.loss_rtn:.4e}")
-print(f"held out: alpha* {held_losses[int(np.argmin(np.abs(r.alphas - r.alpha)))]:.4e} vs RTN {held_losses[0]:.4e}")
+k_best = int(np.flatnonzero(r.alphas == r.alpha)[0])
+print(f"held out: alpha* {held_losses[k_best]:.4e} vs RTN {held_losses[0]:.4e}")
 print("the largest scales:", np.sort(r.s)[-5:], " the smallest:", np.sort(r.s)[:3])
 assert r.loss <= r.loss_rtn
 
@@ -254,7 +255,7 @@ else:
 # | scaled weights | the scale is folded into | |
 # |---|---|---|
 # | q, k, v | the input RMSNorm's weight $\mathbf g_1 \leftarrow \mathbf g_1 / \mathbf s$ | |
-# | o | the rows of v ($v$ passes through the attention average, linear per channel) | one scale per *value* channel, shared by the 3 query heads that read it |
+# | o | the rows of v (the attention average is linear in $v$) | one scale per value channel, shared by the 3 query heads reading it |
 # | gate, up | the post-attention RMSNorm's weight $\mathbf g_2 \leftarrow \mathbf g_2 / \mathbf s$ | |
 # | down | the rows of up ($\mathrm{SiLU}(g) \odot u$ is linear in $u$) | |
 #
@@ -367,10 +368,10 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # Almost every group is clipped, most by $\beta \approx 0.8$: at 3 bits, the min-max range
 # spends too many of its 8 levels on a few extreme weights, and cutting them off buys a finer
-# step for all the others. The clipped groups' held-out output errors confirm the gain. The `"shrink"` rule reaches a lower objective
-# than the authors' clamp, because it can also move the end of the range that the clamp leaves
-# alone. The last check above confirms that the clipped `down_proj` codes equal those
-# `rq.awq_block` produced.
+# step for all the others. The clipped layers' held-out output errors confirm the gain. The
+# `"shrink"` rule reaches a lower objective than the authors' clamp, because it can also move
+# the end of the range that the clamp leaves alone, and a lower held-out error too. The last
+# check above confirms that the clipped `down_proj` codes equal those `rq.awq_block` produced.
 #
 # ## 6. The whole block: AWQ against RTN
 #
