@@ -8,25 +8,8 @@ quantizer handed to :class:`Linear`. Every backward pass is checked against cent
 differences in ``tests/test_nn.py``. The layers live in :mod:`refquant.training.layers`, the
 optimizers and the loop in :mod:`refquant.training.optim`; this module gathers them.
 
-Symbols
--------
-=====  ==============================================================================
-N      batch size (rows of ``x``)
-K      input features, M output features, C classes
-x      layer input ``[N, K]`` (or ``[..., K]``), y its output, dy = dL/dy, dx = dL/dx
-W      weight ``[M, K]`` (the (out_features, in_features) convention), b bias ``[M]``
-W_hat  the weight the layer multiplies with: ``W``, or its fake-quantized version
-eta    learning rate; mu momentum; beta1, beta2, eps Adam's constants
-=====  ==============================================================================
-
-References
-----------
-.. [1] D. Hendrycks, K. Gimpel, "Gaussian Error Linear Units (GELUs)", arXiv:1606.08415, 2016.
-.. [2] B. T. Polyak, "Some methods of speeding up the convergence of iteration methods",
-       USSR Comp. Math. and Math. Physics 4(5), 1964 (heavy-ball momentum).
-.. [3] D. P. Kingma, J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
-       arXiv:1412.6980.
-.. [4] K. He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv:1502.01852 (init).
+The symbols (shapes of ``x``, ``W``, ``dy`` ...) are listed in :mod:`refquant.training.layers`,
+the optimizers' constants in :mod:`refquant.training.optim`, each beside its references.
 """
 
 from refquant.training.layers import (GELU, Linear, Parameter, ReLU, Sequential,  # noqa: F401
