@@ -25,3 +25,33 @@ def best_pair(f, g, repeats):
                 fn()
                 best[side] = min(best[side], time.perf_counter() - t)
     return best[0], best[1]
+
+
+def print_machine() -> None:
+    """Print the CPU model, its vector-extension flags and the BLAS kernel in use: figures from one
+    machine are not another's (the CPU model changes between sessions)."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f == "f16c")
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
+                         for i in threadpool_info())
+    except Exception:          # threadpoolctl missing: the CPU lines still say which machine
+        blas = "unknown"
+    print(f"cpu: {model}, {os.cpu_count()} logical cores")
+    print(f"cpu flags: {' '.join(wanted) or 'none found'}")
+    print(f"blas: {blas}")

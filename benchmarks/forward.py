@@ -41,6 +41,7 @@ import refquant as rq  # noqa: E402
 from refquant.pipeline.data import evaluation_tokens  # noqa: E402
 from refquant.models.llama import forward  # noqa: E402
 from refquant.models.loaders import save_hf  # noqa: E402
+from _timing import print_machine  # (benchmarks/ is on sys.path)
 
 
 def best_time(fn, batches, repeats):
@@ -55,6 +56,7 @@ def best_time(fn, batches, repeats):
 
 
 def main() -> int:
+    print_machine()
     try:
         import torch
         import transformers

@@ -15,6 +15,7 @@ import numpy as np
 
 import refquant as rq
 from refquant.algorithms._gptq_fast import _inverse_hessian_factor
+from _timing import print_machine  # (benchmarks/ is on sys.path)
 
 
 def best_of(fn, repeats):
@@ -27,6 +28,7 @@ def best_of(fn, repeats):
 
 
 def main():
+    print_machine()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4096, help="layer size and number of samples")
     ap.add_argument("--repeats", type=int, default=3)

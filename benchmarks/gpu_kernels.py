@@ -26,6 +26,7 @@ from _cases import w4_problem  # (benchmarks/ is on sys.path)
 
 import refquant as rq
 from refquant.kernels import reference, w4_tolerance
+from _timing import print_machine  # (benchmarks/ is on sys.path)
 
 
 def _vendor():
@@ -66,6 +67,7 @@ def timed(fn, sync, repeats, burst=None):
 
 
 def main():
+    print_machine()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, simulator-friendly")
     ap.add_argument("--repeats", type=int, default=10)

@@ -17,7 +17,7 @@ import argparse
 # millisecond on this virtual machine), =active keeps Numba's workers spinning during the NumPy
 # side. _timing.best_pair times each side in its own burst after a pause (see there).
 
-from _timing import best_pair  # (benchmarks/ is on sys.path)
+from _timing import best_pair, print_machine  # (benchmarks/ is on sys.path)
 import numpy as np
 
 import refquant as rq
@@ -26,6 +26,7 @@ SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)
 
 
 def main():
+    print_machine()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")

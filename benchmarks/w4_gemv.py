@@ -18,7 +18,7 @@ import argparse
 # side. _timing.best_pair times each side in its own burst after a pause (see there).
 
 from _cases import w4_problem  # (benchmarks/ is on sys.path)
-from _timing import best_pair
+from _timing import best_pair, print_machine
 import numpy as np
 
 import refquant as rq
@@ -29,6 +29,7 @@ GROUP = 128
 
 
 def main():
+    print_machine()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--m", type=int, default=1, help="tokens (1 = GEMV)")

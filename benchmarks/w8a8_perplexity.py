@@ -19,9 +19,11 @@ import refquant as rq                                    # noqa: E402
 from refquant.pipeline.data import evaluation_tokens              # noqa: E402
 from refquant.kernels import auto_backend                # noqa: E402
 from refquant.integer.w8a8 import w8a8_linear                    # noqa: E402
+from _timing import print_machine  # (benchmarks/ is on sys.path)
 
 
 def main():
+    print_machine()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--seq-len", type=int, default=256)
