@@ -22,7 +22,7 @@ Definitions implemented (the documented ones):
   the spec's rounding; ``x_hat = fl32(s (q - z))``.
 * ``ggml``: llama.cpp's reference quantizers (ggml-quants.c ``quantize_row_q{8_0,4_0,4_1}_ref``)
   with every float32 operation rounded to binary32 and the stored ``d``/``m`` rounded to
-  binary16; see refquant/formats/ggml.py's docstring. Dequantization as ggml: fl32(d q),
+  binary16; see refquant/formats/ggml/legacy.py's docstring. Dequantization as ggml: fl32(d q),
   fl32(d (q - 8)), fl32(fl32(d q) + m).
 
 For the uniform cases the script also checks that the float64 quotient ``fl64(x / s)`` rounds

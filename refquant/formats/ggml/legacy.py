@@ -1,4 +1,4 @@
-"""llama.cpp's GGML block formats Q8_0, Q4_0 and Q4_1, byte for byte as stored in GGUF files.
+"""The first GGML block formats, Q8_0, Q4_0 and Q4_1, byte for byte as stored in GGUF files.
 
 Each format cuts a row into blocks of 32 consecutive values (along the last axis, the input
 dimension of a weight) and stores every block as a small header of float16 numbers followed by
@@ -40,7 +40,8 @@ Rounding, exactly
 * Q4_0's scale carries the *sign* of the largest-magnitude value (``d = max / -8`` with the
   signed max, the first one where several share the largest magnitude), so that value always
   gets code 0, i.e. ``-8 d = max`` exactly in float32; ``d`` is negative whenever that value is
-  positive.
+  positive. An all-zero block stores ``d = -0.0`` (bytes ``00 80``) as ggml's C does; the ``gguf``
+  package's NumPy port stores ``+0.0`` when the block's first value is ``-0.0``.
 
 Where refquant is stricter than the reference
 ---------------------------------------------
@@ -77,6 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refquant.formats.ggml._registry import BlockType, register
 from refquant.schemes.numerics import as_float_array, round_to_int
 
 QK = 32  # values per block, all three formats
@@ -91,16 +93,6 @@ def _check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown GGML block format {fmt!r}; choose from {sorted(FORMATS)}")
     return fmt
-
-
-def block_bytes(fmt: str) -> int:
-    """Bytes per block of 32 values: 34 (Q8_0), 18 (Q4_0), 20 (Q4_1)."""
-    return FORMATS[_check_format(fmt)][0]
-
-
-def bits_per_weight(fmt: str) -> float:
-    """Storage per weight including the float16 scale (and minimum): 8.5, 4.5 or 5.0 bits."""
-    return block_bytes(fmt) * 8 / QK
 
 
 @dataclass(frozen=True)
@@ -203,14 +195,20 @@ def quantize_blocks(x, fmt: str) -> GGMLBlocks:
     if fmt == "Q4_0":
         i_max = np.argmax(np.abs(xb), axis=-1)[..., None]         # first largest |x|
         x_max = np.take_along_axis(xb, i_max, axis=-1)[..., 0]    # signed, [..., nb]
+        # ggml's C starts from max = 0.0f and replaces it only on a strictly larger |x|, so an
+        # all-zero block gets max = +0 and d = -0.0 whatever the zeros' signs (the gguf
+        # package's port takes x[argmax] = x[0] and stores +0 when x[0] is -0.0)
+        x_max = np.where(x_max == 0, np.float32(0.0), x_max).astype(np.float32)
         d = (x_max / np.float32(-8)).astype(np.float32)
         inv = _reciprocal(d)
         x0 = (xb * inv[..., None]).astype(np.float32)
         q = np.minimum(_trunc_offset(x0, 8.5), 15).astype(np.uint8)
         return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
     # Q4_1
-    lo = np.min(xb, axis=-1)                                      # [..., nb]
-    hi = np.max(xb, axis=-1)
+    # the first smallest / largest value, as C's strict-comparison loops pick them: that decides
+    # the sign of a zero minimum (np.min may return -0.0 where C keeps the first +0.0)
+    lo = np.take_along_axis(xb, np.argmin(xb, axis=-1)[..., None], axis=-1)[..., 0]  # [..., nb]
+    hi = np.take_along_axis(xb, np.argmax(xb, axis=-1)[..., None], axis=-1)[..., 0]
     d = ((hi - lo) / np.float32(15)).astype(np.float32)
     inv = _reciprocal(d)
     x0 = ((xb - lo[..., None]).astype(np.float32) * inv[..., None]).astype(np.float32)
@@ -220,7 +218,7 @@ def quantize_blocks(x, fmt: str) -> GGMLBlocks:
 
 
 def pack_blocks(blocks: GGMLBlocks) -> np.ndarray:
-    """The GGUF bytes of ``blocks``: uint8 ``[..., n_blocks * block_bytes(fmt)]``."""
+    """The GGUF bytes of ``blocks``: uint8 ``[..., n_blocks * bytes per block]``."""
     fmt = _check_format(blocks.fmt)
     q = np.asarray(blocks.q)
     lead_nb = q.shape[:-1]                                         # [..., nb]
@@ -239,7 +237,7 @@ def pack_blocks(blocks: GGMLBlocks) -> np.ndarray:
 def unpack_blocks(data, fmt: str) -> GGMLBlocks:
     """Inverse of :func:`pack_blocks`: the fields of GGUF bytes ``data`` (uint8 ``[..., n]``,
     ``n`` a multiple of the block size in bytes)."""
-    nbytes = block_bytes(fmt)
+    nbytes = FORMATS[_check_format(fmt)][0]
     data = np.asarray(data)
     if data.dtype != np.uint8:
         raise ValueError(f"{fmt} data must be uint8 bytes, got dtype {data.dtype}")
@@ -279,13 +277,19 @@ def dequantize_blocks(blocks: GGMLBlocks) -> np.ndarray:
 
 
 def quantize(x, fmt: str) -> np.ndarray:
-    """GGUF bytes of ``x`` in ``fmt``: uint8 ``[..., K // 32 * block_bytes(fmt)]``."""
+    """GGUF bytes of ``x`` in ``fmt``: uint8 ``[..., K // 32 * bytes per block]``."""
     return pack_blocks(quantize_blocks(x, fmt))
 
 
 def dequantize(data, fmt: str) -> np.ndarray:
-    """Float32 values ``[..., n_bytes // block_bytes(fmt) * 32]`` of GGUF bytes ``data``."""
+    """Float32 values ``[..., n_bytes // bytes per block * 32]`` of GGUF bytes ``data``."""
     return dequantize_blocks(unpack_blocks(data, fmt))
+
+
+for _name, (_nbytes, _, _type_id) in FORMATS.items():
+    register(BlockType(_name, _type_id, QK, _nbytes,
+                       quantize_rows=lambda x, imatrix, _f=_name: quantize(x, _f),
+                       dequantize_rows=lambda data, _f=_name: dequantize(data, _f)))
 
 
 def quantize_q8_0(x) -> np.ndarray:
@@ -318,7 +322,7 @@ def dequantize_q4_1(data) -> np.ndarray:
     return dequantize(data, "Q4_1")
 
 
-__all__ = ["QK", "FORMATS", "GGMLBlocks", "block_bytes", "bits_per_weight", "quantize_blocks",
+__all__ = ["QK", "FORMATS", "GGMLBlocks", "quantize_blocks",
            "pack_blocks", "unpack_blocks", "dequantize_blocks", "quantize", "dequantize",
            "quantize_q8_0", "quantize_q4_0", "quantize_q4_1",
            "dequantize_q8_0", "dequantize_q4_0", "dequantize_q4_1"]

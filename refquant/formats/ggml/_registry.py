@@ -1,0 +1,66 @@
+"""The table of GGML block types refquant can write and read.
+
+Every block type (Q8_0, Q4_0, ... the K-quants, MXFP4 ...) lives in a module of this package and
+registers one :class:`BlockType` here: its GGML type id, how many values a block holds, how many
+bytes it takes, and the two functions that turn float32 rows into the block bytes and back. The
+public :func:`refquant.formats.ggml.quantize` / :func:`~refquant.formats.ggml.dequantize` check
+their input once and then call the registered pair, so every format gets the same input checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BlockType:
+    """One GGML block type.
+
+    Attributes
+    ----------
+    name : str
+        llama.cpp's name, e.g. ``"Q4_K"``.
+    type_id : int
+        ``enum ggml_type`` value (``ggml.h``), also ``gguf.GGMLQuantizationType``.
+    block_size : int
+        Values per block (32, or 256 for the K-quants' super-blocks).
+    type_size : int
+        Bytes per block.
+    quantize_rows : callable
+        ``(x, imatrix) -> bytes``: ``x`` float32 ``[n_rows, K]`` (``K % block_size == 0``,
+        finite), ``imatrix`` float32 ``[K]`` or None -> uint8 ``[n_rows, K // block_size *
+        type_size]``.
+    dequantize_rows : callable
+        ``data -> x_hat``: uint8 ``[n_rows, n_bytes]`` -> float32 ``[n_rows, K]``.
+    uses_imatrix : bool
+        Whether ``quantize_rows`` reads the importance matrix (False: it is accepted and ignored,
+        as ggml's quantizers of these types ignore it).
+    """
+
+    name: str
+    type_id: int
+    block_size: int
+    type_size: int
+    quantize_rows: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+    dequantize_rows: Callable[[np.ndarray], np.ndarray]
+    uses_imatrix: bool = False
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage per weight, scales included: ``8 * type_size / block_size``."""
+        return 8.0 * self.type_size / self.block_size
+
+
+#: name -> BlockType, filled by the modules of this package as they are imported
+TYPES: dict[str, BlockType] = {}
+
+
+def register(block_type: BlockType) -> BlockType:
+    """Add ``block_type`` to :data:`TYPES` (a name registered twice is a programming error)."""
+    if block_type.name in TYPES:
+        raise ValueError(f"GGML block type {block_type.name!r} is registered twice")
+    TYPES[block_type.name] = block_type
+    return block_type
