@@ -30,6 +30,8 @@ _EXPORTS = {
     "pack": _S + "packing", "unpack": _S + "packing", "packed_length": _S + "packing",
     "cast_fp16": _S + "casts", "cast_bf16": _S + "casts", "bf16_bits": _S + "casts",
     "from_bf16_bits": _S + "casts", "fp16_bits": _S + "casts", "from_fp16_bits": _S + "casts",
+    "float_bits": _S + "floats", "from_float_bits": _S + "floats", "cast_float": _S + "floats",
+    "FLOAT_FORMATS": _S + "floats", "FloatFormat": _S + "floats",
     "LogSpec": _S + "nonuniform", "log_quantize": _S + "nonuniform",
     "log_dequantize": _S + "nonuniform", "log_calibrate": _S + "nonuniform",
     "log_fake_quantize": _S + "nonuniform", "codebook_quantize": _S + "nonuniform",
