@@ -128,6 +128,17 @@ def hf_config(cfg: dict, path) -> LlamaConfig:
     return _config(values, path, HF_KEYS)
 
 
+def hf_config_json(config: LlamaConfig) -> dict:
+    """The Hugging Face ``config.json`` object of ``config`` (``LlamaForCausalLM``): every
+    :data:`HF_KEYS` field, the tied-embedding flag and the fixed Llama choices (SiLU, no biases);
+    the inverse of :func:`hf_config`, which reads it back to ``config``."""
+    out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    out.update({key: getattr(config, name) for name, key in HF_KEYS.items()})
+    out.update(tie_word_embeddings=config.tied_embeddings, hidden_act="silu",
+               attention_bias=False, mlp_bias=False)
+    return out
+
+
 def match_tensors(config: LlamaConfig, stored: dict, path, *, keys: dict, file_name,
                   float_types, matrix_types, ignore=()) -> None:
     """Check ``stored`` (refquant name -> ``(name in the file, shape, type name)``) against
@@ -183,4 +194,5 @@ def _check_heads(config: LlamaConfig, stored: dict, path, keys: dict) -> None:
                 "with the tensor shapes")
 
 
-__all__ = ["BOUNDS", "GGUF_KEYS", "HF_KEYS", "gguf_config", "hf_config", "match_tensors"]
+__all__ = ["BOUNDS", "GGUF_KEYS", "HF_KEYS", "gguf_config", "hf_config", "hf_config_json",
+           "match_tensors"]

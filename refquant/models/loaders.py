@@ -290,6 +290,8 @@ def save_hf(model: LlamaModel, directory, *, dtype: str = "F32") -> pathlib.Path
     """
     from safetensors.numpy import save_file
 
+    from refquant.models.config_checks import hf_config_json
+
     if dtype not in ("F32", "F16"):
         raise ValueError(f"dtype must be 'F32' or 'F16', got {dtype!r}")
     np_dtype = np.float32 if dtype == "F32" else np.float16
@@ -297,16 +299,7 @@ def save_hf(model: LlamaModel, directory, *, dtype: str = "F32") -> pathlib.Path
     directory.mkdir(parents=True, exist_ok=True)
     c = model.config
     tok = model.tokenizer
-    cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": c.d_model, "intermediate_size": c.d_ff,
-        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.n_kv_heads, "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size, "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
-        "tie_word_embeddings": c.tied_embeddings, "max_position_embeddings": c.max_seq_len,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "torch_dtype": "float32" if dtype == "F32" else "float16",
-    }
+    cfg = hf_config_json(c) | {"torch_dtype": "float32" if dtype == "F32" else "float16"}
     if tok is not None:
         cfg["bos_token_id"], cfg["eos_token_id"] = tok.bos_id, tok.eos_id
     tensors = {}

@@ -25,6 +25,11 @@
 
 ``encode`` applies the checkpoint's own BOS convention (``tokenizer.ggml.add_bos_token``, or the
 ``tokenizer.json`` post-processor); the bundled SmolLM2 adds none.
+
+:meth:`Tokenizer.save` writes the Hugging Face files (``tokenizer.json``,
+``tokenizer_config.json``) that ``transformers.AutoTokenizer`` loads; from a GGUF source the
+unknown and padding tokens (``tokenizer.ggml.unknown_token_id``, ``padding_token_id``) and the
+chat template (``tokenizer.chat_template``) go into ``tokenizer_config.json`` too.
 """
 
 from __future__ import annotations
@@ -50,14 +55,18 @@ class Tokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` with the model's BOS/EOS ids.
 
     Attributes: ``bos_id``, ``eos_id`` (int or None), ``vocab_size``, ``backend`` (the
-    ``tokenizers.Tokenizer``).
+    ``tokenizers.Tokenizer``), ``unk_id``, ``pad_id`` (int or None) and ``chat_template`` (str or
+    None), which only :meth:`save` uses.
     """
 
-    def __init__(self, backend, *, bos_id: int | None, eos_id: int | None, source=None):
+    def __init__(self, backend, *, bos_id: int | None, eos_id: int | None, source=None,
+                 unk_id: int | None = None, pad_id: int | None = None,
+                 chat_template: str | None = None):
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.source = source
+        self.unk_id, self.pad_id, self.chat_template = unk_id, pad_id, chat_template
 
     @property
     def vocab_size(self) -> int:
@@ -78,14 +87,16 @@ class Tokenizer:
         return self.backend.id_to_token(int(i))
 
     def save(self, directory) -> None:
-        """Write ``tokenizer.json`` and a minimal ``tokenizer_config.json`` to ``directory``."""
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the special tokens, the chat
+        template) to ``directory``."""
         directory = pathlib.Path(directory)
         self.backend.save(str(directory / "tokenizer.json"))
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
-        if self.bos_id is not None:
-            cfg["bos_token"] = self.token(self.bos_id)
-        if self.eos_id is not None:
-            cfg["eos_token"] = self.token(self.eos_id)
+        for kind in ("bos", "eos", "unk", "pad"):
+            if getattr(self, f"{kind}_id") is not None:
+                cfg[f"{kind}_token"] = self.token(getattr(self, f"{kind}_id"))
+        if self.chat_template is not None:
+            cfg["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
@@ -157,6 +168,10 @@ def tokenizer_from_gguf(metadata: dict, path) -> Tokenizer:
     backend.add_tokens(user)
     bos = get("tokenizer.ggml.bos_token_id", int, None)
     eos = get("tokenizer.ggml.eos_token_id", int, None)
+    # the unknown and padding ids only go into a saved tokenizer_config.json: one outside the
+    # vocabulary is left out there rather than refusing a file that tokenizes correctly
+    unk, pad = (get(f"tokenizer.ggml.{k}_token_id", int, None) for k in ("unknown", "padding"))
+    unk, pad = (i if i is not None and 0 <= i < len(tokens) else None for i in (unk, pad))
     for key, value in (("bos", bos), ("eos", eos)):
         if value is not None and not 0 <= value < len(tokens):
             raise ModelFormatError(f"{path}: tokenizer.ggml.{key}_token_id={value} is outside the "
@@ -171,7 +186,8 @@ def tokenizer_from_gguf(metadata: dict, path) -> Tokenizer:
         raise ModelFormatError(f"{path}: tokenizer vocabulary size "
                                f"{backend.get_vocab_size(with_added_tokens=True)} != "
                                f"{len(tokens)} tokens in the metadata")
-    return Tokenizer(backend, bos_id=bos, eos_id=eos, source=path)
+    return Tokenizer(backend, bos_id=bos, eos_id=eos, source=path, unk_id=unk, pad_id=pad,
+                     chat_template=get("tokenizer.chat_template", str, None))
 
 
 def tokenizer_from_hf(directory, config: dict | None = None) -> Tokenizer | None:
