@@ -31,6 +31,7 @@ _EXPORTS = {
     "cast_fp16": _S + "casts", "cast_bf16": _S + "casts", "bf16_bits": _S + "casts",
     "from_bf16_bits": _S + "casts", "fp16_bits": _S + "casts", "from_fp16_bits": _S + "casts",
     "float_bits": _S + "floats", "from_float_bits": _S + "floats", "cast_float": _S + "floats",
+    "stochastic_round": _S + "stochastic", "stochastic_cast_float": _S + "stochastic",
     "FLOAT_FORMATS": _S + "floats", "FloatFormat": _S + "floats",
     "LogSpec": _S + "nonuniform", "log_quantize": _S + "nonuniform",
     "log_dequantize": _S + "nonuniform", "log_calibrate": _S + "nonuniform",
@@ -55,6 +56,8 @@ _EXPORTS = {
     # training
     "FakeQuant": "refquant.training.qat", "LSQ": "refquant.training.qat",
     "fake_quant": "refquant.training.qat", "qat_swiglu_mlp": "refquant.training.qat_mlp",
+    "quantize_gradient": "refquant.training.gradquant",
+    "GradQuant": "refquant.training.gradquant",
     # models
     "load_model": "refquant.models.loaders",
     # pipeline
