@@ -7,6 +7,7 @@ One module per family of block types, each registering its types in
 module                                      block types
 ==========================================  ===================================================
 :mod:`refquant.formats.ggml.legacy`         Q8_0, Q4_0, Q4_1 (blocks of 32, float16 scale)
+:mod:`refquant.formats.ggml.iq4`            IQ4_NL, IQ4_XS (16 non-uniform levels)
 ==========================================  ===================================================
 
 :func:`quantize` and :func:`dequantize` are the entry points for every type: they check the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from refquant.formats.ggml._registry import TYPES, BlockType
+from refquant.formats.ggml import iq4  # noqa: F401  (registers IQ4_NL, IQ4_XS)
 from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_blocks,
                                           dequantize_q4_0, dequantize_q4_1, dequantize_q8_0,
                                           pack_blocks, quantize_blocks, quantize_q4_0,
