@@ -52,17 +52,30 @@ def _cuda_is_simulated() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
-def backends() -> list[str]:
+def backends(detail: bool = False):
     """The backends usable in this process, in the order ``"numpy"``, ``"numba"``, ``"cuda"``.
 
     ``"cuda"`` is listed when numba.cuda finds a GPU, or when the CUDA simulator is enabled.
+    With ``detail=True``, a dict from each usable backend to a line saying what it runs here and
+    why: for ``"numba"``, the int8 GEMM path chosen from the host CPU's features
+    (:func:`refquant.kernels.cpu_features.int8_path`).
     """
     out = ["numpy"]
     if _numba_available():
         out.append("numba")
     if _cuda_available():
         out.append("cuda")
-    return out
+    if not detail:
+        return out
+    info = {"numpy": "the specification (NumPy)"}
+    if "numba" in out:
+        from refquant.kernels import cpu_features
+        path, why = cpu_features.int8_path()
+        info["numba"] = (f"int8 GEMM path {path} ({why}); rows < 8 and W4 GEMV: portable "
+                         f"vector code")
+    if "cuda" in out:
+        info["cuda"] = "numba.cuda simulator" if _cuda_is_simulated() else "numba.cuda on a GPU"
+    return info
 
 
 def auto_backend() -> str:

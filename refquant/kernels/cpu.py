@@ -4,7 +4,9 @@ One module per kernel, each with its equations and its own cached builders:
 
 - :mod:`refquant.kernels.cpu_int8`: ``int8_matmul``, exact int32 ``C = A B`` of int8 operands
   (a GotoBLAS-blocked packed form with a ``pmaddwd`` micro-kernel in LLVM vector IR, and a row
-  form for ``M < 8``), bit for bit equal to the specification;
+  form for ``M < 8``), bit for bit equal to the specification; on a CPU with AVX-512 VNNI the
+  packed form is :mod:`refquant.kernels.cpu_int8_vnni`'s ``vpdpbusd`` kernel instead, chosen at
+  run time by :mod:`refquant.kernels.cpu_features` (``rq.backends(detail=True)`` says which);
 - :mod:`refquant.kernels.cpu_w4`: ``w4_matmul``, ``y = x W_hat^T`` with the 4-bit codes
   unpacked inside the kernel and the zero point taken out of the inner sum, within
   :func:`refquant.kernels.w4_tolerance` of the specification.

@@ -42,7 +42,7 @@ import functools
 
 import numpy as np
 
-from refquant.kernels import _llvm
+from refquant.kernels import _llvm, cpu_features, cpu_int8_vnni
 
 MR, NR = 4, 16          # micro-tile: rows of A, columns of B
 KC = 256                # pairs of k per cache block (16 KiB of a packed B panel)
@@ -244,10 +244,22 @@ def gemm_rows():
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Numba ``C = A B`` (int8 x int8 -> int32), equal to the reference; operands pre-checked
-    by :func:`refquant.kernels.reference.check_int8_operands`."""
+    by :func:`refquant.kernels.reference.check_int8_operands`. ``M < 8`` takes the row form;
+    otherwise the path of :func:`refquant.kernels.cpu_features.int8_path` (``vpdpbusd`` in
+    :mod:`refquant.kernels.cpu_int8_vnni` where the CPU has AVX-512 VNNI, else the packed
+    ``pmaddwd`` form below)."""
     M, K = a.shape
     if M < SMALL_M:
         return gemm_rows()(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    if cpu_features.int8_path()[0] == "avx512_vnni":
+        return cpu_int8_vnni.int8_matmul(a, b)
+    return int8_matmul_pmaddwd(a, b)
+
+
+def int8_matmul_pmaddwd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The packed ``pmaddwd`` form for any ``M`` (what :func:`int8_matmul` runs for ``M >= 8``
+    on a CPU without AVX-512 VNNI)."""
+    M, K = a.shape
     P = (K + 1) // 2
     Mp = -(-M // MR) * MR
     A16 = widen_pairs()(np.ascontiguousarray(a), Mp, 2 * P)                # [Mp, 2P] int16
