@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 import ggml_oracle
 from refquant.formats import ggml
 from refquant.formats.ggml import iq4
+from refquant.formats.ggml._search import sum_f32
 from refquant.testing import STRESS_KINDS, stress_tensor
 
 FORMATS = ("IQ4_NL", "IQ4_XS")
@@ -177,7 +178,7 @@ def test_block_scales_loop_equals_trial_by_trial():
     fits = []
     for inv in trials:
         q = iq4.KVALUES_IQ4NL[iq4.best_index(np.float32(inv) * x)].astype(np.float32)
-        sqx, sq2 = iq4.sum_in_order(w * q * x), iq4.sum_in_order(w * q * q)
+        sqx, sq2 = sum_f32(w * q * x), sum_f32(w * q * q)
         fits.append((sqx, sq2))
     best_i, best = 0, fits[0][0] / fits[0][1] * fits[0][0]
     for i, (sqx, sq2) in enumerate(fits[1:], 1):

@@ -55,11 +55,12 @@ clamp(nearest_int(d_b / d), -32, 31)``, and the codes are chosen again for the f
 Exact arithmetic (what bit-exactness needs)
 -------------------------------------------
 * Every step is float32, in C's order: ``w * v * x`` is ``(w * v) * x``; sums run left to right
-  from ``+0.0`` (:func:`sum_in_order`; NumPy's pairwise ``sum`` would round differently).
+  from ``+0.0`` (:func:`~refquant.formats.ggml._search.sum_f32`; NumPy's pairwise ``sum``
+  would round differently).
 * :func:`best_index` is ggml's ``best_index_int8``: the level above a midpoint wins
   (``2x >= v_{k-1} + v_k``, compared exactly on ``x + x``).
-* ``nearest_int`` is ggml's magic-number rounding, i.e. round half to even of the float32
-  value (``numpy.rint``; exact for ``|v| < 2^22``, the only range used here).
+* ``nearest_int`` is ggml's magic-number rounding, round half to even of the float32 value
+  (:func:`~refquant.formats.ggml._search.nearest_int`).
 * A block whose largest magnitude is below ``GROUP_MAX_EPS = 1e-15`` gets ``d_b = 0``: IQ4_NL
   then stores ``d = 0`` and code 8 (level 1, the first level at or above 0) everywhere; an
   IQ4_XS super-block of such blocks stores ``d = -0.0`` (float16 bits ``0x8000``, from
@@ -112,12 +113,12 @@ from __future__ import annotations
 import numpy as np
 
 from refquant.formats.ggml._registry import BlockType, register
+from refquant.formats.ggml._search import GROUP_MAX_EPS, nearest_int, sum_f32
 from refquant.formats.ggml.legacy import _to_f16
 
 QK4_NL = 32     # values per block (both formats), and per IQ4_NL super-block
 QK_K = 256      # values per IQ4_XS super-block
 NTRY = 7        # ggml_quantize_chunk's quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
-GROUP_MAX_EPS = np.float32(1e-15)
 
 #: ggml-common.h's kvalues_iq4nl, the 16 levels
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
@@ -153,16 +154,6 @@ def best_index(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x2), 0, k)
 
 
-def sum_in_order(a: np.ndarray) -> np.ndarray:
-    """float32 sum over the last axis, left to right, as C's ``float s = 0; for (j) s += a[j];``.
-
-    ``numpy.sum`` adds pairwise and rounds differently; ``add.accumulate`` adds in order. The
-    final ``+ 0.0`` reproduces C's start from ``+0.0``: an all ``-0.0`` row sums to ``+0.0``.
-    """
-    s = np.add.accumulate(a.astype(np.float32), axis=-1, dtype=np.float32)[..., -1]
-    return (s + np.float32(0.0)).astype(np.float32)
-
-
 def _fit(inv_scale, x, w):
     """``(sum w v_q x, sum w v_q^2)`` for the codes ``q = best_index(inv_scale x)``.
 
@@ -170,7 +161,7 @@ def _fit(inv_scale, x, w):
     """
     q = _V[best_index((inv_scale[..., None] * x).astype(np.float32))]     # [..., 32] levels
     wq = (w * q).astype(np.float32)
-    return sum_in_order(wq * x), sum_in_order(wq * q)
+    return sum_f32(wq * x), sum_f32(wq * q)
 
 
 def block_scales(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -211,7 +202,7 @@ def _weights(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     if qw is None:
         return (xs * xs).astype(np.float32)
     S = xs.shape[-1]
-    sigma2 = (sum_in_order(xs * xs) * np.float32(2.0 / S)).astype(np.float32)   # 2/S exact
+    sigma2 = (sum_f32(xs * xs) * np.float32(2.0 / S)).astype(np.float32)   # 2/S exact
     return (qw * np.sqrt((sigma2[:, None] + xs * xs).astype(np.float32))).astype(np.float32)
 
 
@@ -271,7 +262,7 @@ def quantize_iq4_xs(x: np.ndarray, imatrix=None) -> np.ndarray:
     i_max = np.argmax(np.abs(d_b), axis=-1)[:, None]                   # first largest |d_b|
     max_scale = np.take_along_axis(d_b, i_max, axis=-1)[:, 0]
     d = ((-max_scale) / np.float32(32)).astype(np.float32)            # [N]; -0.0 if all zero
-    l = np.clip(np.rint((_inverse(d)[:, None] * d_b).astype(np.float32)), -32, 31)  # [N, 8]
+    l = np.clip(nearest_int((_inverse(d)[:, None] * d_b).astype(np.float32)), -32, 31)  # [N, 8]
     dl = (d[:, None] * l.astype(np.float32)).astype(np.float32)       # float32 d, not float16
     L = best_index((_inverse(dl)[..., None] * xb).astype(np.float32))  # [N, 8, 32]
     ls = (l + 32).astype(np.uint16)                                    # [N, 8] in [0, 63]
@@ -319,5 +310,5 @@ register(BlockType("IQ4_NL", 20, QK4_NL, 18, quantize_rows=quantize_iq4_nl,
 register(BlockType("IQ4_XS", 23, QK_K, 136, quantize_rows=quantize_iq4_xs,
                    dequantize_rows=dequantize_iq4_xs, uses_imatrix=True))
 
-__all__ = ["KVALUES_IQ4NL", "best_index", "sum_in_order", "block_scales", "quantize_iq4_nl",
+__all__ = ["KVALUES_IQ4NL", "best_index", "block_scales", "quantize_iq4_nl",
            "quantize_iq4_xs", "dequantize_iq4_nl", "dequantize_iq4_xs", "iq4_xs_block_scales"]
