@@ -233,3 +233,37 @@ def test_bad_input_raises():
         ggml.dequantize(np.zeros((1, 18), np.uint8), "MXFP4")
     with pytest.raises(ValueError, match="multiple of 36"):
         ggml.dequantize(np.zeros((1, 35), np.uint8), "NVFP4")
+
+
+# --- the OCP / NVIDIA rules written as GGML bytes -----------------------------------------------
+
+@needs_ggml
+def test_mxfp4_ocp_bytes_decode_to_mx_dequantize():
+    """Oracle: ggml's C decoder reads the OCP-rule bytes back to refquant.schemes.mx's values
+    (OCP scalar oracle in tests/test_mx.py); hand case: the ties where the rules differ."""
+    from refquant.schemes.mx import mx_dequantize, mx_quantize
+    x = stress_tensor("heavy_tail", (8, 256), seed=4)
+    b = mxfp.quantize_mxfp4_ocp(x)
+    assert b.shape == (8, 8 * 17)
+    want = mx_dequantize(mx_quantize(x, "mxfp4"))
+    assert np.array_equal(ggml_oracle.dequantize(b, "MXFP4", 256), want)
+    # X = 1: 0.75 -> 1 (ggml: 0.5), 1.75 -> 2 (ggml: 1.5), 3.5 -> 4 (ggml: 3), 5 -> 4 (both)
+    t = np.zeros((1, 32), np.float32)
+    t[0, :5] = [4.0, 0.75, 1.75, 3.5, 5.0]
+    assert ggml.dequantize(mxfp.quantize_mxfp4_ocp(t), "MXFP4")[0, :5].tolist() == [4, 1, 2, 4, 4]
+    assert ggml.dequantize(ggml.quantize(t, "MXFP4"), "MXFP4")[0, :5].tolist() == [4, .5, 1.5, 3, 4]
+
+
+@needs_ggml
+def test_nvfp4_nvidia_bytes_decode_to_nvfp4_dequantize():
+    """Oracle: ggml's C decoder reads the NVIDIA-rule bytes back to refquant.schemes.mx's
+    values (torchao transcription in tests/test_mx.py) at tensor scale 1."""
+    from refquant.schemes.mx import mx_quantize, nvfp4_dequantize, nvfp4_quantize
+    x = stress_tensor("normal", (4, 128), seed=2)
+    b = mxfp.quantize_nvfp4_nvidia(x)
+    want = nvfp4_dequantize(nvfp4_quantize(x, tensor_scale=1.0))
+    assert np.array_equal(ggml_oracle.dequantize(b, "NVFP4", 128), want)
+    with pytest.raises(ValueError, match="no field for a tensor scale"):
+        mxfp.nvfp4_from_nv(nvfp4_quantize(x))
+    with pytest.raises(ValueError, match="blocks of 32 along the last axis"):
+        mxfp.mxfp4_from_mx(mx_quantize(x, "mxfp4", block_size=16))

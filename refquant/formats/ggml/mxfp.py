@@ -49,6 +49,17 @@ The rules, exactly
   ``d = E4M3(u) / 2`` (NVFP4; ggml ignores bit 7 of ``u`` and decodes ``0x7F``, E4M3FN's NaN,
   as 0).
 
+ggml's rule and the OCP rule
+----------------------------
+:func:`quantize_mxfp4_ocp` writes GGML MXFP4 bytes by the OCP MX v1.0 rule instead: the
+exact ``floor(log2 amax)``, the E8M0 scale clamped to ``[2^-127, 2^127]``, elements
+``x / X`` rounded to E2M1 half to even with saturation (:func:`refquant.schemes.mx.mx_quantize`
+with ``scale_rule="ocp"``). :func:`quantize_nvfp4_nvidia` writes GGML NVFP4 bytes by NVIDIA's
+rule (E4M3 block scale rounded half to even, elements half to even,
+:func:`refquant.schemes.mx.nvfp4_quantize` with a tensor scale of 1, since the GGML block has
+no field for one). Both are read by every GGML decoder; they differ from ggml's bytes only at
+the points listed above.
+
 Byte layout (one block; blocks follow each other along the row)
 ---------------------------------------------------------------
 ======  ======  =====  ====  =============================================================
@@ -214,8 +225,24 @@ def dequantize_mxfp4(data) -> np.ndarray:
     return x_hat.reshape(n, -1)
 
 
+def mxfp4_from_mx(mx) -> np.ndarray:
+    """GGML MXFP4 bytes of an :class:`refquant.schemes.mx.MXArray` of format ``"mxfp4"``
+    with blocks of 32 along the last axis: uint8 ``[..., K // 32 * 17]``."""
+    if mx.fmt != "mxfp4" or mx.block_size != QK_MXFP4 or mx.axis != len(mx.shape) - 1:
+        raise ValueError(f"GGML MXFP4 holds mxfp4 blocks of 32 along the last axis; got "
+                         f"fmt={mx.fmt!r}, block_size={mx.block_size}, axis={mx.axis}")
+    q = np.asarray(mx.codes, np.uint8).reshape(-1, QK_MXFP4)
+    raw = np.concatenate([np.asarray(mx.scales, np.uint8).reshape(-1, 1), pack_halves(q)],
+                         axis=-1)
+    return np.ascontiguousarray(raw.reshape(tuple(mx.shape[:-1]) + (-1,)))
 
 
+def quantize_mxfp4_ocp(x) -> np.ndarray:
+    """GGML MXFP4 bytes of ``x`` (float ``[..., K]``, ``K % 32 == 0``) by the OCP MX v1.0
+    rule (exact exponent, E2M1 half to even; module docstring) instead of ggml's."""
+    from refquant.schemes.mx import mx_quantize
+    return mxfp4_from_mx(mx_quantize(x, "mxfp4", axis=-1, block_size=QK_MXFP4,
+                                     scale_rule="ocp"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +277,27 @@ def dequantize_nvfp4(data) -> np.ndarray:
     return _decode(q, d).reshape(n, -1)
 
 
+def nvfp4_from_nv(nv) -> np.ndarray:
+    """GGML NVFP4 bytes of an :class:`refquant.schemes.mx.NVFP4Array` quantized along the last
+    axis (``K % 64 == 0``) with tensor scale 1: uint8 ``[..., K // 64 * 36]``."""
+    if float(nv.tensor_scale) != 1.0:
+        raise ValueError(f"a GGML NVFP4 block has no field for a tensor scale; quantize with "
+                         f"tensor_scale=1.0 (got {float(nv.tensor_scale)!r})")
+    K = nv.shape[-1]
+    if nv.axis != len(nv.shape) - 1 or K % QK_NVFP4:
+        raise ValueError(f"GGML NVFP4 needs blocks along the last axis and a row length that "
+                         f"is a multiple of {QK_NVFP4}; got axis={nv.axis}, shape {nv.shape}")
+    q = np.asarray(nv.codes, np.uint8).reshape(-1, 4, QK_NVFP4_SUB)
+    u = np.asarray(nv.scales, np.uint8).reshape(-1, 4)
+    raw = np.concatenate([u, pack_halves(q).reshape(-1, QK_NVFP4 // 2)], axis=-1)
+    return np.ascontiguousarray(raw.reshape(tuple(nv.shape[:-1]) + (-1,)))
 
 
+def quantize_nvfp4_nvidia(x) -> np.ndarray:
+    """GGML NVFP4 bytes of ``x`` (float ``[..., K]``, ``K % 64 == 0``) by NVIDIA's rule (E4M3
+    scale and E2M1 elements rounded half to even, tensor scale 1) instead of ggml's."""
+    from refquant.schemes.mx import nvfp4_quantize
+    return nvfp4_from_nv(nvfp4_quantize(x, axis=-1, tensor_scale=1.0))
 
 
 register(BlockType("MXFP4", 39, QK_MXFP4, 17, quantize_rows=quantize_mxfp4,
@@ -262,4 +308,5 @@ register(BlockType("NVFP4", 40, QK_NVFP4, 36, quantize_rows=quantize_nvfp4,
 __all__ = ["QK_MXFP4", "QK_NVFP4", "QK_NVFP4_SUB", "KVALUES_MXFP4", "e8m0_to_fp32_half",
            "ggml_e8m0", "ue4m3_to_fp32_half", "ggml_fp32_to_ue4m3", "best_index_mxfp4",
            "pack_halves", "unpack_halves", "quantize_mxfp4", "dequantize_mxfp4",
-           "quantize_nvfp4", "dequantize_nvfp4"]
+           "mxfp4_from_mx", "quantize_mxfp4_ocp", "quantize_nvfp4", "dequantize_nvfp4",
+           "nvfp4_from_nv", "quantize_nvfp4_nvidia"]
