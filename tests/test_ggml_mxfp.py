@@ -267,3 +267,13 @@ def test_nvfp4_nvidia_bytes_decode_to_nvfp4_dequantize():
         mxfp.nvfp4_from_nv(nvfp4_quantize(x))
     with pytest.raises(ValueError, match="blocks of 32 along the last axis"):
         mxfp.mxfp4_from_mx(mx_quantize(x, "mxfp4", block_size=16))
+
+
+@pytest.mark.parametrize("kind", STRESS_KINDS)
+def test_mxfp4_equals_gguf_quantizer(kind):
+    """Oracle: the gguf package's own MXFP4 quantizer (gguf.quants.quantize; gguf 0.19 has no
+    NVFP4 quantizer, only its decoder)."""
+    x = stress_tensor(kind, (8, 256), seed=11)
+    with np.errstate(all="ignore"):                       # gguf casts negative exponents
+        ref = gguf.quants.quantize(x, gguf.GGMLQuantizationType.MXFP4)
+    assert_bytes_equal(ggml.quantize(x, "MXFP4"), ref, "MXFP4", x=x)
