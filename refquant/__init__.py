@@ -33,6 +33,7 @@ _EXPORTS = {
     "float_bits": _S + "floats", "from_float_bits": _S + "floats", "cast_float": _S + "floats",
     "stochastic_round": _S + "stochastic", "stochastic_cast_float": _S + "stochastic",
     "FLOAT_FORMATS": _S + "floats", "FloatFormat": _S + "floats",
+    "FloatSpec": _S + "float_quant",
     "LogSpec": _S + "nonuniform", "log_quantize": _S + "nonuniform",
     "log_dequantize": _S + "nonuniform", "log_calibrate": _S + "nonuniform",
     "log_fake_quantize": _S + "nonuniform", "codebook_quantize": _S + "nonuniform",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refquant.schemes.float_quant import FloatSpec
 from refquant.schemes.numerics import as_float_array
 from refquant.schemes.spec import QParams, QuantSpec, grouped, param_shape
 from refquant.schemes.uniform import qparams_from_range
@@ -24,8 +25,8 @@ class Observer:
     """
 
     def __init__(self, spec: QuantSpec):
-        if not isinstance(spec, QuantSpec):
-            raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+        if not isinstance(spec, (QuantSpec, FloatSpec)):
+            raise ValueError(f"spec must be a FloatSpec or QuantSpec, got {type(spec).__name__}")
         self.spec = spec
         self._pshape = None
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from refquant.calibration.base import _covered_range, _KeepData
 from refquant.calibration.entropy import histograms, kl_window_prefix, prefix_sums
+from refquant.schemes.float_quant import FloatSpec
 from refquant.schemes.numerics import check_positive_int
 from refquant.schemes.spec import QuantSpec
 
@@ -103,6 +104,9 @@ class KLObserver(_KeepData):
                 or not 0.0 < float(eps) < 1.0):
             raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
         self.eps = float(eps)
+        if isinstance(spec, FloatSpec):
+            raise ValueError("kl calibration needs an integer grid (a QuantSpec); use minmax, "
+                             "percentile or mse with a FloatSpec")
         self.levels = spec.qmax + 1 if spec.symmetric else spec.qmax - spec.qmin + 1
         if self.bins < self.levels:
             raise ValueError(f"bins={bins} is fewer than the {self.levels} quantization levels of "

@@ -54,6 +54,7 @@ from refquant.calibration.base import MinMaxObserver, Observer, _covered_range, 
 from refquant.calibration.kl import KLObserver
 from refquant.schemes.numerics import check_positive_int
 from refquant.schemes.spec import QParams, QuantSpec
+from refquant.schemes.float_quant import FloatSpec, round_to_float_grid
 from refquant.schemes.uniform import _dequantize_codes, _round_codes, qparams_from_range
 
 
@@ -107,6 +108,11 @@ def _fake_quantize_groups(g: np.ndarray, qp: QParams, spec: QuantSpec) -> np.nda
     for bit (tested); NaN padding stays NaN.
     """
     s = qp.scale.astype(np.float64)[..., None]                       # [*P, 1]
+    if isinstance(spec, FloatSpec):                                  # float elements: s v(fp(g / s))
+        pad = np.isnan(g)
+        _, g_hat = round_to_float_grid(np.where(pad, 0.0, g), s, spec.fmt, saturate=spec.saturate,
+                                       rounding=spec.rounding)
+        return np.where(pad, np.nan, g_hat).astype(g.dtype)
     z = qp.zero_point.astype(np.float64)[..., None]
     q = _round_codes(g.astype(np.float64), s, z, spec.qmin, spec.qmax, spec.rounding)
     return _dequantize_codes(q, s, z).astype(g.dtype)                 # [*P, m]

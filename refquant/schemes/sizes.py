@@ -27,6 +27,8 @@ Example (the numbers tested in ``tests/test_sizes.py``): INT8 per-channel of a f
 Schemes
 -------
 - :class:`refquant.QuantSpec` (uniform, any granularity), :class:`refquant.LogSpec`;
+- :class:`refquant.FloatSpec` (FP8/FP6/FP4 elements of ``spec.bits`` bits, one scale per
+  parameter group, blocks and per-token tiles included);
 - ``"fp16"``, ``"bf16"``, ``"fp32"``: the casts of :mod:`refquant.schemes.casts` (no scales);
 - ``"nf4"``: NF4 codes with one absmax scale per ``block_size`` block (QLoRA's default 64);
 - :class:`CodebookSpec`: any codebook, with or without a stored table and blockwise scales.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from refquant.schemes.float_quant import FloatSpec
 from refquant.schemes.numerics import check_positive_int
 from refquant.schemes.nonuniform import LogSpec
 from refquant.schemes.spec import QuantSpec, param_shape
@@ -139,6 +142,11 @@ def _label(spec) -> str:
         return f"int{spec.bits} {'sym' if spec.symmetric else 'asym'} {g}"
     if isinstance(spec, LogSpec):
         return f"log{spec.levels} {spec.granularity}"
+    if isinstance(spec, FloatSpec):
+        g = {"tensor": "per-tensor", "channel": f"per-channel(axis={spec.axis})",
+             "group": f"group{spec.group_size}", "token": f"per-token{spec.group_size or ''}",
+             "block": "block{}x{}".format(*(spec.block_shape or (0, 0)))}[spec.granularity]
+        return f"{spec.fmt} {g}"
     if isinstance(spec, CodebookSpec):
         return f"codebook{spec.n_levels}" + (f" block{spec.block_size}" if spec.block_size else "")
     return str(spec)
@@ -152,7 +160,7 @@ def size_report(shape, spec, *, scale_bits: int = 32, zero_bits: int | None = No
     ----------
     shape : tuple of int
         The tensor's shape (weights: (out_features, in_features)); must hold at least one element.
-    spec : QuantSpec, LogSpec, CodebookSpec or one of "fp32", "fp16", "bf16", "nf4"
+    spec : QuantSpec, LogSpec, FloatSpec, CodebookSpec or one of "fp32", "fp16", "bf16", "nf4"
     scale_bits : int
         Bits per stored scale (32: refquant's float32 scales; 16: fp16 scales as in GPTQ
         checkpoints and GGUF blocks).
@@ -205,7 +213,7 @@ def size_report(shape, spec, *, scale_bits: int = 32, zero_bits: int | None = No
     table_bytes = zero_bytes = scale_bytes = 0
     if isinstance(spec, str):                                   # a cast: 16 or 32 bits, nothing else
         bits = CAST_BITS[spec]
-    elif isinstance(spec, (QuantSpec, LogSpec)):
+    elif isinstance(spec, (QuantSpec, LogSpec, FloatSpec)):
         bits = spec.bits
         n_params = math.prod(param_shape(shape, spec))
         scale_bytes = _bytes(n_params, scale_bits)
@@ -218,8 +226,8 @@ def size_report(shape, spec, *, scale_bits: int = 32, zero_bits: int | None = No
         scale_bytes = _bytes(n_params, scale_bits)
         table_bytes = _bytes(spec.n_levels, float_bits) if spec.stored_table else 0
     else:
-        raise ValueError(f"spec must be a QuantSpec, LogSpec, CodebookSpec or a scheme name, "
-                         f"got {type(spec).__name__}")
+        raise ValueError(f"spec must be a QuantSpec, LogSpec, FloatSpec, CodebookSpec or a scheme "
+                         f"name, got {type(spec).__name__}")
     return SizeReport(label or _label(spec), n, rows * _bytes(k, bits), scale_bytes, zero_bytes,
                       table_bytes, _bytes(n, float_bits), shape)
 

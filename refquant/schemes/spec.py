@@ -15,6 +15,9 @@ Granularity
                ``g_idx = i // group_size`` (the GPTQ convention), so where ``group_size`` does
                not divide ``K`` the last group is shorter: K = 576 with groups of 128 gives
                groups of 128, 128, 128, 128 and 64. ``axis`` plays no part in this granularity.
+``"block"``,   2-D blocks and per-token tiles, for float specs only
+``"token"``    (:class:`refquant.schemes.float_quant.FloatSpec`, which documents them); the
+               helpers below serve both kinds of spec.
 =============  ================================================================================
 
 Zero-range convention
@@ -213,7 +216,29 @@ def param_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, ...]:
         raise ValueError(f"granularity {spec.granularity!r} needs an array with at least one axis")
     if spec.granularity == "channel":
         return (shape[normalize_axis(spec.axis, len(shape))],)
-    return shape[:-1] + (n_groups(shape[-1], spec.group_size),)
+    if spec.granularity == "block":
+        _check_block_ndim(shape)
+        return shape[:-2] + tuple(n_groups(n, b) for n, b in zip(shape[-2:], spec.block_shape))
+    return shape[:-1] + (n_groups(shape[-1], _row_group_size(shape[-1], spec)),)
+
+
+def _row_group_size(k: int, spec) -> int:
+    """Elements per group along the last axis: ``group_size``, or for ``"token"`` (float specs)
+    ``group_size`` (which must divide ``k``) or the whole row."""
+    if spec.granularity != "token":
+        return spec.group_size
+    if spec.group_size is None:
+        return max(int(k), 1)
+    if k % spec.group_size:
+        raise ValueError(f"token tiles of group_size={spec.group_size} do not divide the row "
+                         f"length {k}")
+    return spec.group_size
+
+
+def _check_block_ndim(shape) -> None:
+    if len(shape) < 2:
+        raise ValueError(f"granularity 'block' needs an array with at least two axes, got shape "
+                         f"{tuple(shape)}")
 
 
 def grouped(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
@@ -233,13 +258,29 @@ def grouped(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     if spec.granularity == "channel":
         ax = normalize_axis(spec.axis, x.ndim)
         return np.moveaxis(x, ax, 0).reshape(x.shape[ax], -1)
-    g, k = spec.group_size, x.shape[-1]
+    if spec.granularity == "block":
+        return _grouped_blocks(x, spec.block_shape)
+    k = x.shape[-1]
+    g = _row_group_size(k, spec)
     ng = n_groups(k, g)
     pad = ng * g - k
     xf = x.astype(np.float64) if x.dtype.kind != "f" else x
     if pad:
         xf = np.concatenate([xf, np.full(x.shape[:-1] + (pad,), np.nan, xf.dtype)], axis=-1)
     return xf.reshape(x.shape[:-1] + (ng, g))
+
+
+def _grouped_blocks(x: np.ndarray, block_shape) -> np.ndarray:
+    """``x [..., R, C]`` as ``[..., nR, nC, b_r * b_c]``: the members of each 2-D block, the
+    edge blocks NaN-padded."""
+    _check_block_ndim(x.shape)
+    (br, bc), (R, C) = block_shape, x.shape[-2:]
+    nr, nc = n_groups(R, br), n_groups(C, bc)
+    xf = x.astype(np.float64) if x.dtype.kind != "f" else x
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, nr * br - R), (0, nc * bc - C)]
+    xf = np.pad(xf, pad, constant_values=np.nan)                 # [..., nR*b_r, nC*b_c]
+    xf = xf.reshape(x.shape[:-2] + (nr, br, nc, bc))
+    return np.swapaxes(xf, -3, -2).reshape(x.shape[:-2] + (nr, nc, br * bc))
 
 
 def g_idx(in_features: int, group_size: int) -> np.ndarray:
@@ -270,4 +311,8 @@ def expand(p: np.ndarray, shape: tuple[int, ...], spec: QuantSpec) -> np.ndarray
     if spec.granularity == "channel":
         ax = normalize_axis(spec.axis, len(shape))
         return p.reshape((-1,) + (1,) * (len(shape) - 1 - ax))
-    return p[..., g_idx(shape[-1], spec.group_size)]          # [..., n_groups] -> [..., K]
+    if spec.granularity == "block":
+        (br, bc), (R, C) = spec.block_shape, shape[-2:]
+        rows, cols = g_idx(R, br), g_idx(C, bc)
+        return p[..., rows[:, None], cols[None, :]]              # [..., nR, nC] -> [..., R, C]
+    return p[..., g_idx(shape[-1], _row_group_size(shape[-1], spec))]   # [..., n_groups] -> [..., K]

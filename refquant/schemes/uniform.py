@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refquant.schemes import float_quant
 from refquant.schemes.numerics import as_float_array, round_to_int
 from refquant.schemes.spec import QParams, QuantSpec, expand, param_shape
 
@@ -64,7 +65,12 @@ def qparams_from_range(lo, hi, spec: QuantSpec) -> QParams:
     >>> qp = qparams_from_range(-1.0, 3.0, QuantSpec(bits=8, symmetric=False))
     >>> float(qp.scale), int(qp.zero_point)
     (0.01568627543747425, 64)
+
+    A :class:`~refquant.schemes.float_quant.FloatSpec` gets ``s = max(|lo|, |hi|) / x_max``
+    (:func:`~refquant.schemes.float_quant.float_qparams_from_range`).
     """
+    if isinstance(spec, float_quant.FloatSpec):
+        return float_quant.float_qparams_from_range(lo, hi, spec)
     lo = as_float_array(lo, "lo").astype(np.float64)
     hi = as_float_array(hi, "hi").astype(np.float64)
     if lo.shape != hi.shape:
@@ -159,7 +165,12 @@ def quantize(x, qp: QParams, spec: QuantSpec) -> np.ndarray:
     >>> from refquant import QuantSpec, QParams
     >>> quantize([0.5, 1.5, 2.5, -0.5, 9.0], QParams(1.0), QuantSpec(bits=4))
     array([0, 2, 2, 0, 7], dtype=int8)
+
+    A :class:`~refquant.schemes.float_quant.FloatSpec` gives the uint8 element codes
+    ``fp(x / s)`` instead (:func:`~refquant.schemes.float_quant.float_quantize`).
     """
+    if isinstance(spec, float_quant.FloatSpec):
+        return float_quant.float_quantize(x, qp, spec)
     x = as_float_array(x)
     s, z = _checked(x, qp, spec)
     q = _round_codes(x.astype(np.float64), s, z, spec.qmin, spec.qmax, spec.rounding)
@@ -167,7 +178,10 @@ def quantize(x, qp: QParams, spec: QuantSpec) -> np.ndarray:
 
 
 def dequantize(q, qp: QParams, spec: QuantSpec, dtype=np.float32) -> np.ndarray:
-    """Real values ``x_hat = s (q - z)`` (computed in float64, returned as ``dtype``)."""
+    """Real values ``x_hat = s (q - z)`` (computed in float64, returned as ``dtype``); for a
+    :class:`~refquant.schemes.float_quant.FloatSpec`, ``s * v(q)`` of the element codes."""
+    if isinstance(spec, float_quant.FloatSpec):
+        return float_quant.float_dequantize(q, qp, spec, dtype=dtype)
     q = np.asarray(q)
     if q.dtype.kind not in "iu":
         raise ValueError(f"codes must be an integer array, got dtype {q.dtype}")
@@ -178,7 +192,10 @@ def dequantize(q, qp: QParams, spec: QuantSpec, dtype=np.float32) -> np.ndarray:
 
 
 def clip_range(qp: QParams, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The representable range ``[s (q_min - z), s (q_max - z)]`` of each parameter group."""
+    """The representable range ``[s (q_min - z), s (q_max - z)]`` of each parameter group
+    (``[-s x_max, s x_max]`` for a :class:`~refquant.schemes.float_quant.FloatSpec`)."""
+    if isinstance(spec, float_quant.FloatSpec):
+        return float_quant.float_clip_range(qp, spec)
     s = qp.scale.astype(np.float64)
     z = qp.zero_point.astype(np.float64)
     return s * (spec.qmin - z), s * (spec.qmax - z)
