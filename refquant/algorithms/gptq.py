@@ -88,6 +88,18 @@ scale gives 7.4999999 (7). Codes are :func:`refquant.quantize` with the stored f
 ``w / s`` is within float32 rounding of a tie). Symmetric specs keep refquant's signed grid
 (``z = 0``), not the reference's ``sym=True`` grid (unsigned codes around ``2^(b-1)``).
 
+Float grids
+-----------
+With a :class:`refquant.schemes.float_quant.FloatSpec` the step ``quant(w)`` rounds the column to
+the element format's grid at its scales, ``s * v(fp(w / s))``
+(:func:`refquant.schemes.float_quant.round_to_float_grid`, the rounding of
+:func:`refquant.quantize` for that spec, saturating: error feedback can push a weight past its
+scale's range), and the codes are the uint8 element codes. Min-max scales are
+``max|w| / x_max`` of the group's (block's, channel's) weights; ``"block"`` scales (2-D tiles,
+DeepSeek-V3's 128 x 128) are fixed before the pass, and ``qparams`` fixes any scales, e.g. the
+E8M0 block scales of MXFP4. With an identity Hessian every variant equals round-to-nearest on
+the same grid (tested).
+
 Damping
 -------
 Where ``H + lambda I`` cannot be factored in the working precision, it is retried with 10x
@@ -103,16 +115,17 @@ References
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from refquant.algorithms._gptq_fast import (_feed_error_forward_, _group_columns_updated,
                                             _inverse_hessian_factor, _sub_product_)
+from refquant.algorithms._gptq_params import (_check_spec, _minmax_qparams, _params_before_pass,
+                                             _quantize_column)
+from refquant.schemes.float_quant import FloatSpec
 from refquant.schemes.numerics import as_float_array, check_positive_int, normalize_axis
-from refquant.schemes.spec import QParams, QuantSpec, g_idx, n_groups
-from refquant.schemes.uniform import _dequantize_codes, _qparams_from_range_gptq_reference, _round_codes
+from refquant.schemes.spec import QParams, QuantSpec, g_idx
 
 GROUP_PARAMS = ("reference", "updated")
 
@@ -135,7 +148,8 @@ class GPTQResult:
     Attributes
     ----------
     codes : numpy.ndarray [d_row, d_col] of ``spec.code_dtype``
-        Integer codes in the original column order.
+        Integer codes in the original column order (uint8 element codes for a
+        :class:`~refquant.schemes.float_quant.FloatSpec`).
     qparams : QParams
         Scale and zero point, shape ``param_shape(W.shape, spec)`` (``[d_row, n_groups]`` for
         groups, where group ``g`` covers the original columns with ``g_idx == g``).
@@ -150,7 +164,7 @@ class GPTQResult:
         Group of each original column (``None`` unless ``granularity="group"``). Equals
         ``arange(d_col) // group_size`` except with ``act_order`` and dynamic groups, where it
         is ``position_in_perm // group_size``.
-    spec : QuantSpec
+    spec : QuantSpec or FloatSpec
     damp, damp_retries : float, int
         The dampening used, ``damp * 10**damp_retries``, and the retries it took (0: none).
     """
@@ -167,8 +181,8 @@ class GPTQResult:
 
 
 def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype):
-    if not isinstance(spec, QuantSpec):
-        raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+    if not isinstance(spec, (QuantSpec, FloatSpec)):
+        raise ValueError(f"spec must be a QuantSpec or FloatSpec, got {type(spec).__name__}")
     W = as_float_array(W, "W")
     H = as_float_array(H, "H")
     if W.ndim != 2 or W.size == 0:
@@ -203,42 +217,6 @@ def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtyp
     return W, H
 
 
-def _minmax_qparams(Wg, spec: QuantSpec) -> QParams:
-    """Min-max parameters of each row of ``Wg`` [d_row, k] (the reference's arithmetic)."""
-    return _qparams_from_range_gptq_reference(Wg.min(axis=1), Wg.max(axis=1), spec)
-
-
-class _FixedParams(NamedTuple):
-    """Parameters fixed before the pass: the result's ``qparams``, float64 Fortran copies
-    ``S, Z`` [d_row, n_fixed], and the column ``col_k[c]`` of ``S, Z`` of each input ``c``."""
-
-    qparams: QParams
-    S: np.ndarray
-    Z: np.ndarray
-    col_k: np.ndarray
-
-
-def _params_before_pass(W, spec: QuantSpec, static_groups: bool) -> _FixedParams | None:
-    """Tensor, channel or static-group parameters from ``W``; ``None`` for dynamic groups."""
-    d_row, d_col = W.shape
-    col_k = np.zeros(d_col, np.intp)
-    if spec.granularity == "tensor":
-        qp = _qparams_from_range_gptq_reference(W.min(), W.max(), spec)           # scalars
-    elif spec.granularity == "channel":
-        qp = _minmax_qparams(W, spec)                                              # [d_row]
-    elif static_groups:
-        gs = spec.group_size
-        parts = [_minmax_qparams(W[:, g * gs:(g + 1) * gs], spec) for g in range(n_groups(d_col, gs))]
-        qp = QParams(np.stack([p.scale for p in parts], axis=1), np.stack([p.zero_point for p in parts], axis=1))
-        col_k = g_idx(d_col, gs)                                                   # [d_row, n_groups]
-    else:
-        return None
-    n = int(col_k.max()) + 1
-    S, Z = (np.asfortranarray(np.broadcast_to(np.reshape(p, (-1, n)), (d_row, n)), np.float64)
-            for p in (qp.scale, qp.zero_point))
-    return _FixedParams(qp, S, Z, col_k)
-
-
 def _damped_inverse_factor(H, damp: float, damp_retries: int, dtype):
     """``(Hinv, damp_used, retries)``: the upper Cholesky factor of ``(H + lambda I)^-1`` in
     ``dtype``, retrying with ``damp`` x 10 up to ``damp_retries`` times (module docstring)."""
@@ -255,17 +233,9 @@ def _damped_inverse_factor(H, damp: float, damp_retries: int, dtype):
     raise HessianNotPositiveDefinite(damps[:retry + 1], lambdas[:retry + 1])
 
 
-def _quantize_column(w, s, z, spec: QuantSpec):
-    """``quant(w)`` of Algorithm 1 for one column ``w`` [d_row]: codes and dequantized values
-    from the one rounding core (:func:`refquant.quantize` / :func:`refquant.dequantize` bit for
-    bit, without their per-call validation). ``s``, ``z`` are float64 [d_row]."""
-    c = _round_codes(w.astype(np.float64), s, z, spec.qmin, spec.qmax, spec.rounding)
-    return c.astype(spec.code_dtype), _dequantize_codes(c, s, z)
-
-
 def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
          act_order: bool = False, static_groups: bool = False, group_params: str = "reference",
-         damp_retries: int = 2, dtype=np.float32) -> GPTQResult:
+         damp_retries: int = 2, dtype=np.float32, qparams: QParams | None = None) -> GPTQResult:
     """Quantize ``W`` with GPTQ given the Hessian ``H`` of its calibration inputs.
 
     Parameters
@@ -274,9 +244,11 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         Weights in the (out_features, in_features) convention. Not modified.
     H : array_like [d_col, d_col] float
         Symmetric positive semi-definite Hessian, ``2 X X^T / n`` for inputs ``X [d_col, n]``.
-    spec : QuantSpec
+    spec : QuantSpec or FloatSpec
         Bits, symmetry, rounding and granularity (``"tensor"``, ``"channel"`` with ``axis=0``,
-        or ``"group"``).
+        or ``"group"``); or an FP8/FP6/FP4 element format with those granularities or
+        ``"block"`` (static: with ``static_groups=True`` or ``qparams``). See the module
+        docstring's "Float grids".
     block_size : int
         Lazy-batch size ``B``; the result depends on it only through ``group_params``.
     damp : float
@@ -297,6 +269,10 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         Working precision of the factorization and the error feedback (float32 as in the
         reference implementation; float64 for exact comparisons). Parameters, codes and
         dequantized values are computed in float64 (module docstring).
+    qparams : QParams, optional
+        Fixed parameters of ``param_shape(W.shape, spec)`` to use instead of min-max ones
+        (static, for every granularity): the hook for scales chosen elsewhere, such as the
+        power-of-two block scales of MXFP4 or NVFP4's two-level scales.
 
     Returns
     -------
@@ -336,16 +312,17 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     ((4, 8), dtype('float32'), 0)
     """
     W, H = _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype)
+    _check_spec(spec, static_groups, qparams, W.shape)
     d_col = W.shape[1]
     gs = spec.group_size if spec.granularity == "group" else d_col
-    col_spec = QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity="channel", axis=0,
-                         rounding=spec.rounding, restricted=spec.restricted)
+    col_spec = replace(spec, granularity="channel", axis=0, group_size=None,
+                       **({"block_shape": None} if isinstance(spec, FloatSpec) else {}))
 
     W = W.copy()                                                        # (H is already a new array)
     dead = np.diag(H) == 0                                              # [d_col] inputs never seen
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    fixed = _params_before_pass(W, spec, static_groups)                 # None: dynamic groups
+    fixed = _params_before_pass(W, spec, static_groups, qparams)        # None: dynamic groups
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(d_col)
     if act_order:
         W, H = W[:, perm], H[np.ix_(perm, perm)]                        # processing order
