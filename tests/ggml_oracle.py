@@ -100,3 +100,21 @@ def dequantize(data, name: str, K: int) -> np.ndarray:
     for r in range(data.shape[0]):
         fn(data[r].ctypes.data, out[r].ctypes.data, K)
     return out
+
+
+def quantize_row_ref(x, name: str) -> np.ndarray:
+    """ggml's bytes of float32 rows ``x`` (``[n_rows, K]``) from the exported reference quantizer
+    ``quantize_row_<type>_ref`` (e.g. ``quantize_row_q8_K_ref``: Q8_K is not a case of
+    ``ggml_quantize_chunk``). The destination starts zeroed."""
+    lib = _lib()
+    fn = getattr(lib, "quantize_row_" + name.lower().replace("_k", "_K") + "_ref")
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    src = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if src.ndim == 1:
+        src = src[None, :]
+    n_rows, K = src.shape
+    dst = np.zeros((n_rows, int(lib.ggml_row_size(type_id(name), K))), dtype=np.uint8)
+    for r in range(n_rows):
+        fn(src[r].ctypes.data, dst[r].ctypes.data, K)
+    return dst

@@ -274,7 +274,7 @@ def test_bad_input_raises(fmt):
     with pytest.raises(ValueError, match="multiple of"):
         ggml.dequantize(np.zeros((1, ggml.block_bytes(fmt) + 1), np.uint8), fmt)
     with pytest.raises(ValueError, match="unknown GGML block format"):
-        ggml.quantize(np.zeros((1, 32)), "Q5_0")
+        ggml.quantize(np.zeros((1, 32)), "Q7_0")                  # no such GGML type
 
 
 def test_q4_1_minimum_overflow_raises():

@@ -22,6 +22,14 @@ GGML block formats Q8_0 / Q4_0 / Q4_1 (decoded with :mod:`refquant.formats.ggml`
   max|x|)``); 4-bit nibbles are always in [0, 15];
 * ``values_finite``: the dequantized tensor is finite.
 
+Every other registered block type (``refquant.formats.ggml.TYPES``: Q5_0/Q5_1, the K-quants,
+IQ4_NL/IQ4_XS, MXFP4 ...) is decoded with :func:`refquant.formats.ggml.dequantize` and gets
+``byte_length``, ``values_finite`` and, where its layout has one: ``scales_finite`` (the
+float16/float32 super-block and block scales), ``scale_sign`` (Q5_1), and for Q8_K
+``codes_in_range`` (no -128) and ``bsums`` (each stored sum equals the sum of its 16 codes).
+``fixed_point`` is reported for Q5_0/Q5_1 only (the searched types need not reproduce their
+own output).
+
 Informational: ``zero_scale_blocks`` (blocks with ``d == 0``), ``fixed_point``: the fraction of
 blocks that refquant's reference quantizer reproduces byte for byte from the dequantized values
 (1.0: the file is what llama.cpp's plain reference quantizer writes; lower values point to an
@@ -53,6 +61,7 @@ import pathlib
 import numpy as np
 
 from refquant.formats import ggml
+from refquant.formats.audit_ggml import check_block_type_tensor
 from refquant.formats.audit_report import AuditReport, TensorAudit, relative_error
 from refquant.models.errors import CheckpointError, CorruptCheckpoint, ModelFormatError
 from refquant.models.gguf_hf import hf_name, permute_qk
@@ -106,6 +115,9 @@ def _audit_gguf(path: pathlib.Path, reference: dict | None) -> AuditReport:
         w_hat = None
         if t.type_name in ggml.FORMATS:
             audit.checks, audit.info, w_hat = _check_ggml_tensor(t.name, t.type_name, np.asarray(t.data), t.shape)
+            audit.consistent = all(audit.checks.values())
+        elif t.type_name in ggml.TYPES:
+            audit.checks, audit.info, w_hat = check_block_type_tensor(t.type_name, np.asarray(t.data), t.shape)
             audit.consistent = all(audit.checks.values())
         elif t.type_name in ("F32", "F16", "BF16"):
             w_hat = decode(t, path)
@@ -166,8 +178,9 @@ def _compare(audit: TensorAudit, w_hat: np.ndarray, reference: dict, meta: dict 
     audit.reference_name = ref_name
     audit.rel_err = relative_error(w_hat, w)
     fmt = audit.stored_type
-    if fmt in ggml.FORMATS:
+    if fmt in ggml.TYPES:
         audit.rtn_rel_err = relative_error(ggml.dequantize(ggml.quantize(w, fmt), fmt).reshape(w.shape), w)
+    if fmt in ggml.FORMATS:
         from refquant.schemes.spec import QuantSpec
         from refquant.calibration.fake import fake_quantize
 

@@ -201,8 +201,10 @@ def assert_ggml_equal(actual, expected, fmt: str, *, x=None, err_msg: str = "") 
     Parameters
     ----------
     actual, expected : array_like of uint8, shape ``[..., n_blocks * block_bytes(fmt)]``
-    fmt : {"Q8_0", "Q4_0", "Q4_1"}
-    x : array_like of float, shape ``[..., n_blocks * 32]``, optional
+    fmt : str
+        A registered block type; for Q8_0, Q4_0 and Q4_1 the report decodes the worst block's
+        fields, for the others it shows its bytes.
+    x : array_like of float, shape ``[..., n_blocks * block_size]``, optional
         The input both were quantized from.
     err_msg : str
         Prepended to the failure message.
@@ -226,6 +228,18 @@ def assert_ggml_equal(actual, expected, fmt: str, *, x=None, err_msg: str = "") 
     eb = e.reshape(-1, nb)
     bad_bytes = (ab != eb).sum(axis=1)                                # [n_blocks]
     n_bad = int((bad_bytes > 0).sum())
+    if fmt not in ggml.FORMATS:                   # any other registered type: bytes only
+        worst = int(np.argmax(bad_bytes))
+        lines = [err_msg] if err_msg else []
+        lines.append(f"{fmt} bytes differ in {n_bad} / {len(ab)} blocks ({int(bad_bytes.sum())} "
+                     f"bytes); worst block {worst}, differing byte offsets "
+                     f"{np.flatnonzero(ab[worst] != eb[worst]).tolist()}")
+        lines.append(f"  actual  : {ab[worst].tolist()}")
+        lines.append(f"  expected: {eb[worst].tolist()}")
+        if x is not None:
+            bs = ggml.block_type(fmt).block_size
+            lines.append(f"  input   : {np.asarray(x, np.float32).reshape(-1, bs)[worst].tolist()}")
+        raise AssertionError("\n".join(lines))
     fa_all, fe_all = ggml.unpack_blocks(ab, fmt), ggml.unpack_blocks(eb, fmt)
     n = len(ab)
     bad_codes = (fa_all.q != fe_all.q).reshape(n, -1).sum(axis=-1)    # [n_blocks]

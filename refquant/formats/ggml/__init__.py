@@ -10,6 +10,9 @@ module                                      block types
 :mod:`refquant.formats.ggml.iq4`            IQ4_NL, IQ4_XS (16 non-uniform levels)
 :mod:`refquant.formats.ggml.ternary`        TQ1_0, TQ2_0 (trits -1, 0, 1, one scale per 256)
 :mod:`refquant.formats.ggml.kquants_low`    Q2_K, Q3_K (the 2- and 3-bit K-quants)
+:mod:`refquant.formats.ggml.q5`             Q5_0, Q5_1 (blocks of 32, 5-bit codes)
+:mod:`refquant.formats.ggml.kquants`        Q4_K, Q5_K (super-blocks of 256: 6-bit scales, mins)
+:mod:`refquant.formats.ggml.kquants_sym`    Q6_K, Q8_K (super-blocks of 256, symmetric)
 ==========================================  ===================================================
 
 :func:`quantize` and :func:`dequantize` are the entry points for every type: they check the
@@ -26,6 +29,7 @@ import numpy as np
 
 from refquant.formats.ggml._registry import TYPES, BlockType
 from refquant.formats.ggml import iq4  # noqa: F401  (registers IQ4_NL, IQ4_XS)
+from refquant.formats.ggml import kquants, kquants_sym, q5  # noqa: F401  (register their types)
 from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_blocks,
                                           dequantize_q4_0, dequantize_q4_1, dequantize_q8_0,
                                           pack_blocks, quantize_blocks, quantize_q4_0,

@@ -53,6 +53,11 @@ def nearest_int(v) -> np.ndarray:
     back from the low 23 bits of the sum. That is ``rint(v)`` for ``|v| <= 4194303`` (ggml
     asserts this only in debug builds); the same bit operations are done here so that any
     input, NaN and inf included, gives the C's integer (NaN -> 0, +-inf -> -4194304).
+
+    Examples
+    --------
+    >>> nearest_int(np.array([0.5, 1.5, -2.5, 2.6, np.nan], np.float32)).tolist()
+    [0, 2, -2, 3, 0]
     """
     with np.errstate(all="ignore"):
         s = (np.asarray(v, dtype=_F32) + _MAGIC).astype(_F32)

@@ -33,7 +33,7 @@ Quantizer (``quantize_row_q4_K_ref`` etc.; with an imatrix ``quantize_row_q4_K_i
    ``d sc_j`` is 0 keeps the search's codes.
 
 Byte layout (little endian; super-blocks concatenated along each row)
-----------------------------------------------------------------------
+---------------------------------------------------------------------
 ======  ===========  =====  ===========================================================
 type    field        bytes  meaning
 ======  ===========  =====  ===========================================================

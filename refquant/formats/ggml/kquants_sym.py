@@ -18,7 +18,7 @@ x_hat      ``(d sc_j) l`` (Q6_K), ``d l`` (Q8_K), float32
 =========  ==================================================================================
 
 Q6_K quantizer (``quantize_row_q6_K_ref``; with an imatrix ``quantize_row_q6_K_impl``)
-------------------------------------------------------------------------------------
+--------------------------------------------------------------------------------------
 1. Per sub-block, ``s_j, l = make_qx_quants(x_j, nmax=32, rmse_type=1, qw)``: the symmetric
    weighted least-squares search of :mod:`refquant.formats.ggml._search` with ``w = x^2``
    (reference) or ``w = imatrix`` as given (the imatrix path does *not* mix in ``sigma^2``).
@@ -39,7 +39,7 @@ reference's arithmetic on inf/NaN is followed bit for bit: ``nearest_int`` gives
 that ``int8_t`` wraps to 0, and ``d = -0.0``.
 
 Byte layout (little endian; super-blocks concatenated along each row)
-----------------------------------------------------------------------
+---------------------------------------------------------------------
 ======  ==========  =====  =====================================================================
 type    field       bytes  meaning
 ======  ==========  =====  =====================================================================

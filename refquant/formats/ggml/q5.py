@@ -15,7 +15,7 @@ w      importance weights of the block's values (imatrix path)
 =====  ==================================================================================
 
 Reference quantizer (``imatrix=None``: ``quantize_row_q5_0_ref`` / ``quantize_row_q5_1_ref``)
-------------------------------------------------------------------------------------------------
+---------------------------------------------------------------------------------------------
 ======  =============================  =================================================  ==============
 format  scale (float32)                code                                               x_hat
 ======  =============================  =================================================  ==============
@@ -27,10 +27,14 @@ with ``id = 1/d`` in float32. The rounding is Q4_0's and Q4_1's (float32 add, th
 go up, and a sum that rounds up to a tie goes up again); the sign and first-occurrence rules for
 the extremes, the zero-scale rule and the float16 overflow check are those of
 :mod:`refquant.formats.ggml.legacy`, whose helpers are used here. Q5_1 has no ``min(31, .)``
-(the C has none; the code cannot pass 31).
+(the C has none; the code cannot pass 31). Where ``1 / d`` overflows float32 (a block whose
+values all lie below about 2^-122 in magnitude) ggml's C converts inf/NaN to an integer
+(undefined behaviour; code 0 on x86-64); refquant takes ``id = 0`` there as legacy does, giving
+Q5_0 codes 16 (Q5_1: 0, the same as x86-64's). The stored float16 ``d`` is 0 either way, so the
+decoded block is identical; only Q5_0's unused code bits differ.
 
 Importance-matrix quantizer (``quantize_row_q5_0_impl`` / ``_q5_1_impl``)
-------------------------------------------------------------------------
+-------------------------------------------------------------------------
 With an importance matrix ``imatrix`` (one weight per column of the row) each value gets the
 weight ``w_i = imatrix_i sqrt(sigma^2 + x_i^2)``, ``sigma^2 = sum(x^2) / K`` over the *whole
 row* of ``K`` values (a float32 left-to-right sum), and
