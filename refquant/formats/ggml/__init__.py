@@ -8,6 +8,7 @@ module                                      block types
 ==========================================  ===================================================
 :mod:`refquant.formats.ggml.legacy`         Q8_0, Q4_0, Q4_1 (blocks of 32, float16 scale)
 :mod:`refquant.formats.ggml.iq4`            IQ4_NL, IQ4_XS (16 non-uniform levels)
+:mod:`refquant.formats.ggml.mxfp`           MXFP4, NVFP4 (E2M1 codes; E8M0 / UE4M3 scales)
 :mod:`refquant.formats.ggml.ternary`        TQ1_0, TQ2_0 (trits -1, 0, 1, one scale per 256)
 :mod:`refquant.formats.ggml.kquants_low`    Q2_K, Q3_K (the 2- and 3-bit K-quants)
 :mod:`refquant.formats.ggml.q5`             Q5_0, Q5_1 (blocks of 32, 5-bit codes)
@@ -34,6 +35,7 @@ from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_bl
                                           dequantize_q4_0, dequantize_q4_1, dequantize_q8_0,
                                           pack_blocks, quantize_blocks, quantize_q4_0,
                                           quantize_q4_1, quantize_q8_0, unpack_blocks)
+from refquant.formats.ggml import mxfp  # noqa: F401  (registers MXFP4, NVFP4)
 from refquant.formats.ggml import ternary  # noqa: F401  (registers TQ1_0, TQ2_0)
 from refquant.formats.ggml import kquants_low  # noqa: F401  (registers Q2_K, Q3_K)
 from refquant.schemes.numerics import as_float_array
