@@ -90,6 +90,8 @@ class GGUFFile:
     tensors: dict[str, TensorInfo]
     alignment: int = DEFAULT_ALIGNMENT
     data_start: int = 0
+    #: key -> (GGUF value type id, element type id of an array or None), for a typed copy
+    metadata_types: dict = dataclasses.field(default_factory=dict)
 
 
 class _Cursor:
@@ -155,10 +157,14 @@ def _header(cur: _Cursor, size: int):
     if n_tensors > size or n_kv > size:
         raise CorruptCheckpoint(f"{path}: corrupt header (tensor count {n_tensors}, "
                                 f"key/value count {n_kv}, file of {size} bytes)")
-    metadata = {}
+    metadata, types = {}, {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
-        metadata[key] = cur.value(cur.scalar("<I", f"the type of {key!r}"), f"metadata {key!r}")
+        vtype = cur.scalar("<I", f"the type of {key!r}")
+        etype = struct.unpack_from("<I", cur.buf, cur.pos)[0] if vtype == _ARRAY and \
+            cur.pos + 4 <= len(cur.buf) else None
+        metadata[key] = cur.value(vtype, f"metadata {key!r}")
+        types[key] = (vtype, etype)
     infos = []
     for i in range(n_tensors):
         name = cur.string(f"the name of tensor #{i}")
@@ -169,7 +175,7 @@ def _header(cur: _Cursor, size: int):
                                     f"{MAX_DIMS})")
         dims = [cur.scalar("<Q", what) for _ in range(n_dims)]
         infos.append((name, dims, cur.scalar("<I", what), cur.scalar("<Q", what)))
-    return version, metadata, infos
+    return version, metadata, types, infos
 
 
 def read_gguf(path) -> GGUFFile:
@@ -189,7 +195,7 @@ def read_gguf(path) -> GGUFFile:
         raise CorruptCheckpoint(f"{path}: {size} bytes is too short for a GGUF file (truncated)")
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     cur = _Cursor(memoryview(mm), path)
-    version, metadata, infos = _header(cur, size)
+    version, metadata, types, infos = _header(cur, size)
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 \
             or alignment & (alignment - 1):
@@ -232,7 +238,7 @@ def read_gguf(path) -> GGUFFile:
         raise CorruptCheckpoint(f"{path}: {size - start - expected} bytes follow the last tensor "
                                 f"{previous.name!r} ({previous.type_name}, {previous.n_bytes} "
                                 "bytes): a tensor's type or shape is wrong")
-    return GGUFFile(path, version, metadata, tensors, alignment, start)
+    return GGUFFile(path, version, metadata, tensors, alignment, start, types)
 
 
 def decode(t: TensorInfo, path) -> np.ndarray:
