@@ -16,26 +16,11 @@ import ggml_oracle
 from refquant.formats import ggml
 from refquant.formats.ggml import iq4
 from refquant.formats.ggml._search import sum_f32
-from refquant.testing import STRESS_KINDS, stress_tensor
+from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
 
 FORMATS = ("IQ4_NL", "IQ4_XS")
 needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
                                 reason="libggml-python (test extra) missing")
-
-
-def assert_bytes_equal(got, expected, fmt, x=None):
-    """Exact byte equality; on failure name the number of differing blocks and the first one."""
-    got, expected = np.asarray(got), np.asarray(expected)
-    assert got.shape == expected.shape and got.dtype == expected.dtype
-    nb = ggml.block_bytes(fmt)
-    bad = np.flatnonzero((got.reshape(-1, nb) != expected.reshape(-1, nb)).any(axis=1))
-    if bad.size:
-        i = int(bad[0])
-        bs = ggml.block_type(fmt).block_size
-        xs = "" if x is None else f"\ninputs {np.asarray(x).reshape(-1, bs)[i].tolist()}"
-        raise AssertionError(f"{fmt}: {bad.size} of {got.size // nb} blocks differ; block {i}:\n"
-                             f"got      {got.reshape(-1, nb)[i].tolist()}\n"
-                             f"expected {expected.reshape(-1, nb)[i].tolist()}{xs}")
 
 
 def imatrices(K, seed):
@@ -119,7 +104,7 @@ def test_bytes_equal_ggml_stress(fmt, kind):
     for im in imatrices(512, seed=1):
         expected = ggml_oracle.quantize(x, fmt, im)
         got = ggml.quantize(x, fmt, imatrix=im)
-        assert_bytes_equal(got, expected, fmt, x=x)
+        assert_ggml_equal(got, expected, fmt, x=x)
     x_hat = ggml.dequantize(expected, fmt)
     np.testing.assert_array_equal(x_hat, ggml_oracle.dequantize(expected, fmt, 512))
     np.testing.assert_array_equal(x_hat, gguf.quants.dequantize(expected, getattr(gguf.GGMLQuantizationType, fmt)))
@@ -134,7 +119,7 @@ def test_bytes_equal_ggml_property(fmt, seed, scale_exp, with_imatrix):
     subnormal to near overflow)."""
     x = (stress_tensor("normal", (2, 256), seed) * np.float32(2.0**scale_exp)).astype(np.float32)
     im = imatrices(256, seed)[1] if with_imatrix else None
-    assert_bytes_equal(ggml.quantize(x, fmt, im), ggml_oracle.quantize(x, fmt, im), fmt, x=x)
+    assert_ggml_equal(ggml.quantize(x, fmt, im), ggml_oracle.quantize(x, fmt, im), fmt, x=x)
 
 
 @needs_ggml
@@ -150,7 +135,7 @@ def test_bytes_equal_ggml_near_midpoints(fmt):
                  np.where(step < 0, np.nextafter(x, np.float32(-np.inf)), x)).astype(np.float32)
     x[:, ::32] = 127.0
     for im in imatrices(256, seed=2):
-        assert_bytes_equal(ggml.quantize(x, fmt, im), ggml_oracle.quantize(x, fmt, im), fmt, x=x)
+        assert_ggml_equal(ggml.quantize(x, fmt, im), ggml_oracle.quantize(x, fmt, im), fmt, x=x)
 
 
 @needs_ggml
@@ -164,7 +149,7 @@ def test_bytes_equal_ggml_real_weights(fmt, tensor, rows):
     t = next(t for t in reader.tensors if t.name == tensor)
     w = gguf.quants.dequantize(t.data, t.tensor_type)[:rows].astype(np.float32)
     for im in imatrices(w.shape[1], seed=4)[:2]:
-        assert_bytes_equal(ggml.quantize(w, fmt, im), ggml_oracle.quantize(w, fmt, im), fmt, x=w)
+        assert_ggml_equal(ggml.quantize(w, fmt, im), ggml_oracle.quantize(w, fmt, im), fmt, x=w)
 
 
 def test_block_scales_loop_equals_trial_by_trial():

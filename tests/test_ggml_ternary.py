@@ -14,7 +14,7 @@ import pytest
 import ggml_oracle
 from refquant.formats import ggml
 from refquant.formats.ggml import ternary
-from refquant.testing import STRESS_KINDS, stress_tensor
+from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
 
 FORMATS = ("TQ1_0", "TQ2_0")
 GGUF_TYPE = {f: getattr(gguf.GGMLQuantizationType, f) for f in FORMATS}
@@ -80,7 +80,7 @@ def test_bytes_equal_ggml_and_gguf(fmt, kind):
     x = stress_tensor(kind, (6, 512), seed=5)
     expected = ggml_oracle.quantize(x, fmt)
     got = ggml.quantize(x, fmt)
-    np.testing.assert_array_equal(got, expected)
+    assert_ggml_equal(got, expected, fmt, x=x)
     np.testing.assert_array_equal(ggml.quantize(x, fmt, imatrix=np.arange(512.0)), expected)
     np.testing.assert_array_equal(ggml_oracle.quantize(x, fmt, np.arange(512.0)), expected)
     with np.errstate(all="ignore"):
@@ -100,10 +100,10 @@ def test_bytes_equal_ggml_real_weights_and_subnormal_blocks(fmt):
     reader = gguf.GGUFReader(str(bundled_model_path()))
     t = next(t for t in reader.tensors if t.name == "blk.2.ffn_down.weight")
     w = gguf.quants.dequantize(t.data, t.tensor_type)[:64].astype(np.float32)
-    np.testing.assert_array_equal(ggml.quantize(w, fmt), ggml_oracle.quantize(w, fmt))
+    assert_ggml_equal(ggml.quantize(w, fmt), ggml_oracle.quantize(w, fmt), fmt, x=w)
     x = np.full((1, 256), 1e-40, np.float32)
     x[0, 1::3] = -3e-41
-    np.testing.assert_array_equal(ggml.quantize(x, fmt), ggml_oracle.quantize(x, fmt))
+    assert_ggml_equal(ggml.quantize(x, fmt), ggml_oracle.quantize(x, fmt), fmt, x=x)
     assert (ggml.dequantize(ggml.quantize(x, fmt), fmt) == 0).all()
 
 
