@@ -151,7 +151,8 @@ def dequantize_tq2_0(data: np.ndarray) -> np.ndarray:
     d = np.ascontiguousarray(raw[:, 64:66]).view("<f2").astype(np.float32)          # [N, 1]
     qs = raw[:, :64].reshape(N, 2, 1, 32)
     u = (qs >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3                      # [N, 2, 4, 32]
-    return ((u.reshape(N, 256).astype(np.float32) - 1) * d).astype(np.float32).reshape(data.shape[0], -1)
+    x_hat = ((u.reshape(N, 256).astype(np.float32) - 1) * d).astype(np.float32)
+    return x_hat.reshape(data.shape[0], -1)
 
 
 register(BlockType("TQ1_0", 34, QK_K, 54, quantize_rows=quantize_tq1_0,
