@@ -66,7 +66,9 @@ def checkpoints(tmp_path_factory):
 
 def test_quantize_writes_identical_bytes(checkpoints):
     a, b = (_files(checkpoints[t]) for t in THREADS)
-    assert sorted(a) == sorted(b) and len(a) == 30 + 1 + 2      # 31 shards, index, config
+    # 31 shards, the index, quantize_config.json and the Hugging Face files: config.json,
+    # generation_config.json, tokenizer.json, tokenizer_config.json
+    assert sorted(a) == sorted(b) and len(a) == 31 + 1 + 1 + 4
     differ = [name for name in a if a[name] != b[name]]
     assert differ == [], differ
 

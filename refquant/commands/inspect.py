@@ -51,6 +51,8 @@ def format_table(report, show_all: bool = False) -> str:
         notes = [k for k, v in t.checks.items() if v is False]
         if "fixed_point" in t.info and t.info["fixed_point"] < 1:
             notes.append(f"fixed point {t.info['fixed_point']:.3f}")
+        if t.info.get("v1_zero_points"):
+            notes.append(f"{t.info['v1_zero_points']} v1 zero points of 0 (see below)")
         if t.info.get("zero_scale_blocks"):
             notes.append(f"{t.info['zero_scale_blocks']} zero-scale blocks")
         if "note" in t.info:

@@ -12,6 +12,13 @@ only once they all pass. A run that fails after that (e.g. GPTQ's Hessian of a l
 factored at any damping tried) removes what it wrote. Linears whose Hessian needed more
 damping than ``--damp`` are printed as they happen and listed in ``quantize_config.json``
 (``damp_retries``: layer -> [damp used, retries]).
+
+The directory is a complete Hugging Face one (``config.json`` with its ``quantization_config``,
+the tokenizer files, ``generation_config.json``: :mod:`refquant.formats.gptq_hf`), so
+transformers and GPTQModel read it as it is. With ``--format gptq`` (v1), a layer holding zero
+points equal to 0, which some peer readers misread
+(:func:`refquant.formats.gptq_layers.v1_zero_point_note`), is printed with the count as it is
+written, and the summary points to ``--format gptq_v2``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import time
+import warnings
 
 from refquant.commands._args import (check_n_blocks, finite_float, group_size, integer,
                                      output_directory, require_tokenizer)
@@ -73,16 +81,22 @@ def run(args) -> int:
     retried = f"; damping raised for {len(res.damp_retries)} linears" if res.damp_retries else ""
     print(f"quantized {writer.n_layers} linears in {res.seconds:.1f} s{retried}; wrote {out} block by "
           f"block (each shard verified by re-import); total {time.perf_counter() - t0:.1f} s")
+    if writer.v1_zero_points:
+        print(f"{len(writer.v1_zero_points)} linears hold {sum(writer.v1_zero_points.values())} zero "
+              "points equal to 0, which AutoGPTQ's qlinear_cuda and GPTQModel's v1 conversion misread "
+              "in the v1 'gptq' format; re-export with --format gptq_v2 for those readers")
     return 0
 
 
 def _writer(args, model, calib):
     from refquant.formats.gptq import CheckpointWriter
 
+    # the stored sym is the writer's own reading of the zero points; "method" is GPTQModel's
+    # name for the quantization method of the format (gptq), so refquant's is refquant_method
     return CheckpointWriter(args.output, checkpoint_format=args.format, desc_act=args.act_order,
-                            static_groups=args.static_groups, damp_percent=args.damp,
-                            extra_config={"source_model": str(model.source), "sym": bool(args.sym),
-                                          "method": args.method,
+                            static_groups=args.static_groups, damp_percent=args.damp, model=model,
+                            extra_config={"source_model": str(model.source),
+                                          "refquant_method": args.method,
                                           "calibration": {"tokens": int(calib.size), "seq_len": args.seq_len,
                                                           "seed": args.seed}})
 
@@ -90,6 +104,7 @@ def _writer(args, model, calib):
 def _quantize_and_write(args, model, calib, setting, writer):
     """Run the pipeline with ``writer`` as its sink, then write the float rest and close."""
     from refquant.formats.gptq import layer_from_quantized
+    from refquant.formats.gptq_layers import V1ZeroPointWarning, v1_zero_point_note
     from refquant.pipeline.blocks import block_tensor_names
     from refquant.pipeline.blockwise import quantize_model
 
@@ -99,8 +114,13 @@ def _quantize_and_write(args, model, calib, setting, writer):
                 print(f"{name}: H + lambda I not positive definite at damp {args.damp:g}; "
                       f"factored at damp {ly.damp:g} after {ly.damp_retries} "
                       f"retr{'y' if ly.damp_retries == 1 else 'ies'}")
-        writer.write({n: layer_from_quantized(ly.codes, ly.qparams, ly.spec, ly.g_idx) for n, ly in layers.items()},
-                     tensors)
+        packed = {n: layer_from_quantized(ly.codes, ly.qparams, ly.spec, ly.g_idx) for n, ly in layers.items()}
+        with warnings.catch_warnings():          # printed here, as progress, instead
+            warnings.simplefilter("ignore", V1ZeroPointWarning)
+            writer.write(packed, tensors)
+        for name in packed:
+            if name in writer.v1_zero_points:
+                print(f"warning: {v1_zero_point_note(name, writer.v1_zero_points[name], packed[name].bits)}")
 
     # streamed: each block is packed, written and verified as soon as it is quantized, so peak
     # memory is one block plus the calibration activations whatever the model's size
@@ -121,7 +141,9 @@ def _discard(out: pathlib.Path, existed: bool) -> None:
     if not existed:
         shutil.rmtree(out, ignore_errors=True)
         return
+    from refquant.formats.gptq_hf import HF_FILES
+
     for p in out.glob("model*.safetensors"):
         p.unlink(missing_ok=True)
-    for name in ("model.safetensors.index.json", "quantize_config.json"):
+    for name in ("model.safetensors.index.json", "quantize_config.json") + HF_FILES:
         (out / name).unlink(missing_ok=True)

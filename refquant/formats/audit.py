@@ -245,6 +245,9 @@ def _audit_gptq(path: pathlib.Path, reference: dict | None, zero_convention: str
         info = {"bits": b, "sym": sym, "n_groups": G}
         if sym:
             info["symmetric_zero_points"] = bool((zeros == 2 ** (b - 1)).all())
+        if conv == "gptq" and gptq.v1_zero_points(layer):    # misread by some peer readers
+            info["v1_zero_points"] = gptq.v1_zero_points(layer)
+            report.notes.append("warning: " + gptq.v1_zero_point_note(name, info["v1_zero_points"], b))
         bpw = b + (16 + b) * G / K + 32 / N
         audit = TensorAudit(name + ".weight", f"GPTQ_{b}bit", (N, K), float(bpw), int(layer.group_size),
                             all(checks.values()), checks, info)

@@ -38,6 +38,10 @@ Zero-point convention -- read this before mixing tools
   0 is the only case.
 * ``checkpoint_format: "gptq_v2"`` (GPTQModel's later revision): ``qzeros`` stores ``zero`` as is.
 
+A v1 export holding a zero point of 0 warns (:class:`V1ZeroPointWarning`, naming the layer and the
+count) and ``refquant inspect`` reports it for any v1 checkpoint: AutoGPTQ's ``qlinear_cuda`` and
+GPTQModel's v1 -> v2 conversion misread it (:func:`v1_zero_point_note`).
+
 The convention is written to ``quantize_config.json`` as ``checkpoint_format``; the reader takes it
 from there (a file without the key is v1, as AutoGPTQ assumes).
 
@@ -48,7 +52,10 @@ channel), ``desc_act``, ``sym``, ``static_groups``, ``damp_percent``, ``checkpoi
 ``quant_method: "gptq"``; refquant adds ``refquant_layers``: layer name -> ``{"bits",
 "group_size", "sym"}`` for every quantized layer, ``refquant_files`` (the shard manifest) and
 ``source_model`` (an absolute path). Tensors that are not quantized (embeddings, norms, layers
-kept in float) are stored as ``<name>.weight`` in float32.
+kept in float) are stored as ``<name>.weight`` in float32. Given the model, the writer also
+writes the Hugging Face files (``config.json`` with the same settings as its
+``quantization_config``, the tokenizer, ``generation_config.json``:
+:mod:`refquant.formats.gptq_hf`), so transformers and GPTQModel read the directory as it is.
 
 Complete or rejected
 --------------------
@@ -78,8 +85,9 @@ import numpy as np
 from refquant.formats.gptq_files import (CONFIG_FILE, INDEX_FILE, MANIFEST_KEY, WEIGHTS_FILE,
                                          read_index, read_quantize_config, read_shard)
 from refquant.formats.gptq_layers import (CHECKPOINT_FORMATS, GPTQCheckpointError, PackedLayer,
-                                          dequantize_layer, layer_from_quantized, pack_layer,
-                                          split_tensors, unpack_layer)
+                                          V1ZeroPointWarning, dequantize_layer, layer_from_quantized,
+                                          pack_layer, split_tensors, unpack_layer, v1_zero_point_note,
+                                          v1_zero_points)
 from refquant.formats.gptq_writer import CheckpointWriter, export_checkpoint
 from refquant.models.errors import CheckpointError, read_json_object
 
@@ -199,17 +207,33 @@ def check_complete(weights: dict, config, directory) -> None:
                                       f"model needs {shape}")
 
 
+def _base_from_directory(directory: pathlib.Path):
+    """The configuration and tokenizer of a directory's own Hugging Face files (weights none)."""
+    from refquant.models.config_checks import hf_config
+    from refquant.models.llama import LlamaModel
+    from refquant.models.tokenizer import tokenizer_from_hf
+
+    cfg = read_json_object(directory / "config.json")
+    return LlamaModel(config=hf_config(cfg, directory / "config.json"), weights={},
+                      tokenizer=tokenizer_from_hf(directory, cfg), source=directory)
+
+
 def load_quantized_model(directory, base_model=None):
     """A ``LlamaModel`` whose weights are all those of the GPTQ checkpoint in ``directory``.
 
     Only the configuration and tokenizer come from ``base_model`` (a loaded ``LlamaModel``), or
-    else from the model recorded as ``source_model`` in ``quantize_config.json`` (loaded with
+    else from the directory's own ``config.json`` and tokenizer files (as refquant's writer
+    writes them, :mod:`refquant.formats.gptq_hf`), or else from the model recorded as
+    ``source_model`` in ``quantize_config.json`` (loaded with
     :func:`refquant.models.loaders.load_model`). The checkpoint must hold every weight of that
     configuration (:func:`check_complete`): nothing is filled in from the base model.
     """
     import dataclasses
 
     weights, config = load_weights(directory)
+    directory = pathlib.Path(directory)
+    if base_model is None and (directory / "config.json").is_file():
+        base_model = _base_from_directory(directory)
     if base_model is None:
         from refquant.models.loaders import load_model
 
@@ -249,4 +273,4 @@ __all__ = ["PackedLayer", "CheckpointError", "GPTQCheckpointError", "layer_from_
            "pack_layer", "unpack_layer", "dequantize_layer", "export_checkpoint", "CheckpointWriter",
            "read_checkpoint", "load_weights", "is_gptq_checkpoint", "check_complete",
            "load_quantized_model", "load_any", "CHECKPOINT_FORMATS", "WEIGHTS_FILE", "CONFIG_FILE",
-           "INDEX_FILE"]
+           "INDEX_FILE", "V1ZeroPointWarning", "v1_zero_points", "v1_zero_point_note"]

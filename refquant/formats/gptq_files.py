@@ -7,6 +7,9 @@ file                                   content
                                        refquant's writer the manifest ``refquant_files``: shard
                                        file name -> number of tensors. Written *last*.
 ``model.safetensors.index.json``       Hugging Face index: ``weight_map`` tensor name -> shard
+``config.json``, tokenizer files,      the Hugging Face files (:mod:`refquant.formats.gptq_hf`);
+``generation_config.json``             a refquant ``config.json`` without a
+                                       ``quantize_config.json`` is an unfinished export
 ``model.safetensors`` or
 ``model-0000k-of-0000n.safetensors``   the tensors
 =====================================  ==========================================================
@@ -36,6 +39,18 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "quantize_config.json"
 INDEX_FILE = "model.safetensors.index.json"
 MANIFEST_KEY = "refquant_files"
+QUANTIZER = "refquant"          # meta.quantizer of refquant's quantization_config: "refquant:<version>"
+
+
+def is_refquant_config(qc: dict) -> bool:
+    """True if a ``quantization_config`` names refquant as its quantizer (``meta.quantizer``,
+    GPTQModel's ``"tool:version"`` list)."""
+    meta = qc.get("meta")
+    quantizers = meta.get("quantizer") if isinstance(meta, dict) else None
+    if isinstance(quantizers, str):
+        quantizers = [quantizers]
+    return isinstance(quantizers, list) and any(
+        isinstance(q, str) and q.split(":")[0] == QUANTIZER for q in quantizers)
 
 
 def _bits(obj: dict, where, default=None) -> int:
@@ -78,6 +93,10 @@ def read_quantize_config(directory) -> tuple[dict, pathlib.Path]:
         path = directory / "config.json"
         raw = field(read_json_object(path), "quantization_config", dict, path,
                     error=GPTQCheckpointError)
+        if is_refquant_config(raw):
+            # refquant writes config.json before quantize_config.json, its last file
+            raise GPTQCheckpointError(f"{directory}: config.json is refquant's but {CONFIG_FILE} "
+                                      "is missing: an unfinished export (that file is written last)")
     else:
         raise GPTQCheckpointError(f"{directory} has no {CONFIG_FILE}")
     method = field(raw, "quant_method", str, path, default="gptq")
@@ -145,5 +164,6 @@ def write_json_atomic(path, obj) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["WEIGHTS_FILE", "CONFIG_FILE", "INDEX_FILE", "MANIFEST_KEY", "read_quantize_config",
+__all__ = ["WEIGHTS_FILE", "CONFIG_FILE", "INDEX_FILE", "MANIFEST_KEY", "QUANTIZER",
+           "is_refquant_config", "read_quantize_config",
            "read_index", "read_shard", "shard_dtypes", "write_json_atomic"]

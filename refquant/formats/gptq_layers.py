@@ -171,6 +171,33 @@ def unpack_layer(tensors: dict, bits: int, group_size: int, checkpoint_format: s
     return PackedLayer(codes, scales.copy(), zeros, g_idx.astype(np.int32), bits, group_size)
 
 
+class V1ZeroPointWarning(UserWarning):
+    """A ``checkpoint_format: "gptq"`` (v1) layer holds zero points equal to 0 (see
+    :func:`v1_zero_point_note`)."""
+
+
+def v1_zero_points(layer: PackedLayer) -> int:
+    """How many zero points of ``layer`` are 0: v1 stores each as :math:`2^b - 1`
+    (``(0 - 1) mod 2^b``), which several peer readers decode wrongly."""
+    return int(np.count_nonzero(layer.zeros == 0))
+
+
+def v1_zero_point_note(name: str, count: int, bits: int) -> str:
+    """The one message, for the writer's :class:`V1ZeroPointWarning` and ``refquant inspect``,
+    about ``count`` zero points equal to 0 in v1 layer ``name``.
+
+    Read as refquant, GPTQModel's and AutoGPTQ's CPU unpacking do (``(stored + 1) mod 2^b``) they
+    are exact. But AutoGPTQ's ``qlinear_cuda`` adds 1 without the modulo (zero :math:`2^b`, one
+    scale step off), and GPTQModel's v1 -> v2 conversion at kernel load adds 1 to every field of
+    a packed word at once (at 2, 4 and 8 bits), so a stored :math:`2^b - 1` carries into the next
+    output channel's zero point. ``gptq_v2`` stores the zero point itself and has neither problem.
+    """
+    return (f"{name}: {count} zero point(s) equal to 0, stored as {2**bits - 1} in the v1 "
+            f"'gptq' format: AutoGPTQ's qlinear_cuda reads them as {2**bits}, and GPTQModel's "
+            "v1->v2 conversion carries into the next zero point of the word; export with "
+            "checkpoint_format 'gptq_v2' (refquant quantize --format gptq_v2) for those readers")
+
+
 def hf_name(name: str) -> str:
     """refquant weight name (``layers.0.mlp.up_proj``) -> Hugging Face (``model.layers...``)."""
     return name if name.startswith("lm_head") else "model." + name
@@ -214,4 +241,5 @@ def split_tensors(raw: dict, per_layer: dict, config: dict, fmt: str, files: dic
 
 
 __all__ = ["PackedLayer", "GPTQCheckpointError", "CHECKPOINT_FORMATS", "is_symmetric", "layer_from_quantized",
-           "pack_layer", "unpack_layer", "dequantize_layer", "split_tensors", "hf_name", "rq_name"]
+           "pack_layer", "unpack_layer", "dequantize_layer", "split_tensors", "hf_name", "rq_name",
+           "V1ZeroPointWarning", "v1_zero_points", "v1_zero_point_note"]
