@@ -41,6 +41,9 @@ _EXPORTS = {
     "nf4_quantize": _S + "nonuniform", "nf4_dequantize": _S + "nonuniform",
     "fit_lloyd_max": _S + "nonuniform", "LloydMaxResult": _S + "nonuniform",
     "size_report": _S + "sizes", "SizeReport": _S + "sizes", "CodebookSpec": _S + "sizes",
+    "mx_quantize": _S + "mx", "mx_dequantize": _S + "mx", "MXArray": _S + "mx",
+    "nvfp4_quantize": _S + "mx", "nvfp4_dequantize": _S + "mx", "NVFP4Array": _S + "mx",
+    "pack_fp4": _S + "mx", "unpack_fp4": _S + "mx", "MX_FORMATS": _S + "mx",
     # calibration
     "calibrate": "refquant.calibration.observers",
     "MinMaxObserver": "refquant.calibration.observers",
@@ -54,6 +57,7 @@ _EXPORTS = {
     # algorithms
     "gptq": "refquant.algorithms.gptq", "GPTQResult": "refquant.algorithms.gptq",
     "awq_search_scale": "refquant.algorithms.awq",
+    "gptq_mx": "refquant.algorithms.gptq_mx", "gptq_nvfp4": "refquant.algorithms.gptq_mx",
     # training
     "FakeQuant": "refquant.training.qat", "LSQ": "refquant.training.qat",
     "fake_quant": "refquant.training.qat", "qat_swiglu_mlp": "refquant.training.qat_mlp",

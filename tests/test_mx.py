@@ -310,3 +310,34 @@ def test_bad_input_raises():
     bad = mx.MXArray(np.full_like(q.codes, 16), q.scales, "mxfp4", q.shape, 1, 32)
     with pytest.raises(ValueError, match="code 16 is out of range"):
         mx.mx_dequantize(bad)
+
+
+# --- sizes --------------------------------------------------------------------------------------
+
+def test_size_report_bits_per_weight():
+    """Oracle: hand count for a (4096, 4096) matrix: MXFP4 codes 4096 * 2048 bytes + one E8M0
+    byte per 32 = 524,288 -> 8,912,896 bytes = 4.25 bits/weight; NVFP4 one E4M3 byte per 16 =
+    1,048,576 + 4 bytes of tensor scale -> 9,437,188 bytes; MXFP6 6.25, MXFP8 / MXINT8 8.25."""
+    import refquant as rq
+    r = rq.size_report((4096, 4096), "mxfp4")
+    assert (r.code_bytes, r.scale_bytes, r.total_bytes, r.bits_per_weight) == \
+        (8_388_608, 524_288, 8_912_896, 4.25)
+    r = rq.size_report((4096, 4096), "nvfp4")
+    assert (r.scale_bytes, r.total_bytes) == (1_048_580, 9_437_188)
+    assert r.bits_per_weight == 4.5 + 32 / 4096**2
+    assert rq.size_report((576, 1536), "mxfp6_e3m2").bits_per_weight == 6.25
+    assert rq.size_report((576, 1536), "mxfp8_e5m2").bits_per_weight == 8.25
+    assert rq.size_report((576, 1536), "mxint8").bits_per_weight == 8.25
+    with pytest.raises(ValueError, match="multiple of its block 16"):
+        rq.size_report((4, 24), "nvfp4")
+    with pytest.raises(ValueError, match="stores no zero points"):
+        rq.size_report((4, 32), "mxfp4", zero_bits=4)
+
+
+def test_public_names():
+    import refquant as rq
+    x = stress_tensor("normal", (2, 64), seed=0)
+    assert np.array_equal(rq.mx_dequantize(rq.mx_quantize(x, "mxfp4")),
+                          mx.mx_dequantize(mx.mx_quantize(x, "mxfp4")))
+    assert rq.nvfp4_quantize is mx.nvfp4_quantize and rq.NVFP4Array is mx.NVFP4Array
+    assert rq.pack_fp4 is mx.pack_fp4 and "mxfp4" in rq.MX_FORMATS

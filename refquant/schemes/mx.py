@@ -16,10 +16,12 @@ P        the element: ``x / X`` cast to the element format with saturation
 s_t      NVFP4's float32 tensor scale ``amax(|x|) / (448 * 6)``
 =======  ====================================================================================
 
-The MX formats [1]_
--------------------
+The MX formats
+--------------
+The OCP MX formats [1]_:
+
 ==========  ==========  ========  ====  ===================================================
-format      element     max |P|   emax  bits per weight (k = 32, 8-bit E8M0 scale)
+format      element     max abs   emax  bits per weight (k = 32, 8-bit E8M0 scale)
 ==========  ==========  ========  ====  ===================================================
 mxfp8_e4m3  FP8 E4M3FN  448       8     8.25
 mxfp8_e5m2  FP8 E5M2    57344     15    8.25
@@ -50,10 +52,11 @@ spec allows -128, which refquant does not produce; the symmetric range keeps ``q
 GGML's MXFP4 differs in its exponent's float32 ``log2f`` and its ties, see
 :mod:`refquant.formats.ggml.mxfp`.
 
-NVFP4 [2]_ [3]_
----------------
-Blocks of 16 FP4 E2M1 values along ``axis``; each block's scale is an FP8 E4M3 number, and the
-whole tensor has a float32 scale ``s_t`` on top (two-level scaling), as torchao's
+NVFP4
+-----
+NVIDIA's format [2]_ [3]_: blocks of 16 FP4 E2M1 values along ``axis``; each block's scale
+is an FP8 E4M3 number, and the whole tensor has a float32 scale ``s_t`` on top (two-level
+scaling), as torchao's
 ``nvfp4_quantize`` (with a per-tensor scale) and NVIDIA's ModelOpt compute it, in float32:
 
 .. math::

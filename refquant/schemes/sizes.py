@@ -31,7 +31,14 @@ Schemes
   parameter group, blocks and per-token tiles included);
 - ``"fp16"``, ``"bf16"``, ``"fp32"``: the casts of :mod:`refquant.schemes.casts` (no scales);
 - ``"nf4"``: NF4 codes with one absmax scale per ``block_size`` block (QLoRA's default 64);
-- :class:`CodebookSpec`: any codebook, with or without a stored table and blockwise scales.
+- :class:`CodebookSpec`: any codebook, with or without a stored table and blockwise scales;
+- the microscaled formats of :mod:`refquant.schemes.mx` by name: ``"mxfp8_e4m3"``,
+  ``"mxfp8_e5m2"``, ``"mxfp6_e2m3"``, ``"mxfp6_e3m2"``, ``"mxfp4"``, ``"mxint8"`` (one 8-bit
+  E8M0 scale per 32 values along the last axis: MXFP4 4.25 bits per weight, MXFP6 6.25 with
+  the elements packed densely, MXFP8/MXINT8 8.25) and ``"nvfp4"`` (one 8-bit E4M3 scale per 16
+  values plus one float32 tensor scale: 4.5 bits per weight + 32 bits per tensor). The last
+  axis must be a multiple of the block; ``scale_bits`` does not apply (the scale formats are
+  fixed).
 """
 
 from __future__ import annotations
@@ -40,11 +47,18 @@ import math
 from dataclasses import dataclass
 
 from refquant.schemes.float_quant import FloatSpec
+from refquant.schemes.floats import float_format
+from refquant.schemes.mx import MX_FORMATS, NVFP4_BLOCK
 from refquant.schemes.numerics import check_positive_int
 from refquant.schemes.nonuniform import LogSpec
 from refquant.schemes.spec import QuantSpec, param_shape
 
 CAST_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
+_MX_BLOCK = 32                                              # the OCP MX block
+#: microscaled format -> (element bits, values per 8-bit block scale, tensor-scale bits)
+MX_SIZES = {**{f: (8 if e == "int8" else float_format(e).nbits, _MX_BLOCK, 0)
+               for f, (e, _) in MX_FORMATS.items()},
+            "nvfp4": (4, NVFP4_BLOCK, 32)}
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,7 @@ def size_report(shape, spec, *, scale_bits: int = 32, zero_bits: int | None = No
     shape : tuple of int
         The tensor's shape (weights: (out_features, in_features)); must hold at least one element.
     spec : QuantSpec, LogSpec, FloatSpec, CodebookSpec or one of "fp32", "fp16", "bf16", "nf4"
+        or a microscaled format name ("mxfp4", "nvfp4", ...; module docstring)
     scale_bits : int
         Bits per stored scale (32: refquant's float32 scales; 16: fp16 scales as in GPTQ
         checkpoints and GGUF blocks).
@@ -203,12 +218,14 @@ def size_report(shape, spec, *, scale_bits: int = 32, zero_bits: int | None = No
         if spec == "nf4":
             spec = CodebookSpec(16, block_size=check_positive_int(block_size, "block_size"),
                                 stored_table=False)
-        elif spec not in CAST_BITS:
+        elif spec not in CAST_BITS and spec not in MX_SIZES:
             raise ValueError(f"unknown scheme {spec!r}; use a QuantSpec, LogSpec, CodebookSpec "
-                             f"or one of {sorted(CAST_BITS) + ['nf4']}")
+                             f"or one of {sorted(CAST_BITS) + ['nf4'] + sorted(MX_SIZES)}")
     has_zero = isinstance(spec, QuantSpec) and not spec.symmetric
     if zero_bits is not None and not has_zero:
         raise ValueError(f"zero_bits={zero_bits!r} given, but {_label(spec)!r} stores no zero points")
+    if isinstance(spec, str) and spec in MX_SIZES:
+        return _mx_size(shape, spec, rows, k, float_bits, label)
 
     table_bytes = zero_bytes = scale_bytes = 0
     if isinstance(spec, str):                                   # a cast: 16 or 32 bits, nothing else
@@ -230,6 +247,19 @@ def size_report(shape, spec, *, scale_bits: int = 32, zero_bits: int | None = No
                          f"name, got {type(spec).__name__}")
     return SizeReport(label or _label(spec), n, rows * _bytes(k, bits), scale_bytes, zero_bytes,
                       table_bytes, _bytes(n, float_bits), shape)
+
+
+def _mx_size(shape, fmt: str, rows: int, k: int, float_bits: int, label) -> SizeReport:
+    """Bytes of a microscaled format (module docstring): dense codes, one byte per block,
+    and NVFP4's float32 tensor scale."""
+    bits, block, tensor_bits = MX_SIZES[fmt]
+    if k % block:
+        raise ValueError(f"{fmt} needs a last axis that is a multiple of its block {block}; "
+                         f"shape {shape} has {k}")
+    n = rows * k
+    scale_bytes = rows * (k // block) + tensor_bits // 8
+    return SizeReport(label or f"{fmt} block{block}", n, rows * _bytes(k, bits), scale_bytes, 0,
+                      0, _bytes(n, float_bits), shape)
 
 
 __all__ = ["size_report", "SizeReport", "CodebookSpec"]
