@@ -48,7 +48,9 @@ def add_arguments(p):
     p.add_argument("--seq-len", type=integer(1), default=256, help="calibration sequence length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("gptq", "gptq_v2"), default="gptq",
-                   help="zero-point convention: gptq (v1, stores zero-1) or gptq_v2 (stores zero)")
+                   help="zero-point convention: gptq (v1, stores zero-1; a zero point of 0 is misread "
+                        "by AutoGPTQ's CUDA kernel and GPTQModel's conversion, and warned about) or "
+                        "gptq_v2 (stores zero)")
     p.add_argument("--n-blocks", type=integer(1), default=None, help="quantize only the first N blocks (quick checks)")
     p.add_argument("--no-progress", action="store_true")
 
