@@ -167,39 +167,54 @@ def _pre_name(spec: dict) -> str:
     raise ValueError(f"pre-tokenizer {kinds} has no known llama.cpp name (tokenizer.ggml.pre)")
 
 
+def _architecture_keys(c, name: str) -> list[tuple]:
+    """The ``llama.*`` keys of configuration ``c``, as ``convert_hf_to_gguf.py`` types them."""
+    import gguf
+
+    V = gguf.GGUFValueType
+    out = [("general.name", name, V.STRING, None),
+           ("llama.context_length", c.max_seq_len, V.UINT32, None),
+           ("llama.embedding_length", c.d_model, V.UINT32, None),
+           ("llama.block_count", c.n_layers, V.UINT32, None),
+           ("llama.feed_forward_length", c.d_ff, V.UINT32, None),
+           ("llama.rope.dimension_count", c.head_dim, V.UINT32, None),
+           ("llama.attention.head_count", c.n_heads, V.UINT32, None),
+           ("llama.attention.head_count_kv", c.n_kv_heads, V.UINT32, None),
+           ("llama.attention.layer_norm_rms_epsilon", c.norm_eps, V.FLOAT32, None),
+           ("llama.rope.freq_base", c.rope_theta, V.FLOAT32, None),
+           ("llama.vocab_size", c.vocab_size, V.UINT32, None)]
+    if c.head_dim * c.n_heads != c.d_model:
+        out += [("llama.attention.key_length", c.head_dim, V.UINT32, None),
+                ("llama.attention.value_length", c.head_dim, V.UINT32, None)]
+    return out
+
+
 def model_metadata(model, mix: str) -> list[tuple]:
     """``(key, value, GGUFValueType, element type or None)`` for every key of the file except
-    ``general.architecture`` (the writer adds it)."""
+    ``general.architecture`` (the writer adds it).
+
+    The ``llama.*`` architecture keys always come from ``model.config`` (what is written); from
+    a GGUF source every other key is copied with its type, from a Hugging Face source the
+    tokenizer keys come from its ``tokenizer.json``.
+    """
     import gguf
 
     V = gguf.GGUFValueType
     source = pathlib.Path(model.source)
+    arch = _architecture_keys(model.config, source.stem)
     out = []
     if source.is_file():                                 # GGUF: copy every key, typed
         from refquant.models.gguffile import read_gguf
 
         f = read_gguf(source)
+        arch = [k for k in arch if k[0] != "general.name" or "general.name" not in f.metadata]
+        own = {k[0] for k in arch}
         for key, value in f.metadata.items():
-            if key in _SKIP_KEYS:
+            if key in _SKIP_KEYS or key in own:
                 continue
             vtype, etype = f.metadata_types[key]
             out.append((key, value, V(vtype), None if etype is None else V(etype)))
     else:
-        c = model.config
-        out += [("general.name", source.name, V.STRING, None),
-                ("llama.context_length", c.max_seq_len, V.UINT32, None),
-                ("llama.embedding_length", c.d_model, V.UINT32, None),
-                ("llama.block_count", c.n_layers, V.UINT32, None),
-                ("llama.feed_forward_length", c.d_ff, V.UINT32, None),
-                ("llama.rope.dimension_count", c.head_dim, V.UINT32, None),
-                ("llama.attention.head_count", c.n_heads, V.UINT32, None),
-                ("llama.attention.head_count_kv", c.n_kv_heads, V.UINT32, None),
-                ("llama.attention.layer_norm_rms_epsilon", c.norm_eps, V.FLOAT32, None),
-                ("llama.rope.freq_base", c.rope_theta, V.FLOAT32, None),
-                ("llama.vocab_size", c.vocab_size, V.UINT32, None)]
-        if c.head_dim * c.n_heads != c.d_model:
-            out += [("llama.attention.key_length", c.head_dim, V.UINT32, None),
-                    ("llama.attention.value_length", c.head_dim, V.UINT32, None)]
         if model.tokenizer is None:
             raise ValueError(f"{source}: no tokenizer.json; a GGUF file needs the tokenizer")
         types = {"tokenizer.ggml.tokens": (V.ARRAY, V.STRING),
@@ -208,6 +223,7 @@ def model_metadata(model, mix: str) -> list[tuple]:
                  "tokenizer.ggml.add_bos_token": (V.BOOL, None)}
         for k, v in tokenizer_metadata(model.tokenizer).items():
             out.append((k, v, *types.get(k, (V.STRING if isinstance(v, str) else V.UINT32, None))))
+    out = arch + out
     out += [("general.file_type", file_type(mix), V.UINT32, None),
             ("general.quantization_version", QUANTIZATION_VERSION, V.UINT32, None)]
     return out
