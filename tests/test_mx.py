@@ -310,6 +310,15 @@ def test_bad_input_raises():
     bad = mx.MXArray(np.full_like(q.codes, 16), q.scales, "mxfp4", q.shape, 1, 32)
     with pytest.raises(ValueError, match="code 16 is out of range"):
         mx.mx_dequantize(bad)
+    bad = mx.MXArray(q.codes, q.scales[:1], "mxfp4", q.shape, 1, 32)
+    with pytest.raises(ValueError, match=r"scales must have shape \(2, 1\)"):
+        mx.mx_dequantize(bad)
+    bad = mx.MXArray(q.codes[:, :16], q.scales, "mxfp4", q.shape, 1, 32)
+    with pytest.raises(ValueError, match=r"codes of shape \(2, 16\) do not fit"):
+        mx.mx_dequantize(bad)
+    nv = mx.nvfp4_quantize(np.ones((1, 16)))
+    with pytest.raises(ValueError, match="tensor_scale must be positive"):
+        mx.nvfp4_dequantize(mx.NVFP4Array(nv.codes, nv.scales, -1.0, nv.shape, 1))
 
 
 # --- sizes --------------------------------------------------------------------------------------

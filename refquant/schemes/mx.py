@@ -258,13 +258,30 @@ def mx_quantize(x, fmt: str, *, axis: int = -1, block_size: int = 32, scale_rule
                    axis, block_size, scale_rule)
 
 
+def _check_layout(a, block_size: int):
+    """``(codes, scales)`` of an MXArray / NVFP4Array moved to ``[..., n_blocks, k]`` and
+    ``[..., n_blocks]``, after checking their shapes against ``shape``, ``axis`` and the block."""
+    if not isinstance(a, (MXArray, NVFP4Array)):
+        raise ValueError(f"expected an MXArray or NVFP4Array, got {type(a).__name__}")
+    codes, scales = np.asarray(a.codes), np.asarray(a.scales)
+    shape = tuple(a.shape)
+    if codes.shape != shape or not 0 <= a.axis < len(shape) or shape[a.axis] % block_size:
+        raise ValueError(f"codes of shape {codes.shape} do not fit shape {shape}, axis {a.axis} "
+                         f"and blocks of {block_size}")
+    s_shape = shape[:a.axis] + (shape[a.axis] // block_size,) + shape[a.axis + 1:]
+    if scales.shape != s_shape:
+        raise ValueError(f"scales must have shape {s_shape} for shape {shape}, axis {a.axis} and "
+                         f"blocks of {block_size}; got {scales.shape}")
+    codes = np.moveaxis(codes, a.axis, -1)
+    codes = codes.reshape(codes.shape[:-1] + (-1, block_size))
+    return codes, np.moveaxis(scales, a.axis, -1)
+
+
 def mx_dequantize(mx: MXArray) -> np.ndarray:
     """``x_hat = X P`` (float32, shape ``mx.shape``) of an :class:`MXArray`; exact (every
     product is a float32 number). Codes out of range for the format raise ``ValueError``."""
     elem, _ = _check_fmt(mx.fmt)
-    codes = np.moveaxis(np.asarray(mx.codes), mx.axis, -1)
-    n = codes.shape[-1]
-    codes = codes.reshape(codes.shape[:-1] + (n // mx.block_size, mx.block_size))
+    codes, scales = _check_layout(mx, check_positive_int(mx.block_size, "block_size"))
     if elem == "int8":
         c = np.asarray(codes)
         if c.dtype != np.uint8:
@@ -274,7 +291,7 @@ def mx_dequantize(mx: MXArray) -> np.ndarray:
             raise ValueError("mxint8 code 0x80 (q = -128) is outside refquant's range [-127, 127]")
     else:
         P = from_float_bits(codes, elem).astype(np.float64)
-    X = from_float_bits(np.moveaxis(np.asarray(mx.scales), mx.axis, -1), "e8m0fnu")
+    X = from_float_bits(scales, "e8m0fnu")
     x_hat = P * X.astype(np.float64)[..., None]
     return _unblock(x_hat, mx.axis).astype(np.float32)
 
@@ -334,9 +351,9 @@ def nvfp4_quantize(x, *, axis: int = -1, tensor_scale=None,
 
 def nvfp4_dequantize(nv: NVFP4Array) -> np.ndarray:
     """``x_hat = P (s_t u)`` in float32 (shape ``nv.shape``) of an :class:`NVFP4Array`."""
-    codes = np.moveaxis(np.asarray(nv.codes), nv.axis, -1)
-    codes = codes.reshape(codes.shape[:-1] + (-1, NVFP4_BLOCK))
-    u = np.moveaxis(np.asarray(nv.scales), nv.axis, -1)
+    codes, u = _check_layout(nv, NVFP4_BLOCK)
+    if not (np.isfinite(nv.tensor_scale) and nv.tensor_scale > 0):
+        raise ValueError(f"tensor_scale must be positive and finite, got {nv.tensor_scale!r}")
     total = (np.float32(nv.tensor_scale) * from_float_bits(u, "e4m3fn")).astype(np.float32)
     x_hat = (from_float_bits(codes, "e2m1fn") * total[..., None]).astype(np.float32)
     return _unblock(x_hat, nv.axis)
