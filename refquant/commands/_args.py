@@ -111,6 +111,17 @@ def output_directory(text: str) -> str:
     return text
 
 
+def output_path(text: str) -> str:
+    """``type=`` for a directory or a ``.gguf`` file to write: what :func:`output_directory`
+    accepts, and an existing ``.gguf`` file in a writable directory (to be replaced; the command
+    checks which of the two it needs)."""
+    path = pathlib.Path(text).expanduser() if text else None
+    if path is not None and path.is_file() and path.suffix.lower() == ".gguf":
+        output_directory(str(path.parent))
+        return text
+    return output_directory(text)
+
+
 def require_tokenizer(model, purpose: str) -> None:
     """Raise ``ValueError`` naming the model when it has no tokenizer, needed for ``purpose``."""
     if model.tokenizer is None:

@@ -13,6 +13,9 @@ factored at any damping tried) removes what it wrote. Linears whose Hessian need
 damping than ``--damp`` are printed as they happen and listed in ``quantize_config.json``
 (``damp_retries``: layer -> [damp used, retries]).
 
+``--format gguf --type TYPE -o OUT.gguf [--imatrix FILE|auto]`` writes a llama.cpp GGUF file
+instead (:mod:`refquant.commands.quantize_gguf`).
+
 The directory is a complete Hugging Face one (``config.json`` with its ``quantization_config``,
 the tokenizer files, ``generation_config.json``: :mod:`refquant.formats.gptq_hf`), so
 transformers and GPTQModel read it as it is. With ``--format gptq`` (v1), a layer holding zero
@@ -29,14 +32,16 @@ import time
 import warnings
 
 from refquant.commands._args import (check_n_blocks, finite_float, group_size, integer,
-                                     output_directory, require_tokenizer)
+                                     output_path, require_tokenizer)
 
 
 def add_arguments(p):
     p.add_argument("model", nargs="?", default=None, help="GGUF file or Hugging Face directory (default: bundled SmolLM2-135M)")
-    p.add_argument("-o", "--output", required=True, type=output_directory,
-                   help="output directory (created; must not hold a checkpoint already)")
-    p.add_argument("--method", choices=("rtn", "gptq", "awq"), default="gptq")
+    p.add_argument("-o", "--output", required=True, type=output_path,
+                   help="output directory (created; must not hold a checkpoint already), or the "
+                        ".gguf file for --format gguf")
+    p.add_argument("--method", choices=("rtn", "gptq", "awq"), default=None,
+                   help="default gptq (rtn, as llama-quantize, for --format gguf)")
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group-size", type=group_size, default=128, help="group size along the input dimension; 0 or -1: per output channel")
     p.add_argument("--sym", action="store_true", help="symmetric codes (default asymmetric)")
@@ -47,10 +52,16 @@ def add_arguments(p):
     p.add_argument("--calib-tokens", type=integer(1), default=8192, help="calibration tokens (default 8192)")
     p.add_argument("--seq-len", type=integer(1), default=256, help="calibration sequence length")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("gptq", "gptq_v2"), default="gptq",
+    p.add_argument("--format", choices=("gptq", "gptq_v2", "gguf"), default="gptq",
                    help="zero-point convention: gptq (v1, stores zero-1; a zero point of 0 is misread "
                         "by AutoGPTQ's CUDA kernel and GPTQModel's conversion, and warned about) or "
-                        "gptq_v2 (stores zero)")
+                        "gptq_v2 (stores zero); gguf: a llama.cpp file of --type")
+    p.add_argument("--type", default=None, help="--format gguf: llama-quantize's type (Q8_0, Q4_0, "
+                   "Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, F16, F32)")
+    p.add_argument("--imatrix", default=None, help="--format gguf: a llama.cpp imatrix file (GGUF or "
+                   ".dat), or 'auto' to compute one on the calibration text")
+    p.add_argument("--pure", action="store_true", help="--format gguf: every tensor of the type's "
+                   "default block type (llama-quantize --pure)")
     p.add_argument("--n-blocks", type=integer(1), default=None, help="quantize only the first N blocks (quick checks)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -60,6 +71,12 @@ def run(args) -> int:
     from refquant.pipeline.data import calibration_batch
     from refquant.pipeline.recipes import LayerSetting
 
+    if args.format == "gguf":
+        from refquant.commands.quantize_gguf import run as run_gguf
+        return run_gguf(args)
+    args.method = args.method or "gptq"
+    if pathlib.Path(args.output).is_file():
+        raise ValueError(f"-o {args.output!r} exists and is not a directory")
     if args.calib_tokens < args.seq_len:
         raise ValueError(f"--calib-tokens {args.calib_tokens} is less than one sequence of "
                          f"--seq-len {args.seq_len}")
