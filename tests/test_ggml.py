@@ -9,6 +9,7 @@ Oracles, in order of independence:
 3. the ``gguf`` package's own quantizers (``gguf.quants``), bit for bit.
 """
 
+import functools
 import math
 import struct
 from fractions import Fraction
@@ -295,3 +296,143 @@ def test_bytes_equal_ggml_c_quantizer(fmt, kind):
     got = ggml.quantize(x, fmt)
     assert_ggml_equal(got, expected, fmt, x=x)
     np.testing.assert_array_equal(ggml.dequantize(got, fmt), ggml_oracle.dequantize(expected, fmt, 256))
+
+
+# --- the importance-matrix quantizers (quantize_row_q4_0_impl / _q4_1_impl) ------------------
+
+needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
+                                reason="libggml-python (test extra) missing")
+
+
+def imatrices(K, seed):
+    """A random positive importance matrix, and one with zeros (every 5th column and the whole
+    first block of 32, whose weights are then all 0)."""
+    rng = np.random.default_rng(seed)
+    pos = rng.gamma(0.5, 2.0, K).astype(np.float32) + np.float32(1e-3)
+    zeros = pos.copy()
+    zeros[::5] = 0
+    zeros[:32] = 0
+    return [pos, zeros]
+
+
+def check_imatrix_equal_c(x, fmt, imatrix):
+    """refquant's bytes with ``imatrix`` equal ggml's C (ggml_quantize_chunk), and so do the
+    decoded values (ggml's dequantize_row_*)."""
+    expected = ggml_oracle.quantize(x, fmt, imatrix)
+    got = ggml.quantize(x, fmt, imatrix)
+    assert_ggml_equal(got, expected, fmt, x=x)
+    np.testing.assert_array_equal(ggml.dequantize(got, fmt),
+                                  ggml_oracle.dequantize(expected, fmt, x.shape[-1]))
+
+
+def test_registry_says_which_types_read_the_imatrix():
+    """Oracle: ggml-quants.c, where quantize_q4_0/_q4_1 pass quant_weights on to their _impl
+    and quantize_q8_0 discards them."""
+    assert ggml.block_type("Q4_0").uses_imatrix and ggml.block_type("Q4_1").uses_imatrix
+    assert not ggml.block_type("Q8_0").uses_imatrix
+
+
+@needs_ggml
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", STRESS_KINDS)
+def test_imatrix_bytes_equal_ggml_c_quantizer(fmt, kind):
+    """Oracle: ggml's C quantizer with an importance matrix (ggml_quantize_chunk ->
+    quantize_row_q4_0_impl / _q4_1_impl; Q8_0 ignores it) and ggml's decoder, on every stress
+    kind with a random and a zero-holding imatrix."""
+    x = stress_tensor(kind, (8, 256), seed=11)
+    for im in imatrices(256, seed=3):
+        check_imatrix_equal_c(x, fmt, im)
+
+
+@needs_ggml
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_imatrix_bytes_equal_ggml_near_ties(fmt):
+    """Oracle: ggml's C quantizer on half-integers and their float32 neighbours, with
+    importance matrices (ties of nearest_int in every candidate of the search)."""
+    rng = np.random.default_rng(5)
+    k = rng.integers(-16, 17, (4, 512)).astype(np.float32) / 2
+    x = np.where(rng.random(k.shape) < 0.4, np.nextafter(k, np.float32(np.inf)), k)
+    x[:, ::32] = 8.0
+    for im in imatrices(512, seed=6):
+        check_imatrix_equal_c(x.astype(np.float32), fmt, im)
+
+
+@needs_ggml
+@settings(max_examples=25)
+@given(fmt=st.sampled_from(FORMATS[1:]), seed=st.integers(0, 2**31),
+       scale_exp=st.integers(-30, 10))
+def test_imatrix_bytes_equal_ggml_property(fmt, seed, scale_exp):
+    """Oracle: ggml's C quantizer with a random importance matrix on scaled normals."""
+    x = (stress_tensor("normal", (2, 128), seed) * np.float32(2.0**scale_exp)).astype(np.float32)
+    check_imatrix_equal_c(x, fmt, imatrices(128, seed % 1000)[seed % 2])
+
+
+@functools.lru_cache(maxsize=None)
+def real_weights(tensor: str, rows: int) -> np.ndarray:
+    """The first ``rows`` rows of a tensor of the bundled SmolLM2-135M GGUF, decoded by gguf."""
+    from refquant.models.resources import bundled_model_path
+    reader = gguf.GGUFReader(str(bundled_model_path()))
+    t = next(t for t in reader.tensors if t.name == tensor)
+    w = gguf.quants.dequantize(t.data[:rows], t.tensor_type).astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+@needs_ggml
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("tensor, rows", [("blk.0.attn_q.weight", 48), ("token_embd.weight", 32),
+                                          ("blk.5.ffn_down.weight", 24),
+                                          ("blk.29.attn_v.weight", 24)])
+def test_imatrix_bytes_equal_ggml_real_weights(fmt, tensor, rows):
+    """Oracle: ggml's C quantizer and decoder on real SmolLM2-135M weights (the bundled GGUF's
+    tensors decoded by gguf), with a random and a zero-holding importance matrix."""
+    w = real_weights(tensor, rows)
+    for im in imatrices(w.shape[1], seed=4):
+        check_imatrix_equal_c(w, fmt, im)
+
+
+def test_imatrix_changes_q4_but_not_q8_0():
+    """Oracle: the definitions -- Q8_0's bytes do not depend on the imatrix (ggml discards it);
+    Q4_0's and Q4_1's weighted search gives a smaller weighted squared error, with ggml's
+    weights imatrix_j sqrt(sigma^2 + x_j^2) computed here in float64, than the reference
+    quantizer, summed over a whole tensor (the search minimizes each block's weighted error, up
+    to the float16 rounding of its scales). The tensor is a real SmolLM2 weight moved off its
+    stored Q4_1 grid by a little noise (on the grid both Q4_1 paths are exact)."""
+    w = np.asarray(real_weights("blk.0.attn_q.weight", 48), np.float64)
+    rng = np.random.default_rng(2)
+    x = (w + 0.1 * w.std() * rng.standard_normal(w.shape)).astype(np.float32)
+    im = imatrices(x.shape[1], seed=9)[0]
+    assert np.array_equal(ggml.quantize(x, "Q8_0", im), ggml.quantize(x, "Q8_0"))
+    x64 = x.astype(np.float64)
+    sigma2 = np.mean(x64 ** 2, axis=1, keepdims=True)
+    weight = im * np.sqrt(sigma2 + x64 ** 2)
+    for fmt in ("Q4_0", "Q4_1"):
+        err = {}
+        for name, imatrix in (("imatrix", im), ("reference", None)):
+            x_hat = ggml.dequantize(ggml.quantize(x, fmt, imatrix), fmt).astype(np.float64)
+            err[name] = float(np.sum(weight * (x_hat - x64) ** 2))
+        assert err["imatrix"] < 0.9 * err["reference"], (fmt, err)
+
+
+def test_all_zero_block_with_imatrix():
+    # hand case (ggml's make_qx_quants / make_qkx3_quants on a block of zeros): d = 0 and every
+    # code 0 -- for Q4_0 that is nibble 0, not the reference path's 8 -- and Q4_1's m = +0
+    x = np.zeros((1, 64), np.float32)
+    x[0, 32:] = np.linspace(-1, 1, 32, dtype=np.float32)
+    im = np.ones(64, np.float32)
+    b0 = ggml.quantize_blocks(x, "Q4_0", im)
+    assert float(b0.d[0, 0]) == 0.0 and (b0.q[0, 0] == 0).all()
+    assert (ggml.quantize_blocks(x, "Q4_0").q[0, 0] == 8).all()
+    b1 = ggml.quantize_blocks(x, "Q4_1", im)
+    assert float(b1.d[0, 0]) == 0.0 and (b1.q[0, 0] == 0).all() and float(b1.m[0, 0]) == 0.0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_imatrix_raises(fmt):
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(ValueError, match=r"shape \(64,\); got shape \(32,\)"):
+        ggml.quantize(x, fmt, np.ones(32))
+    with pytest.raises(ValueError, match="entry 3 is -1.0"):
+        ggml.quantize_blocks(x, fmt, np.where(np.arange(64) == 3, -1.0, 1.0))
+    with pytest.raises(ValueError, match="entry 0 is nan"):
+        ggml.quantize_blocks(x, fmt, np.full(64, np.nan))

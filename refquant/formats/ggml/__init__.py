@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refquant.formats.ggml._registry import TYPES, BlockType
+from refquant.formats.ggml._registry import TYPES, BlockType, check_imatrix
 from refquant.formats.ggml import iq4  # noqa: F401  (registers IQ4_NL, IQ4_XS)
 from refquant.formats.ggml import kquants, kquants_sym, q5  # noqa: F401  (register their types)
 from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_blocks,
@@ -56,24 +56,6 @@ def block_bytes(fmt: str) -> int:
 def bits_per_weight(fmt: str) -> float:
     """Storage per weight of ``fmt``, its scales included: 8.5 (Q8_0), 4.5 (Q4_0), ..."""
     return block_type(fmt).bits_per_weight
-
-
-def _check_imatrix(imatrix, K: int, fmt: str) -> np.ndarray | None:
-    if imatrix is None:
-        return None
-    w = np.asarray(imatrix)
-    if w.dtype.kind not in "fiu":
-        raise ValueError(f"{fmt}: imatrix must be a float array, got dtype {w.dtype}")
-    w = w.astype(np.float32)
-    if w.shape != (K,):
-        raise ValueError(f"{fmt}: imatrix must have one entry per input column, shape ({K},); "
-                         f"got shape {w.shape}")
-    bad = ~np.isfinite(w) | (w < 0)
-    if np.any(bad):
-        i = int(np.argmax(bad))
-        raise ValueError(f"{fmt}: imatrix entries must be finite and >= 0; entry {i} is "
-                         f"{float(np.asarray(imatrix).reshape(-1)[i])!r}")
-    return w
 
 
 def quantize(x, fmt: str, imatrix=None) -> np.ndarray:
@@ -108,7 +90,7 @@ def quantize(x, fmt: str, imatrix=None) -> np.ndarray:
         bad = np.argwhere(~np.isfinite(x32))[0]
         raise ValueError(f"x overflows float32 at index {tuple(int(i) for i in bad)}: "
                          f"{x[tuple(bad)]!r}")
-    w = _check_imatrix(imatrix, K, fmt)
+    w = check_imatrix(imatrix, K, fmt)
     rows = x32.reshape(-1, K)
     data = t.quantize_rows(rows, w)                                # [n_rows, n_bytes]
     return np.ascontiguousarray(data.reshape(x.shape[:-1] + (data.shape[-1],)))

@@ -58,6 +58,26 @@ class BlockType:
 TYPES: dict[str, BlockType] = {}
 
 
+def check_imatrix(imatrix, K: int, fmt: str) -> np.ndarray | None:
+    """``imatrix`` as float32 ``[K]`` after checking it (None stays None): one entry per input
+    column, finite and non-negative; a ``ValueError`` names the first bad entry."""
+    if imatrix is None:
+        return None
+    w = np.asarray(imatrix)
+    if w.dtype.kind not in "fiu":
+        raise ValueError(f"{fmt}: imatrix must be a float array, got dtype {w.dtype}")
+    w = w.astype(np.float32)
+    if w.shape != (K,):
+        raise ValueError(f"{fmt}: imatrix must have one entry per input column, shape ({K},); "
+                         f"got shape {w.shape}")
+    bad = ~np.isfinite(w) | (w < 0)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"{fmt}: imatrix entries must be finite and >= 0; entry {i} is "
+                         f"{float(np.asarray(imatrix).reshape(-1)[i])!r}")
+    return w
+
+
 def register(block_type: BlockType) -> BlockType:
     """Add ``block_type`` to :data:`TYPES` (a name registered twice is a programming error)."""
     if block_type.name in TYPES:

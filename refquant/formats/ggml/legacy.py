@@ -6,7 +6,8 @@ the codes. The quantizers here reproduce the reference C quantizers of ``ggml-qu
 (``quantize_row_q8_0_ref``, ``quantize_row_q4_0_ref``, ``quantize_row_q4_1_ref``) and the
 ``gguf`` Python package's ``gguf.quants`` port of them bit for bit: every arithmetic step is
 done in float32, in the same order, with the same rounding, and the result is vectorized by
-reshaping to ``(n_blocks, 32)``.
+reshaping to ``(n_blocks, 32)``. With an importance matrix, Q4_0 and Q4_1 follow ggml's
+weighted searches instead (see "Importance-matrix quantizer" below); Q8_0 ignores it, as ggml.
 
 Symbols (one block)
 -------------------
@@ -43,6 +44,31 @@ Rounding, exactly
   positive. An all-zero block stores ``d = -0.0`` (bytes ``00 80``) as ggml's C does; the ``gguf``
   package's NumPy port stores ``+0.0`` when the block's first value is ``-0.0``.
 
+Importance-matrix quantizer (``quantize_row_q4_0_impl`` / ``quantize_row_q4_1_impl``)
+-------------------------------------------------------------------------------------
+``ggml_quantize_chunk`` (what ``llama-quantize`` calls) passes the importance matrix of the
+tensor -- one weight ``imatrix_j`` per input column -- to ``quantize_q4_0`` / ``quantize_q4_1``,
+which then no longer run the formulas above. Each value gets the weight
+
+.. math:: w_j = \\mathrm{imatrix}_j \\sqrt{\\sigma^2 + x_j^2}, \\qquad
+          \\sigma^2 = \\frac{1}{K} \\sum_{k=1}^{K} x_k^2
+
+with :math:`\\sigma^2` over the *whole row* of ``K`` values (a float32 left-to-right sum), and
+every block of 32 is fitted by a weighted least-squares search of
+:mod:`refquant.formats.ggml._search`:
+
+* Q4_0: ``d, q = make_qx_quants(x, nmax=8, rmse_type=1, w)``: for 19 candidate inverse
+  scales ``iscale = -(8 + 0.1 k) / x_max`` (``k = -9..9``) the codes
+  ``l = clamp(nearest_int(iscale x), -8, 7)`` (stored ``q = l + 8``) and their weighted
+  least-squares scale :math:`d = \\sum w x l / \\sum w l^2`; kept: the candidate maximizing
+  :math:`(\\sum w x l)^2 / \\sum w l^2`;
+* Q4_1: ``d, -m, q = make_qkx3_quants(x, w, nmax=15, rmin=-0.9, rdelta=0.05, nstep=36)``:
+  ``x ~ d q + m`` (``m <= 0``) minimizing :math:`\\sum w (d q + m - x)^2` over 37 candidates.
+
+The stored float16 ``d`` (and ``m``) are the search's float32 values rounded; the codes are the
+search's (not recomputed on the rounded scale). An all-zero block stores ``d = 0`` and codes 0
+(Q4_0 too: its ``q`` is 0, not 8, as in ggml's C). Q8_0's ``quantize_q8_0`` ignores the matrix.
+
 Where refquant is stricter than the reference
 ---------------------------------------------
 * NaN/Inf input raises ``ValueError`` (the reference writes garbage).
@@ -78,7 +104,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refquant.formats.ggml._registry import BlockType, register
+from refquant.formats.ggml._registry import BlockType, check_imatrix, register
+from refquant.formats.ggml._search import make_qkx3_quants, make_qx_quants, sum_f32
 from refquant.schemes.numerics import as_float_array, round_to_int
 
 QK = 32  # values per block, all three formats
@@ -164,7 +191,36 @@ def _trunc_offset(v: np.ndarray, offset: float) -> np.ndarray:
     return np.trunc(s)
 
 
-def quantize_blocks(x, fmt: str) -> GGMLBlocks:
+def row_weights(xb: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
+    """The importance weights of ggml's 32-block ``_impl`` quantizers (Q4_0, Q4_1, Q5_0, Q5_1):
+    ``w_j = imatrix_j * sqrt(sigma2 + x_j^2)``, ``sigma2 = sum(x^2) / K`` over each whole row.
+
+    ``xb`` is float32 ``[..., nb, 32]`` (a row of ``K = 32 nb`` values on the last two axes),
+    ``imatrix`` float32 ``[K]``; returns float32 ``[..., nb, 32]``. ``sum(x^2)`` is C's
+    left-to-right float32 loop; ``w`` is ``imatrix * sqrtf(sigma2 + x*x)`` in that order.
+    """
+    nb = xb.shape[-2]
+    K = nb * xb.shape[-1]
+    x = xb.reshape(xb.shape[:-2] + (K,))                              # [..., K]
+    with np.errstate(all="ignore"):
+        sigma2 = (sum_f32(x * x) / np.float32(K)).astype(np.float32)[..., None, None]
+        qw = np.asarray(imatrix, np.float32).reshape(nb, xb.shape[-1])   # [nb, 32]
+        return (qw * np.sqrt(sigma2 + xb * xb)).astype(np.float32)
+
+
+def _quantize_blocks_imatrix(xb: np.ndarray, fmt: str, imatrix: np.ndarray) -> GGMLBlocks:
+    """Q4_0 / Q4_1 block fields of ``xb`` (float32 ``[..., nb, 32]``) by ggml's weighted
+    searches (``quantize_row_q4_0_impl`` / ``_q4_1_impl``; module docstring)."""
+    w = row_weights(xb, imatrix)                                      # [..., nb, 32]
+    if fmt == "Q4_0":
+        d, q = make_qx_quants(xb, 8, 1, w)                            # q = l + 8, 0..15
+        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
+    d, the_min, q = make_qkx3_quants(xb, w, 15, -0.9, 0.05, 36, False)
+    m = (-the_min).astype(np.float32)                                 # C: GGML_FP32_TO_FP16(-min)
+    return GGMLBlocks(fmt, _to_f16(d, "d", fmt), _to_f16(m, "m (block minimum)", fmt), q)
+
+
+def quantize_blocks(x, fmt: str, imatrix=None) -> GGMLBlocks:
     """Quantize ``x`` (last axis a multiple of 32) into the block fields of ``fmt``.
 
     Parameters
@@ -172,6 +228,9 @@ def quantize_blocks(x, fmt: str) -> GGMLBlocks:
     x : array_like of float, shape ``[..., K]`` with ``K % 32 == 0``
         Read as float32 (as llama.cpp's converter does); must be finite.
     fmt : {"Q8_0", "Q4_0", "Q4_1"}
+    imatrix : array_like of float, shape ``[K]``, optional
+        llama.cpp's importance matrix (finite, >= 0). Q4_0 and Q4_1 then run ggml's weighted
+        searches; Q8_0 ignores it, as ggml's ``quantize_q8_0`` does.
 
     Returns
     -------
@@ -183,6 +242,9 @@ def quantize_blocks(x, fmt: str) -> GGMLBlocks:
     See the module docstring for the formulas and the exact rounding.
     """
     xb = _blocks_of(x, fmt)                                       # [..., nb, 32] float32
+    imatrix = check_imatrix(imatrix, xb.shape[-2] * QK, fmt)
+    if imatrix is not None and fmt != "Q8_0":
+        return _quantize_blocks_imatrix(xb, fmt, imatrix)
     if fmt == "Q8_0":
         amax = np.max(np.abs(xb), axis=-1)                        # [..., nb]
         d = (amax / np.float32(127)).astype(np.float32)
@@ -276,9 +338,10 @@ def dequantize_blocks(blocks: GGMLBlocks) -> np.ndarray:
     return x_hat.reshape(q.shape[:-2] + (-1,))
 
 
-def quantize(x, fmt: str) -> np.ndarray:
-    """GGUF bytes of ``x`` in ``fmt``: uint8 ``[..., K // 32 * bytes per block]``."""
-    return pack_blocks(quantize_blocks(x, fmt))
+def quantize(x, fmt: str, imatrix=None) -> np.ndarray:
+    """GGUF bytes of ``x`` in ``fmt``: uint8 ``[..., K // 32 * bytes per block]``
+    (``imatrix``: see :func:`quantize_blocks`)."""
+    return pack_blocks(quantize_blocks(x, fmt, imatrix))
 
 
 def dequantize(data, fmt: str) -> np.ndarray:
@@ -288,8 +351,9 @@ def dequantize(data, fmt: str) -> np.ndarray:
 
 for _name, (_nbytes, _, _type_id) in FORMATS.items():
     register(BlockType(_name, _type_id, QK, _nbytes,
-                       quantize_rows=lambda x, imatrix, _f=_name: quantize(x, _f),
-                       dequantize_rows=lambda data, _f=_name: dequantize(data, _f)))
+                       quantize_rows=lambda x, imatrix, _f=_name: quantize(x, _f, imatrix),
+                       dequantize_rows=lambda data, _f=_name: dequantize(data, _f),
+                       uses_imatrix=_name != "Q8_0"))
 
 
 def quantize_q8_0(x) -> np.ndarray:
@@ -297,14 +361,14 @@ def quantize_q8_0(x) -> np.ndarray:
     return quantize(x, "Q8_0")
 
 
-def quantize_q4_0(x) -> np.ndarray:
+def quantize_q4_0(x, imatrix=None) -> np.ndarray:
     """Q4_0 GGUF bytes of ``x`` (float, last axis a multiple of 32). See :func:`quantize`."""
-    return quantize(x, "Q4_0")
+    return quantize(x, "Q4_0", imatrix)
 
 
-def quantize_q4_1(x) -> np.ndarray:
+def quantize_q4_1(x, imatrix=None) -> np.ndarray:
     """Q4_1 GGUF bytes of ``x`` (float, last axis a multiple of 32). See :func:`quantize`."""
-    return quantize(x, "Q4_1")
+    return quantize(x, "Q4_1", imatrix)
 
 
 def dequantize_q8_0(data) -> np.ndarray:
@@ -322,7 +386,7 @@ def dequantize_q4_1(data) -> np.ndarray:
     return dequantize(data, "Q4_1")
 
 
-__all__ = ["QK", "FORMATS", "GGMLBlocks", "quantize_blocks",
+__all__ = ["QK", "FORMATS", "GGMLBlocks", "row_weights", "quantize_blocks",
            "pack_blocks", "unpack_blocks", "dequantize_blocks", "quantize", "dequantize",
            "quantize_q8_0", "quantize_q4_0", "quantize_q4_1",
            "dequantize_q8_0", "dequantize_q4_0", "dequantize_q4_1"]

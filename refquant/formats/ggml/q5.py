@@ -68,8 +68,8 @@ from __future__ import annotations
 import numpy as np
 
 from refquant.formats.ggml._registry import BlockType, register
-from refquant.formats.ggml._search import make_qkx3_quants, make_qx_quants, sum_f32
-from refquant.formats.ggml.legacy import _reciprocal, _to_f16, _trunc_offset
+from refquant.formats.ggml._search import make_qkx3_quants, make_qx_quants
+from refquant.formats.ggml.legacy import _reciprocal, _to_f16, _trunc_offset, row_weights
 
 QK5 = 32
 _F32 = np.float32
@@ -92,10 +92,7 @@ def quantize_q5_blocks(x, fmt: str, imatrix=None):
     n_rows, K = x.shape
     xb = x.reshape(n_rows, K // QK5, QK5)                                  # [r, nb, 32]
     if imatrix is not None:
-        with np.errstate(all="ignore"):
-            sigma2 = (sum_f32(x * x) / _F32(K)).astype(_F32)[:, None, None]   # whole row
-            w = (np.asarray(imatrix, _F32).reshape(K // QK5, QK5)
-                 * np.sqrt(sigma2 + xb * xb)).astype(_F32)                   # [r, nb, 32]
+        w = row_weights(xb, imatrix)                              # [r, nb, 32], sigma2 per row
         if fmt == "Q5_0":
             d, q = make_qx_quants(xb, 16, 1, w)
             return d, None, q
