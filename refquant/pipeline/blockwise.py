@@ -8,8 +8,11 @@ embedded once; then for each block ``i`` in turn
    ``H = 2 X^T X / n`` of the input of every linear (q, k, v share one input, gate and up share
    one);
 2. *quantize the block*: each of the seven linears (q, k, v, o, gate, up, down) is quantized as
-   its recipe says (:mod:`refquant.pipeline.recipes`): RTN (min-max round-to-nearest), GPTQ
-   (:func:`refquant.algorithms.gptq.gptq`), AWQ (:func:`refquant.pipeline.awq_block.awq_block`,
+   its recipe says (:mod:`refquant.pipeline.recipes`): RTN (min-max round-to-nearest, or
+   round-to-nearest in a float or microscaled format of
+   :mod:`refquant.pipeline.weight_formats`), GPTQ (:func:`refquant.algorithms.gptq.gptq`; for
+   MXFP6/MXFP4/NVFP4 with static block scales, :mod:`refquant.algorithms.gptq_mx`), AWQ
+   (:func:`refquant.pipeline.awq_block.awq_block`,
    which also folds its scales into the two RMSNorm weights and the v/up rows), or kept in float;
 3. the block runs again with its quantized weights: ``X_{i+1}``;
 4. *hand it to the sink* (streaming): the finished block goes to ``sink`` and the pipeline
@@ -56,6 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refquant.algorithms.gptq import HessianNotPositiveDefinite, gptq, hessian
+from refquant.algorithms.gptq_mx import gptq_mx, gptq_nvfp4
 from refquant.calibration.observers import calibrate
 from refquant.models.llama import LINEAR_NAMES, block
 from refquant.pipeline.awq_block import awq_block
@@ -63,6 +67,7 @@ from refquant.pipeline.blocks import (SHORT_NAMES, block_batched, block_tensor_n
                                       embed_batched, linear_names, with_weights)
 from refquant.pipeline.recipes import (FLOAT, METHODS, LayerSetting, RecipeSize, layer_bits,
                                        recipe_size, resolve_recipe)
+from refquant.pipeline.weight_formats import WEIGHT_FORMATS, rtn_layer
 from refquant.schemes.spec import QParams, QuantSpec, g_idx
 from refquant.schemes.uniform import dequantize, quantize
 
@@ -259,7 +264,10 @@ def _quantize_block(view, i: int, X: np.ndarray, st: dict, *, damp: float, block
         n = f"layers.{i}.{lin}"
         W = np.asarray(view.weights[n + ".weight"], np.float32)
         sp = setting.spec()
-        if setting.method == "rtn":
+        if setting.method == "rtn" and setting.fmt is not None:    # float / microscaled grids
+            codes, qp, sp, w_hat = rtn_layer(W, setting.fmt)
+            layers[n] = QuantizedLayer(setting, codes, qp, sp, _group_index(W.shape[1], sp))
+        elif setting.method == "rtn":
             qp = calibrate(W, sp)
             codes = quantize(W, qp, sp)
             w_hat = dequantize(codes, qp, sp)
@@ -280,6 +288,12 @@ def _gptq_layer(name: str, W, H, spec: QuantSpec, setting: LayerSetting, damp: f
     factored re-raises :class:`HessianNotPositiveDefinite` with ``name`` in front of the
     message (which names the damping tried) and as the ``layer`` attribute."""
     try:
+        if setting.fmt == "nvfp4":                 # static block scales: algorithms.gptq_mx
+            return gptq_nvfp4(W, H, lazy_batch=block_size, damp=damp,
+                              act_order=setting.act_order).gptq
+        if setting.fmt is not None:
+            return gptq_mx(W, H, WEIGHT_FORMATS[setting.fmt].spec, lazy_batch=block_size,
+                           damp=damp, act_order=setting.act_order).gptq
         return gptq(W, H, spec, block_size=block_size, damp=damp, act_order=setting.act_order,
                     static_groups=setting.static_groups)
     except HessianNotPositiveDefinite as exc:

@@ -34,9 +34,13 @@ import numpy as np
 from refquant.calibration.fake import fake_quantize
 from refquant.models.llama import LINEAR_NAMES
 from refquant.pipeline.blocks import block_batched, embed_batched, with_weights
+from refquant.pipeline.weight_formats import WEIGHT_FORMATS, element_spec, layer_size_bits
 from refquant.schemes.spec import QuantSpec
 
 METHODS = ("rtn", "gptq", "awq", "float")
+#: the ``fmt`` of a :class:`LayerSetting`, by method
+FLOAT_FORMATS_RTN = tuple(n for n in WEIGHT_FORMATS if not n.startswith("int"))
+FLOAT_FORMATS_GPTQ = ("mxfp6", "mxfp4", "nvfp4")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class LayerSetting:
     symmetric : bool
     act_order, static_groups : bool
         GPTQ only (see :func:`refquant.algorithms.gptq.gptq`).
+    fmt : str or None
+        A float or microscaled weight format of
+        :data:`refquant.pipeline.weight_formats.WEIGHT_FORMATS` (``"fp8"``, ``"fp8_b128"``,
+        ``"mxfp6"``, ``"mxfp4"``, ``"nvfp4"``, ``"fp8_w8a8"``) instead of the integer grid; then
+        ``bits``, ``group_size`` and ``symmetric`` play no part. RTN for every one; GPTQ
+        (static block scales, :mod:`refquant.algorithms.gptq_mx`) for ``"mxfp6"``,
+        ``"mxfp4"`` and ``"nvfp4"``.
     """
 
     method: str = "gptq"
@@ -60,17 +71,26 @@ class LayerSetting:
     symmetric: bool = False
     act_order: bool = False
     static_groups: bool = False
+    fmt: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.fmt is not None:
+            allowed = FLOAT_FORMATS_GPTQ if self.method == "gptq" else FLOAT_FORMATS_RTN
+            if self.method not in ("rtn", "gptq") or self.fmt not in allowed:
+                raise ValueError(f"fmt={self.fmt!r} with method {self.method!r}: RTN takes "
+                                 f"{FLOAT_FORMATS_RTN}, GPTQ {FLOAT_FORMATS_GPTQ}")
         if self.method != "float":
             self.spec()                                                 # validates bits, group_size
 
     def spec(self) -> QuantSpec | None:
-        """The :class:`QuantSpec` of this setting (``None`` for ``"float"``)."""
+        """The :class:`QuantSpec` of this setting (``None`` for ``"float"``; for a ``fmt``, the
+        :class:`refquant.FloatSpec` of :func:`refquant.pipeline.weight_formats.element_spec`)."""
         if self.method == "float":
             return None
+        if self.fmt is not None:
+            return element_spec(self.fmt)
         if self.group_size is None:
             return QuantSpec(bits=self.bits, symmetric=self.symmetric, granularity="channel", axis=0)
         return QuantSpec(bits=self.bits, symmetric=self.symmetric, granularity="group",
@@ -79,6 +99,9 @@ class LayerSetting:
     def label(self) -> str:
         if self.method == "float":
             return "float"
+        if self.fmt is not None:
+            return f"{self.method} {WEIGHT_FORMATS[self.fmt].label}" + \
+                ("+act" if self.act_order else "")
         g = "ch" if self.group_size is None else f"g{self.group_size}"
         extra = ("+act" if self.act_order else "") + ("+static" if self.static_groups else "")
         return f"{self.method} W{self.bits} {g}{extra}"
@@ -137,6 +160,8 @@ def layer_bits(setting: LayerSetting, d_out: int, d_in: int) -> int:
     """
     if setting.method == "float":
         return 16 * d_out * d_in
+    if setting.fmt is not None:                   # as the format stores it (refquant.size_report)
+        return layer_size_bits(setting.fmt, (d_out, d_in))
     b = setting.bits
     G = 1 if setting.group_size is None else -(-d_in // setting.group_size)
     qweight = 32 * -(-d_in * b // 32) * d_out
