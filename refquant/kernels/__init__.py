@@ -29,8 +29,8 @@ from refquant.schemes.spec import g_idx as group_index
 
 BACKENDS = ("numpy", "numba", "cuda")
 
-__all__ = ["int8_matmul", "uint8_int8_matmul", "w4_matmul", "backends", "auto_backend",
-           "w4_tolerance", "K_MAX", "BACKENDS"]
+__all__ = ["int8_matmul", "uint8_int8_matmul", "w4_matmul", "w4a8_matmul", "backends",
+           "auto_backend", "w4_tolerance", "w4a8_tolerance", "K_MAX", "BACKENDS"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +71,12 @@ def backends(detail: bool = False):
     if "numba" in out:
         from refquant.kernels import cpu_features
         path, why = cpu_features.int8_path()
-        info["numba"] = (f"int8 GEMM path {path} ({why}); rows < 8 and W4 GEMV: portable "
-                         f"vector code")
+        w4, w4_why = cpu_features.w4_path()
+        w4a8, w4a8_why = cpu_features.w4a8_path()
+        info["numba"] = (f"int8 GEMM path {path} ({why}); rows < 8: portable vector code; "
+                         f"W4A16 path {w4} ({w4_why}; K and group size multiples of 32, "
+                         f"else portable); W4A8 path {w4a8} ({w4a8_why}; group size 32, 64 or "
+                         f"a multiple of 128, else portable)")
     if "cuda" in out:
         info["cuda"] = "numba.cuda simulator" if _cuda_is_simulated() else "numba.cuda on a GPU"
     return info
@@ -222,3 +226,80 @@ def w4_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto
         return cpu.w4_matmul(x, packed, scales, zeros, int(group_size))
     from refquant.kernels import cuda
     return cuda.w4_matmul(x, packed, scales, zeros, int(group_size))
+
+
+def w4a8_tolerance(x, scales, zeros, group_size: int) -> np.ndarray:
+    """A bound on ``|w4a8_matmul(backend) - w4a8_matmul("numpy")|`` from float32 rounding, [M, N].
+
+    The integer block sums are exact on every backend; only the float combination differs. With
+    ``(a, d) = quantize_act_q8(x)`` and
+    ``S_mn = sum_b |s_{n,g(b)} d_mb| (15 + z_{n,g(b)}) sum_{k in b} |a_mk|`` (which dominates the
+    absolute sum of every term either side adds, zero-point terms included), each side is
+    within ``gamma_n S`` of the exact value (Higham 2002, eq. 3.5; ``u = 2^-24``), ``n`` counting
+    the roundings along the longest chain of the kernels (the ``fl(s d)`` product, ``K / 8``
+    word terms, ``G`` group terms, the horizontal sums): ``n = K / 8 + G + 20``. Returned:
+    ``2 gamma_n S + tiny``.
+    """
+    a, d = reference.quantize_act_q8(x)
+    M, K = a.shape
+    nb = K // reference.ACT_BLOCK
+    g_b = np.arange(nb) * reference.ACT_BLOCK // int(group_size)                 # [nb]
+    abs_a = np.abs(a.astype(np.float64)).reshape(M, nb, -1).sum(axis=2)          # [M, nb]
+    wmax = np.abs(np.asarray(scales, np.float64))[:, g_b] * (
+        15 + np.abs(np.asarray(zeros, np.float64))[:, g_b])                     # [N, nb]
+    S = (d.astype(np.float64) * abs_a) @ wmax.T                                  # [M, N]
+    u = 2.0**-24
+    n = K // 8 + np.asarray(scales).shape[1] + 20
+    return 2 * (n * u / (1 - n * u)) * S + np.finfo(np.float32).tiny
+
+
+def w4a8_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto") -> np.ndarray:
+    """``y = x W_hat^T`` with the activations quantized to int8 per block of 32 and integer dot
+    products (W4A8, the arithmetic of ggml's Q4_0 x Q8_0 ``mul_mat``).
+
+    .. math::
+
+        y_{mn} = \\sum_b s_{n,g(b)}\\, d_{mb}
+                 \\Big(\\sum_{k \\in b} q_{nk} a_{mk} - z_{n,g(b)} \\sum_{k \\in b} a_{mk}\\Big),
+        \\quad (a, d) = \\mathrm{Q8\\_0}(x)
+
+    Parameters
+    ----------
+    x, packed, scales, zeros, group_size
+        As :func:`w4_matmul`, with ``K % 32 == 0`` and ``group_size % 32 == 0`` (a group holds
+        whole activation blocks); anything else raises ``ValueError`` naming the value.
+    backend : "auto" | "numpy" | "numba"
+        ``"numpy"`` is :func:`refquant.kernels.reference.w4a8_matmul`; ``"numba"`` runs the path
+        of :func:`refquant.kernels.cpu_features.w4a8_path` (``vpdpbusd`` on AVX-512 VNNI; group
+        sizes other than 32, 64 and multiples of 128 take the portable kernel). ``"auto"`` is
+        ``"numba"`` where Numba is installed (there is no CUDA kernel: ``"cuda"`` raises).
+
+    Returns
+    -------
+    float32 [M, N]; the activation codes and every integer dot product are the specification's
+    bit for bit, the result within :func:`w4a8_tolerance` of it.
+
+    Examples
+    --------
+    >>> import numpy as np, refquant as rq
+    >>> from refquant.kernels import w4a8_matmul
+    >>> x = np.full((1, 32), 2.0, np.float32)
+    >>> packed = rq.pack(np.full((1, 32), 3, np.uint8), 4, "int32")
+    >>> w4a8_matmul(x, packed, np.ones((1, 1), np.float32), np.ones((1, 1), np.int32), 32,
+    ...             backend="numpy")
+    array([[128.]], dtype=float32)
+    """
+    x, packed, scales, zeros, _, _ = reference.check_w4a8_operands(x, packed, scales, zeros,
+                                                                   group_size)
+    if backend == "auto":
+        backend = "numba" if _numba_available() else "numpy"
+    if backend == "cuda":
+        raise ValueError("w4a8_matmul has no 'cuda' kernel; use backend='numpy' or 'numba'")
+    name = _resolve(backend)
+    if name == "numpy":
+        return reference.w4a8_matmul(x, packed, scales, zeros, group_size)
+    from refquant.kernels import cpu_features, cpu_w4a8
+    path = cpu_features.w4a8_path()[0]
+    if not cpu_w4a8.supports(int(group_size)):
+        path = "portable"
+    return cpu_w4a8.w4a8_matmul(x, packed, scales, zeros, int(group_size), path)

@@ -16,6 +16,22 @@ AVX-VNNI (the VEX-encoded 256-bit ``vpdpbusd`` of Alder Lake and Zen 5) is not a
 yet: those CPUs take ``pmaddwd``. The environment variable ``REFQUANT_INT8_PATH`` forces a path
 (for tests and benchmarks); forcing one the CPU cannot run raises ``ValueError``, nothing falls
 back silently.
+
+The W4 kernels choose the same way (:func:`w4_path`, :func:`w4a8_path`; variables
+``REFQUANT_W4_PATH``, ``REFQUANT_W4A8_PATH``):
+
+==================  ===============================  ==============================================
+path                needs                            kernel
+==================  ===============================  ==============================================
+W4A16 ``avx512``    ``avx512f``                      :mod:`refquant.kernels.cpu_w4_avx512`
+                                                     (``vpermps`` table, ``K``, group % 32 == 0)
+W4A16 ``portable``  none                             :mod:`refquant.kernels.cpu_w4` (8-lane IR)
+W4A8 ``avx512_vnni``  ``avx512vnni``, ``avx512bw``   :mod:`refquant.kernels.cpu_w4a8` ``vpdpbusd``
+W4A8 ``portable``   none                             :mod:`refquant.kernels.cpu_w4a8` scalar loop
+==================  ===============================  ==============================================
+
+A W4A16 shape the ``avx512`` kernel does not cover (``K`` or the group size not a multiple of 32)
+runs the ``portable`` kernel; :func:`refquant.kernels.backends` says so.
 """
 
 from __future__ import annotations
@@ -28,6 +44,10 @@ INT8_PATHS = {
     "pmaddwd": (),
 }
 ENV = "REFQUANT_INT8_PATH"
+W4_PATHS = {"avx512": ("avx512f",), "portable": ()}
+W4_ENV = "REFQUANT_W4_PATH"
+W4A8_PATHS = {"avx512_vnni": ("avx512f", "avx512bw", "avx512vnni"), "portable": ()}
+W4A8_ENV = "REFQUANT_W4A8_PATH"
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,11 +65,39 @@ def host_cpu_name() -> str:
     return llvm.get_host_cpu_name()
 
 
-def missing_features(path: str) -> list[str]:
-    """The features ``path`` needs that this CPU lacks (empty: the path can run here)."""
-    if path not in INT8_PATHS:
-        raise ValueError(f"unknown int8 kernel path {path!r}; choose from {sorted(INT8_PATHS)}")
-    return [f for f in INT8_PATHS[path] if f not in host_features()]
+def missing_features(path: str, paths: dict | None = None) -> list[str]:
+    """The features ``path`` of ``paths`` (default :data:`INT8_PATHS`) needs that this CPU
+    lacks (empty: the path can run here)."""
+    paths = INT8_PATHS if paths is None else paths
+    if path not in paths:
+        raise ValueError(f"unknown kernel path {path!r}; choose from {sorted(paths)}")
+    return [f for f in paths[path] if f not in host_features()]
+
+
+def _choose(paths: dict, env: str, best: str) -> tuple[str, str]:
+    """``(path, why)``: the path forced by ``env`` (refused if the CPU cannot run it), else
+    ``best`` where the CPU has its features, else ``"portable"``."""
+    forced = os.environ.get(env)
+    if forced:
+        missing = missing_features(forced, paths)
+        if missing:
+            raise ValueError(f"{env}={forced!r} needs CPU features {missing} that this CPU "
+                             f"({host_cpu_name()}) does not report")
+        return forced, f"forced by {env}"
+    missing = missing_features(best, paths)
+    if not missing:
+        return best, f"{host_cpu_name()} reports {', '.join(paths[best])}"
+    return "portable", f"{host_cpu_name()} lacks {missing} for {best}"
+
+
+def w4_path() -> tuple[str, str]:
+    """``(path, why)``: the W4A16 kernel path of the ``"numba"`` backend here (see the table)."""
+    return _choose(W4_PATHS, W4_ENV, "avx512")
+
+
+def w4a8_path() -> tuple[str, str]:
+    """``(path, why)``: the W4A8 kernel path of the ``"numba"`` backend here (see the table)."""
+    return _choose(W4A8_PATHS, W4A8_ENV, "avx512_vnni")
 
 
 def int8_path() -> tuple[str, str]:

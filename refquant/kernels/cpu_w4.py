@@ -38,7 +38,7 @@ import functools
 
 import numpy as np
 
-from refquant.kernels import _llvm
+from refquant.kernels import _llvm, cpu_features, cpu_w4_avx512
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
 
 
@@ -187,7 +187,11 @@ def w4_gemm_general():
 
 def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
     """Numba ``x W_hat^T`` with on-the-fly 4-bit dequantization; operands pre-checked by
-    :func:`refquant.kernels.reference.check_w4_operands`."""
+    :func:`refquant.kernels.reference.check_w4_operands`. On the ``avx512`` path of
+    :func:`refquant.kernels.cpu_features.w4_path`, shapes that
+    :func:`refquant.kernels.cpu_w4_avx512.supports` covers run its table kernel."""
+    if cpu_features.w4_path()[0] == "avx512" and cpu_w4_avx512.supports(x.shape[1], group_size):
+        return cpu_w4_avx512.w4_matmul(x, packed, scales, zeros, group_size)
     kernel = w4_gemm() if group_size % 8 == 0 else w4_gemm_general()
     return kernel(np.ascontiguousarray(x), np.ascontiguousarray(packed),
                   np.ascontiguousarray(scales, np.float32), np.ascontiguousarray(zeros, np.int32),

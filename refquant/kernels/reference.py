@@ -226,3 +226,89 @@ def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
     x, packed, scales, zeros, K, _ = check_w4_operands(x, packed, scales, zeros, group_size)
     W_hat = dequantize_w4(packed, scales, zeros, int(group_size), K)         # [N, K]
     return x @ W_hat.T                                                      # [M, N]
+
+
+# --- W4A8: 4-bit weights times 8-bit activations (ggml's Q4_0 x Q8_0 arithmetic) ---------------
+
+ACT_BLOCK = 32          # activation block of the W4A8 product (ggml's Q8_0 block)
+
+
+def quantize_act_q8(x) -> tuple[np.ndarray, np.ndarray]:
+    """Activations to int8 per block of 32 as ggml's ``quantize_row_q8_0_ref``: ``(a, d)``.
+
+    .. math::  d_{mb} = \\max_{k \\in b} |x_{mk}| / 127, \\quad
+               a_{mk} = \\mathrm{roundf}\\big(x_{mk} \\cdot \\mathrm{fl}_{32}(1 / d_{mb})\\big)
+
+    all in float32, rounded half away from zero (C ``roundf``); ``1/d`` is 0 where ``d = 0``.
+    ggml stores ``d`` in float16; here it stays float32 (the codes ``a`` are ggml's bit for
+    bit). A block whose ``1/d`` overflows float32 (``max|x| < 127 * 2^-128``) gets ``d = 0`` and
+    zero codes (ggml's C would convert ``inf`` to int8, which is undefined).
+
+    ``x`` float32 [M, K] with ``K % 32 == 0``; returns ``a`` int8 [M, K] and ``d`` float32
+    [M, K // 32].
+
+    >>> a, d = quantize_act_q8(np.arange(32, dtype=np.float32)[None] - 16)
+    >>> int(a[0, 0]), int(a[0, 31]), bool(d[0, 0] == np.float32(16) / np.float32(127))
+    (-127, 119, True)
+    """
+    from refquant.schemes.numerics import round_half_away
+    x = np.asarray(x, np.float32)
+    M, K = x.shape
+    if K % ACT_BLOCK:
+        raise ValueError(f"K={K} must be a multiple of {ACT_BLOCK} (the activation block)")
+    xb = x.reshape(M, K // ACT_BLOCK, ACT_BLOCK)                            # [M, nb, 32]
+    d = (np.abs(xb).max(axis=2) / np.float32(127)).astype(np.float32)      # [M, nb]
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    tiny = ~np.isfinite(inv)
+    d, inv = np.where(tiny, np.float32(0), d), np.where(tiny, np.float32(0), inv)
+    a = round_half_away(xb * inv[:, :, None]).astype(np.int8)              # |a| <= 127
+    return a.reshape(M, K), d
+
+
+def check_w4a8_operands(x, packed, scales, zeros, group_size):
+    """:func:`check_w4_operands` plus the W4A8 shapes: ``K`` and ``group_size`` multiples of 32
+    (a group holds whole activation blocks). Returns ``(x, packed, scales, zeros, K, G)``."""
+    x, packed, scales, zeros, K, G = check_w4_operands(x, packed, scales, zeros, group_size)
+    if K % ACT_BLOCK:
+        raise ValueError(f"W4A8 needs K % {ACT_BLOCK} == 0 (whole activation blocks), got K={K}")
+    if group_size % ACT_BLOCK:
+        raise ValueError(f"W4A8 needs group_size % {ACT_BLOCK} == 0 (whole activation blocks), "
+                         f"got group_size={group_size}")
+    return x, packed, scales, zeros, K, G
+
+
+def w4a8_block_dots(a, packed, K: int) -> np.ndarray:
+    """The integer part: ``P[m, n, b] = sum_{k in block b} q_nk a_mk`` (int32, exact: each
+    ``|P| <= 32 * 15 * 127``), ``a`` int8 [M, K], ``packed`` int32 [N, ceil(K/8)]."""
+    M, N, nb = a.shape[0], packed.shape[0], K // ACT_BLOCK
+    q = unpack(packed, 4, K).astype(np.int64).reshape(N, nb, ACT_BLOCK)      # [N, nb, 32]
+    ab = np.asarray(a, np.int64).reshape(M, nb, ACT_BLOCK)                  # [M, nb, 32]
+    return np.einsum("nbk,mbk->mnb", q, ab).astype(np.int32)                # [M, N, nb]
+
+
+def w4a8_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
+    """``y = x W_hat^T`` with the activations quantized to int8 per block of 32 (the
+    specification): integer block dot products, then one float combination.
+
+    .. math::
+
+        y_{mn} = \\sum_b s_{n,g(b)}\\, d_{mb}
+                 \\Big(\\sum_{k \\in b} q_{nk} a_{mk} - z_{n,g(b)} \\sum_{k \\in b} a_{mk}\\Big)
+
+    with ``(a, d) =`` :func:`quantize_act_q8` ``(x)`` and ``g(b)`` the group of block ``b``
+    (a group is ``group_size / 32`` whole blocks). The integer sums are exact (int64 here); the
+    sum over blocks is taken in float64 of the float32 ``s`` and ``d`` and rounded once to
+    float32. This is ggml's ``vec_dot_q4_0_q8_0`` arithmetic for an asymmetric 4-bit weight with
+    float32 scales. Operands as :func:`w4_matmul`, plus ``K % 32 == 0`` and
+    ``group_size % 32 == 0`` (:func:`check_w4a8_operands`). Returns float32 [M, N].
+    """
+    x, packed, scales, zeros, K, _ = check_w4a8_operands(x, packed, scales, zeros, group_size)
+    a, d = quantize_act_q8(x)                                               # [M, K], [M, nb]
+    nb = K // ACT_BLOCK
+    g_b = np.arange(nb) * ACT_BLOCK // int(group_size)                      # [nb]
+    P = w4a8_block_dots(a, packed, K).astype(np.int64)                      # [M, N, nb]
+    A = a.astype(np.int64).reshape(a.shape[0], nb, ACT_BLOCK).sum(axis=2)   # [M, nb]
+    I = P - zeros[:, g_b].astype(np.int64)[None] * A[:, None, :]            # [M, N, nb]
+    sd = scales[:, g_b].astype(np.float64)[None] * d.astype(np.float64)[:, None, :]
+    return (sd * I).sum(axis=2).astype(np.float32)                          # [M, N]
