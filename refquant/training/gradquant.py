@@ -62,7 +62,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refquant.schemes.floats import FLOAT_FORMATS, cast_float
+from refquant.schemes.float_quant import FloatSpec, float_qparams_from_range, round_to_float_grid
+from refquant.schemes.floats import FLOAT_FORMATS
 from refquant.schemes.spec import QuantSpec
 from refquant.schemes.stochastic import (stochastic_cast_float, stochastic_round_codes)
 from refquant.schemes.uniform import _dequantize_codes, _round_codes, qparams_from_range
@@ -92,9 +93,10 @@ def _check_rounding(rounding, rng):
 def gradient_scale(g, fmt: str) -> np.float32:
     """The per-tensor scale ``s`` of :func:`quantize_gradient` (float32; 1 for an all-zero ``g``).
 
-    Integer grids: :func:`refquant.qparams_from_range` of ``[-max|g|, max|g|]`` (the one
-    symmetric scale rule, ``max|g| / q_max``); float grids: ``max|g| / x_max`` rounded to
-    float32.
+    :func:`refquant.qparams_from_range` of ``[-max|g|, max|g|]`` for the integer grids (the
+    symmetric scale rule, ``max|g| / q_max``) and its float sibling
+    :func:`refquant.schemes.float_quant.float_qparams_from_range` (``max|g| / x_max``) for the
+    float grids, per tensor, float32.
 
     >>> float(gradient_scale(np.array([0.5, -1.27]), "int8"))    # 1.27 / 127 in float32
     0.009999999776482582
@@ -105,9 +107,7 @@ def gradient_scale(g, fmt: str) -> np.float32:
     if fmt in INT_GRAD_FORMATS:
         spec = QuantSpec(bits=INT_GRAD_FORMATS[fmt], symmetric=True)
         return np.float32(qparams_from_range(-amax, amax, spec).scale)
-    if amax == 0.0:
-        return np.float32(1.0)
-    return np.float32(max(amax / FLOAT_FORMATS[fmt].max_normal, np.finfo(np.float32).tiny))
+    return np.float32(float_qparams_from_range(-amax, amax, FloatSpec(fmt)).scale)
 
 
 def quantize_gradient(g, fmt: str, *, rounding: str = "stochastic",
@@ -125,7 +125,7 @@ def quantize_gradient(g, fmt: str, *, rounding: str = "stochastic",
     rounding : {"stochastic", "nearest"}
         Stochastic rounding (unbiased, :mod:`refquant.schemes.stochastic`) or round to nearest
         (half to even, the rounding of :func:`refquant.quantize` and
-        :func:`refquant.schemes.floats.cast_float`).
+        :func:`refquant.schemes.float_quant.round_to_float_grid`).
     rng : numpy.random.Generator
         Required for ``"stochastic"``: one uniform draw per element of ``g``.
 
@@ -160,11 +160,9 @@ def quantize_gradient(g, fmt: str, *, rounding: str = "stochastic",
         else:
             q = stochastic_round_codes(v, s, 0.0, spec.qmin, spec.qmax, rng)
         return _dequantize_codes(q, s, 0.0).astype(g.dtype)
-    if rounding == "nearest":
-        e = cast_float(v / s, fmt)                           # saturates at +-x_max
-    else:
-        e = stochastic_cast_float(v / s, fmt, rng)
-    return (s * e.astype(np.float64)).astype(g.dtype)
+    if rounding == "nearest":                                # the float rounding core, saturating
+        return round_to_float_grid(v, s, fmt)[1].astype(g.dtype)
+    return (s * stochastic_cast_float(v / s, fmt, rng).astype(np.float64)).astype(g.dtype)
 
 
 class GradQuant:
