@@ -73,7 +73,8 @@ BAD_ARGUMENTS = [
     (["demo", "--methods", "rtn,gtpq"], "argument --methods: expected a comma-separated subset of "
                                         "rtn,gptq,awq, got 'rtn,gtpq'"),
     (["demo", "--settings", "w5"], "argument --settings: expected a comma-separated subset of "
-                                   "w8,w4g128,w3g128,w4, got 'w5'"),
+                                   "w8,w4g128,w3g128,w4,fp8,fp8_b128,mxfp6,mxfp4,nvfp4,fp8_w8a8, "
+                                   "got 'w5'"),
 ]
 
 

@@ -194,3 +194,39 @@ def test_bits_per_weight_by_hand():
             "fp8_w8a8": 8 + 32 / 576}
     for fmt, bpw in want.items():
         assert layer_size_bits(fmt, (576, 576)) / n == pytest.approx(bpw, rel=1e-12), fmt
+
+
+def test_demo_accepts_the_format_names():
+    """refquant demo's --settings names are the pipeline's RTN formats (oracle: recipes), and
+    its settings map each method to the right LayerSetting (None where a method does not
+    take the format); W8A8 settings evaluate through the per-token linear."""
+    from refquant.commands.demo import FORMAT_SETTINGS, _setting
+    from refquant.pipeline.recipes import FLOAT_FORMATS_RTN
+    from refquant.pipeline.weight_formats import activation_linear
+
+    assert FORMAT_SETTINGS == FLOAT_FORMATS_RTN
+    assert _setting("rtn", None, None, "fp8_b128").fmt == "fp8_b128"
+    assert _setting("gptq", None, None, "nvfp4").act_order
+    assert _setting("gptq", None, None, "fp8") is None and _setting("awq", None, None, "mxfp4") is None
+    model = tiny_model(0)
+    assert activation_linear(model, {"a": _setting("rtn", None, None, "mxfp4")}) is None
+    lin = activation_linear(model, {"a": _setting("rtn", None, None, "fp8_w8a8")})
+    x = np.ones((1, 2, 32), np.float32)
+    assert lin("layers.0.self_attn.q_proj", x).shape == (1, 2, 32)
+
+
+def test_demo_rows_for_the_formats():
+    """run_experiments on the tiny Llama: a W8A8 row equals the perplexity through
+    w8a8_model's linear, a GPTQ-MXFP4 row names its format, bits/w as size_report counts."""
+    from refquant.commands.demo import _setting, run_experiments
+
+    model = tiny_model(5)
+    calib = np.random.default_rng(8).integers(0, 300, size=(2, 16))
+    ev = np.random.default_rng(9).integers(0, 300, size=64)
+    runs = [("rtn", _setting("rtn", None, None, "fp8_w8a8")),
+            ("gptq", _setting("gptq", None, None, "mxfp4"))]
+    rows = run_experiments(model, calib, ev, runs, seq_len=32)
+    view, linear = w8a8_model(model)
+    assert rows[1]["ppl"] == rq.perplexity(view, ev, seq_len=32, linear=linear).ppl
+    assert rows[1]["method"] == "rtn fp8_w8a8" and rows[1]["bits"] is None
+    assert rows[2]["method"] == "gptq mxfp4" and rows[2]["bits_per_weight"] == 4.25

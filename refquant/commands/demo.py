@@ -30,6 +30,9 @@ FULL = dict(calib_tokens=16384, eval_tokens=16384, seq_len=512, calib_seq_len=51
 
 
 SETTINGS = {"w8": (8, None), "w4g128": (4, 128), "w3g128": (3, 128), "w4": (4, None)}
+# float and microscaled weight formats (refquant.pipeline.weight_formats; RTN for all, GPTQ with
+# static block scales for the MX/NVFP4 ones, no AWQ); the same names as recipes.FLOAT_FORMATS_RTN
+FORMAT_SETTINGS = ("fp8", "fp8_b128", "mxfp6", "mxfp4", "nvfp4", "fp8_w8a8")
 METHODS = ("rtn", "gptq", "awq")
 
 
@@ -43,8 +46,10 @@ def add_arguments(p):
     p.add_argument("--seq-len", type=integer(2), default=None, help="evaluation window length")
     p.add_argument("--methods", type=subset(METHODS), default="rtn,gptq,awq",
                    help="comma-separated subset of rtn,gptq,awq")
-    p.add_argument("--settings", type=subset(tuple(SETTINGS)), default="w8,w4g128,w3g128",
-                   help="comma-separated subset of w8,w4g128,w3g128,w4")
+    p.add_argument("--settings", type=subset(tuple(SETTINGS) + FORMAT_SETTINGS),
+                   default="w8,w4g128,w3g128",
+                   help="comma-separated subset of w8,w4g128,w3g128,w4 and the float formats "
+                        + ",".join(FORMAT_SETTINGS) + " (RTN; GPTQ for mxfp6,mxfp4,nvfp4)")
     p.add_argument("--no-mixed", action="store_true", help="skip the mixed-precision recipe")
     p.add_argument("--n-blocks", type=integer(1), default=None, help="quantize only the first N blocks (quick checks)")
     p.add_argument("--awq-grid", type=integer(1), default=None,
@@ -54,9 +59,14 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true")
 
 
-def _setting(method, bits, group):
-    from refquant.pipeline.recipes import LayerSetting
+def _setting(method, bits, group, fmt=None):
+    """The LayerSetting of a run; None where ``method`` does not take the float format ``fmt``."""
+    from refquant.pipeline.recipes import FLOAT_FORMATS_GPTQ, LayerSetting
 
+    if fmt is not None:
+        if method == "rtn" or (method == "gptq" and fmt in FLOAT_FORMATS_GPTQ):
+            return LayerSetting(method, fmt=fmt, act_order=method == "gptq")
+        return None
     if method == "gptq":                          # the best GPTQ setting: act_order + static groups
         return LayerSetting("gptq", bits, group, act_order=True, static_groups=group is not None)
     return LayerSetting(method, bits, group)
@@ -116,9 +126,12 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
     from refquant.pipeline.blocks import linear_names
     from refquant.pipeline.blockwise import quantize_model
     from refquant.pipeline.recipes import recipe_size, resolve_recipe
+    from refquant.pipeline.weight_formats import activation_linear
 
-    def evaluate(m):
-        return rq.perplexity(m, eval_tokens, seq_len=seq_len, progress=progress).ppl
+    def evaluate(m, settings=None):
+        linear = activation_linear(m, settings or {})           # W8A8 formats: quantized inputs
+        return rq.perplexity(m, eval_tokens, seq_len=seq_len, linear=linear,
+                             progress=progress).ppl
 
     t = time.perf_counter()
     base_ppl = evaluate(model)
@@ -134,11 +147,13 @@ def run_experiments(model, calib, eval_tokens, runs, *, seq_len, n_blocks=None, 
         settings = resolve_recipe(recipe, linear_names(res.n_blocks))
         size = recipe_size(model, settings)
         t = time.perf_counter()
-        ppl = evaluate(res.apply(model))
+        ppl = evaluate(res.apply(model), settings)
         one = next(iter(settings.values()))
         mixed = isinstance(recipe, list)
-        rows.append(dict(method=method, bits=None if mixed else one.bits,
-                         group=None if mixed else one.group_size,
+        fmt = None if mixed else one.fmt
+        rows.append(dict(method=method if fmt is None else f"{method} {fmt}",
+                         bits=None if mixed or fmt else one.bits,
+                         group=None if mixed or fmt else one.group_size,
                          label=("mixed: " + ", ".join(f"{p}={s.label()}" for p, s in recipe)) if mixed else one.label(),
                          ppl=ppl, change_pct=100 * (ppl / base_ppl - 1), size_mb=size.total_mb,
                          bits_per_weight=size.bits_per_weight, seconds=res.seconds,
@@ -190,9 +205,11 @@ def run(args) -> int:
 
     runs = []
     for key in settings:
-        bits, group = SETTINGS[key]
+        bits, group = SETTINGS.get(key, (None, None))
         for method in methods:
-            runs.append((method, _setting(method, bits, group)))
+            setting = _setting(method, bits, group, key if key in FORMAT_SETTINGS else None)
+            if setting is not None:
+                runs.append((method, setting))
     if not args.no_mixed and "gptq" in methods:
         runs.append(("mixed", mixed_recipe(model.config.n_layers)))
     rows = run_experiments(model, calib, ev, runs, seq_len=sizes["seq_len"], n_blocks=args.n_blocks,

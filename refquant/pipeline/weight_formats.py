@@ -8,18 +8,18 @@ GEMM sees (its float32 accumulation is simulated by the float32 matmul).
 
 The formats
 -----------
-=================  ====================================================================  ==============
-name               weights (RTN; the scale maps each group's amax onto the grid's max)   scale storage
-=================  ====================================================================  ==============
-``int8``           INT8 asymmetric, one scale per output channel (the demo's ``w8``)     fp16 + 8-bit zero
-``int4g128``       INT4 asymmetric, groups of 128 inputs (the demo's ``w4g128``)         fp16 + 4-bit zero
-``fp8``            FP8 E4M3 (:class:`refquant.FloatSpec`), one scale per output channel  float32
-``fp8_b128``       FP8 E4M3, 128 x 128 blocks (DeepSeek-V3 [1]_; edge blocks shorter)    float32
-``mxfp6``          MXFP6 E2M3, blocks of 32 inputs, E8M0 scale (OCP MX [2]_)             8 bits / 32
-``mxfp4``          MXFP4 E2M1, blocks of 32 inputs, E8M0 scale                           8 bits / 32
-``nvfp4``          NVFP4: E2M1, blocks of 16 inputs, E4M3 scale, float32 tensor scale    8 bits / 16 + 32
-``fp8_w8a8``       ``fp8`` weights and E4M3 activations, one scale per token (dynamic)   float32
-=================  ====================================================================  ==============
+=============  ====================================================================  ============
+name           weights (RTN; the scale maps each group's amax onto the grid's max)   scales
+=============  ====================================================================  ============
+``int8``       INT8 asymmetric, one scale per output channel (the demo's ``w8``)     fp16, 8b zero
+``int4g128``   INT4 asymmetric, groups of 128 inputs (the demo's ``w4g128``)         fp16, 4b zero
+``fp8``        FP8 E4M3 (:class:`refquant.FloatSpec`), one scale per output channel  float32
+``fp8_b128``   FP8 E4M3, 128 x 128 blocks (DeepSeek-V3 [1]_; edge blocks shorter)    float32
+``mxfp6``      MXFP6 E2M3, blocks of 32 inputs, E8M0 scale (OCP MX [2]_)             8 bits / 32
+``mxfp4``      MXFP4 E2M1, blocks of 32 inputs, E8M0 scale                           8 bits / 32
+``nvfp4``      NVFP4: E2M1, blocks of 16 inputs, E4M3 scale, float32 tensor scale    8 / 16 + 32
+``fp8_w8a8``   ``fp8`` weights and E4M3 activations, one scale per token (dynamic)   float32
+=============  ====================================================================  ============
 
 Bits per weight are :func:`refquant.size_report`'s for each linear (codes, scales and zero
 points as stored), summed over the block linears (:func:`format_bits_per_weight`).
@@ -82,7 +82,8 @@ _FP8_TOKEN = FloatSpec("e4m3fn", granularity="token")
 
 #: The weight formats of the module docstring's table, by name.
 WEIGHT_FORMATS = {f.name: f for f in (
-    WeightFormat("int8", "INT8 per-channel", QuantSpec(bits=8, symmetric=False, granularity="channel", axis=0),
+    WeightFormat("int8", "INT8 per-channel",
+                 QuantSpec(bits=8, symmetric=False, granularity="channel", axis=0),
                  scale_bits=16, zero_bits=8),
     WeightFormat("int4g128", "INT4 g128", QuantSpec(bits=4, symmetric=False, granularity="group",
                                                       group_size=128),
@@ -151,7 +152,7 @@ def rtn_weight(W, fmt) -> np.ndarray:
     (:func:`rtn_layer`'s ``w_hat``).
 
     >>> W = np.array([[1.0, -0.3, 0.02, 6.0] * 8])                  # one row of 32
-    >>> rtn_weight(W, "mxfp4")[0, :4].tolist()      # X = 1: the E2M1 grid 0, 0.5, 1, 1.5, 2, 3, 4, 6
+    >>> rtn_weight(W, "mxfp4")[0, :4].tolist()      # X = 1: E2M1's grid 0, 0.5, 1, 1.5, 2, 3 ...
     [1.0, -0.5, 0.0, 6.0]
     """
     return rtn_layer(W, fmt)[3]
@@ -215,6 +216,23 @@ def fp8_linear(model, act_spec: FloatSpec = _FP8_TOKEN):
     return linear
 
 
+def activation_linear(model, settings):
+    """The linear that evaluates ``model`` under ``settings`` (layer name -> a setting with a
+    ``fmt`` attribute, as :class:`refquant.pipeline.recipes.LayerSetting`): :func:`fp8_linear`
+    where a setting's format quantizes activations (W8A8), else ``None`` (the float linear).
+    Mixed activation specs raise ``ValueError``; the inputs of *every* block linear are then
+    quantized, also of layers the settings keep in float."""
+    acts = {WEIGHT_FORMATS[f].act_spec for f in (getattr(s, "fmt", None)
+                                                 for s in settings.values()) if f is not None}
+    acts.discard(None)
+    if not acts:
+        return None
+    if len(acts) > 1:
+        raise ValueError(f"settings quantize activations in more than one way: "
+                         f"{sorted(map(str, acts))}")
+    return fp8_linear(model, acts.pop())
+
+
 def w8a8_model(model, fmt="fp8_w8a8", *, n_blocks: int | None = None):
     """``(model with RTN weights in fmt, its W8A8 linear)`` for :func:`refquant.perplexity`.
 
@@ -230,4 +248,5 @@ def w8a8_model(model, fmt="fp8_w8a8", *, n_blocks: int | None = None):
 
 __all__ = ["WeightFormat", "WEIGHT_FORMATS", "weight_format", "element_spec", "rtn_layer",
            "rtn_weight", "rtn_weights",
-           "layer_size_bits", "format_bits_per_weight", "fp8_linear", "w8a8_model"]
+           "layer_size_bits", "format_bits_per_weight", "fp8_linear", "activation_linear",
+           "w8a8_model"]
