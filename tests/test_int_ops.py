@@ -111,14 +111,25 @@ def test_rescale_rows_against_exact_product():
     assert worst <= 1.0, f"worst error {worst} of the bound"
 
 
-def test_rescale_rows_numba_equals_numpy():
-    """The Numba kernel of rescale_rows equals the NumPy specification bit for bit."""
+def _count_calls(monkeypatch, name):
+    from refquant.integer import _numba_ops
+    calls = []
+    real = getattr(_numba_ops, name)
+    monkeypatch.setattr(_numba_ops, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_rescale_rows_numba_equals_numpy(monkeypatch):
+    """The Numba kernel of rescale_rows (which must run) equals the NumPy specification bit
+    for bit."""
     pytest.importorskip("numba")
-    acc = RNG.integers(-2**31, 2**31, (50, 70)).astype(np.int32)
-    u = np.maximum(RNG.integers(1, 2**40, 50) >> RNG.integers(0, 40, 50), 1)
-    M0, n = quantize_multiplier_wide(RNG.uniform(2.0**-47, 2.0**-30, 70))
+    calls = _count_calls(monkeypatch, "rescale_rows")
+    acc = RNG.integers(-2**31, 2**31, (300, 200)).astype(np.int32)
+    u = np.maximum(RNG.integers(1, 2**40, 300) >> RNG.integers(0, 40, 300), 1)
+    M0, n = quantize_multiplier_wide(RNG.uniform(2.0**-47, 2.0**-30, 200))
     assert np.array_equal(rescale_rows(acc, u, M0, n, backend="numba"),
                           rescale_rows(acc, u, M0, n, backend="numpy"))
+    assert calls
 
 
 def test_split_mantissa_relative_error():
@@ -185,14 +196,17 @@ def test_i_softmax_against_float_softmax_causal():
     assert np.all(p[:, ~valid] == 0)
 
 
-def test_i_softmax_numba_equals_numpy():
-    """The Numba softmax kernel equals the NumPy specification bit for bit (causal rows)."""
+def test_i_softmax_numba_equals_numpy(monkeypatch):
+    """The Numba softmax kernel (which must run) equals the NumPy specification bit for bit
+    (causal rows)."""
     pytest.importorskip("numba")
+    calls = _count_calls(monkeypatch, "softmax_rows")
     T, S, start = 40, 50, 10
-    z = RNG.integers(-30 * 2**F, 30 * 2**F, (6, T, S))
+    z = RNG.integers(-30 * 2**F, 30 * 2**F, (20, T, S))
     valid = causal_mask(T, S, start)
     assert np.array_equal(i_softmax(z, F, valid, backend="numba"),
                           i_softmax(z, F, valid, backend="numpy"))
+    assert calls
 
 
 def test_i_silu_and_sigmoid_against_float():
