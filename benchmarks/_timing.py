@@ -15,16 +15,23 @@ def best_pair(f, g, repeats):
     """Best times of ``f`` and ``g``: ``repeats`` rounds, each a warm-up call and a burst of
     timed calls of ``f``, a pause, then the same for ``g`` (rounds alternate, so both see the
     same machine load over the run)."""
-    best = [float("inf"), float("inf")]
-    for _ in range(max(1, repeats // BURST)):
-        for side, fn in enumerate((f, g)):
+    return tuple(best_of((f, g), repeats))
+
+
+def best_of(fns, repeats, burst=BURST):
+    """Best times of each of ``fns``, timed as :func:`best_pair` times two: per round, for each
+    function in turn, a pause, a warm-up call and a burst of ``burst`` back-to-back timed calls
+    (a pool that sleeps when idle, like ggml's OpenMP threads, is woken by the warm-up call)."""
+    best = [float("inf")] * len(fns)
+    for _ in range(max(1, repeats // burst)):
+        for side, fn in enumerate(fns):
             time.sleep(PAUSE)
             fn()
-            for _ in range(BURST):
+            for _ in range(burst):
                 t = time.perf_counter()
                 fn()
                 best[side] = min(best[side], time.perf_counter() - t)
-    return best[0], best[1]
+    return best
 
 
 def print_machine() -> None:

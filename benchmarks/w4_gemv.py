@@ -1,54 +1,94 @@
-"""W4 GEMV (one token): the fused Numba kernel vs NumPy float32 GEMV on the dequantized weight.
+"""W4 GEMV (one token): refquant's W4A16 and W4A8 kernels beside ggml's own Q4_0 / Q4_K
+``mul_mat`` and float32 BLAS, same machine, same threads, same run.
 
-For each weight shape [N, K] (4-bit codes, groups of 128, packed int32 as
-``rq.pack(codes, 4, "int32")``) the script times ``rq.w4_matmul(x, packed, scales, zeros, 128,
-backend="numba")`` for ``x`` of shape [1, K] and ``x @ W_hat.T`` with the float32 weight
-``W_hat`` already dequantized (the baseline reads 8x more bytes), interleaved, best of
-``--repeats``. Target (issue 3): ratio t_float32 / t_w4 >= 2. The kernel's output is checked
-against the specification within :func:`refquant.kernels.w4_tolerance` once per shape.
+For each weight shape [N, K] the script builds random 4-bit codes with per-group scales and
+zero points (GPTQ packing, ``rq.pack(codes, 4, "int32")``) at group sizes 32 (Q4_0's block) and
+128, and times, in alternating bursts (``_timing.best_of``: per round each side gets a pause, a
+warm-up call that wakes any sleeping thread pool, then back-to-back timed calls):
 
-Usage: python benchmarks/w4_gemv.py [--repeats 15] [--m 1]
+- ``f32``: ``x @ W_hat.T`` with the float32 weight already dequantized (NumPy/BLAS);
+- ``ggml Q4_0``, ``ggml Q4_K``: ``ggml_mul_mat`` of ``W_hat`` quantized by ggml's C (through the
+  ``libggml-python`` wheel, ``benchmarks/_ggml.py``) and one float32 row; ggml quantizes the row
+  to Q8_0 / Q8_K inside, so its arithmetic is W4A8;
+- ``a16 gN``: ``refquant.kernels.w4_matmul`` (float activations), group size N;
+- ``a8 gN``: ``refquant.kernels.w4a8_matmul`` (activations to int8 per block of 32, as ggml).
+
+Every kernel output is checked once per shape against the specification (``w4_tolerance``,
+``w4a8_tolerance``). Ratios are ``t(ggml Q4_0) / t(refquant)``: >= 1 means refquant is at least
+as fast (issue 17's targets: a16 >= 1 at both group sizes, a8 > 1). The paths each kernel took
+are printed (``rq.backends(detail=True)``). Timings on a shared machine are noisy: compare the
+ratios of one run, not figures of different runs.
+
+Usage: python benchmarks/w4_gemv.py [--repeats 40] [--threads N]
 """
 
 import argparse
+import os
+import sys
 
-# Threads: GOMP's default wait policy (spin a little, then sleep) for Numba's workers and
-# OpenBLAS's defaults; OMP_WAIT_POLICY=passive costs a wake-up per parallel region (about a
-# millisecond on this virtual machine), =active keeps Numba's workers spinning during the NumPy
-# side. _timing.best_pair times each side in its own burst after a pause (see there).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from _cases import w4_problem  # (benchmarks/ is on sys.path)
-from _timing import best_pair, print_machine
+from _ggml import GGMLMatVec
+from _timing import best_of, print_machine
 import numpy as np
 
 import refquant as rq
-from refquant.kernels import reference, w4_tolerance
+from refquant.kernels import reference, w4_tolerance, w4a8_matmul, w4a8_tolerance
 
 SHAPES = [(4096, 4096), (11008, 4096)]      # [N, K]: out, in
-GROUP = 128
+GROUPS = (32, 128)
+GGML_TYPES = {"Q4_0": 2, "Q4_K": 12}        # ggml_type ids
+
+
+def _ours(N, K, rng, threads):
+    """The refquant sides of one shape: ``{name: callable}``, each checked once."""
+    sides, x = {}, None
+    for gs in GROUPS:
+        x, packed, scales, zeros = w4_problem(rng, N, K, gs, 1) if x is None else \
+            (x,) + w4_problem(rng, N, K, gs, 1)[1:]
+        y = rq.w4_matmul(x, packed, scales, zeros, gs, backend="numba")
+        if not np.all(np.abs(y - reference.w4_matmul(x, packed, scales, zeros, gs))
+                      <= w4_tolerance(x, scales, zeros, gs)):
+            raise SystemExit(f"W4A16 result outside the tolerance at {(N, K, gs)}")
+        y8 = w4a8_matmul(x, packed, scales, zeros, gs, backend="numba")
+        if not np.all(np.abs(y8 - reference.w4a8_matmul(x, packed, scales, zeros, gs))
+                      <= w4a8_tolerance(x, scales, zeros, gs)):
+            raise SystemExit(f"W4A8 result outside the tolerance at {(N, K, gs)}")
+        args = (x, packed, scales, zeros, gs)
+        sides[f"a16 g{gs}"] = lambda a=args: rq.w4_matmul(*a, backend="numba")
+        sides[f"a8 g{gs}"] = lambda a=args: w4a8_matmul(*a, backend="numba")
+        if gs == 128:
+            W_hat = reference.dequantize_w4(packed, scales, zeros, gs, K)      # [N, K] float32
+    return x, W_hat, sides
 
 
 def main():
-    print_machine()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--m", type=int, default=1, help="tokens (1 = GEMV)")
+    ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
+    import ggml_oracle                                                       # tests/: ggml's C
+    import numba
+    numba.set_num_threads(args.threads)
+    print_machine()
+    print(f"threads: {args.threads} (Numba, ggml)")
+    print("paths:", rq.backends(detail=True).get("numba", "numba missing"))
     rng = np.random.default_rng(0)
-    print(f"{'N':>6} {'K':>5} {'M':>3} | {'f32 ms':>7} {'w4 ms':>7} | {'f32 GB/s':>8} "
-          f"{'w4 GB/s':>7} | {'ratio':>5} target")
     for N, K in SHAPES:
-        x, packed, scales, zeros = w4_problem(rng, N, K, GROUP, args.m)
-        W_hat = reference.dequantize_w4(packed, scales, zeros, GROUP, K)    # [N, K] float32
-        y = rq.w4_matmul(x, packed, scales, zeros, GROUP, backend="numba")  # compile + check
-        if not np.all(np.abs(y - x @ W_hat.T) <= w4_tolerance(x, scales, zeros, GROUP)):
-            raise SystemExit(f"numba W4 result outside the tolerance at {(N, K)}")
-        t32, t4 = best_pair(lambda: x @ W_hat.T,
-                            lambda: rq.w4_matmul(x, packed, scales, zeros, GROUP,
-                                                 backend="numba"), args.repeats)
-        print(f"{N:>6} {K:>5} {args.m:>3} | {t32 * 1e3:7.2f} {t4 * 1e3:7.2f} | "
-              f"{W_hat.nbytes / t32 / 1e9:8.1f} {packed.nbytes / t4 / 1e9:7.1f} | "
-              f"{t32 / t4:5.2f} >=2")
+        x, W_hat, sides = _ours(N, K, rng, args.threads)
+        ggml = {}
+        for name, tid in GGML_TYPES.items():
+            mv = GGMLMatVec(ggml_oracle.quantize(W_hat, name).reshape(N, -1), tid, K, args.threads)
+            ggml[f"ggml {name}"] = (mv, lambda mv=mv: mv(x[0]))
+        fns = {"f32": lambda: x @ W_hat.T, **{k: f for k, (_, f) in ggml.items()}, **sides}
+        t = dict(zip(fns, best_of(list(fns.values()), args.repeats, burst=10)))
+        print(f"\n[N, K] = [{N}, {K}], ms (best of {args.repeats}, bursts of 10); "
+              f"ratio = t(ggml Q4_0) / t")
+        for name, sec in t.items():
+            print(f"  {name:<10} {sec * 1e3:7.3f} ms   ratio {t['ggml Q4_0'] / sec:5.2f}")
+        for mv, _ in ggml.values():
+            mv.close()
 
 
 if __name__ == "__main__":
