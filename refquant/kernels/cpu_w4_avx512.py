@@ -30,20 +30,10 @@ and ``2c + 1`` (high nibble). ``vpmovzxbd`` widens the 16 bytes to 16 int32 lane
 with ``T`` reads only the low 4 bits of each index, so it looks up the even codes directly, and
 after one ``vpsrld`` by 4 the odd ones (no mask, no int-to-float conversion, no zero-point term);
 two ``vfmadd`` with ``x`` pre-arranged once per call as ``xp[32b + 16h + c] = x[32b + 2c + h]``
-(:func:`arrange_x`). A table costs two vector ops per group (``(iota - z) * s``). Four
+(:func:`arrange_x`). A table costs one load and one multiply per group: ``IZ[z] * s`` with the
+16 exact vectors ``IZ[z] = (0 - z, ..., 15 - z)`` built once per call (a broadcast, conversion
+and subtraction per group cost as much as the lookups they feed at group size 32). Four
 accumulators take turns (two per block, alternating blocks) and one horizontal sum ends a row.
-
-Group size 32: the scaled sums
-------------------------------
-With a group per block the table (a broadcast, a conversion, a subtraction and a multiply per
-32 codes) costs more than the lookups it saves, so :func:`w4_row_scaled` takes the zero point
-out of the sum as :mod:`refquant.kernels.cpu_w4` does,
-``y = sum_b s_b (sum_{k in b} x_k q_k) - sum_b s_b z_b X_b`` with ``X_b = sum_{k in b} x_k``
-computed once per call: per block ``vpmovzxbd``, ``vpand`` 15 / ``vpsrld`` 4, two
-``vcvtdq2ps``, a multiply and an FMA into the block sum, one FMA with the broadcast ``s_b``
-into the row; the zero-point term 16 blocks per vector op. Its float32 result is inside the
-same :func:`refquant.kernels.w4_tolerance` (which bounds the split sums too), but the weights
-are no longer bitwise the table's.
 """
 
 from __future__ import annotations
@@ -83,7 +73,8 @@ def w4_row_table():
     ``sum_b sum_{e < 32} XP[x_off + 32b + e] * T_{g(b)}[code]`` over the ``n_blocks`` 32-code
     blocks of one row (bytes ``q_off + 16b`` to ``q_off + 16b + 15`` of ``Q``, ``q_off`` in
     bytes), ``bpg`` blocks per group,
-    ``T_g = (iota - float(Z[sz_off + g])) * S[sz_off + g]``; see the module docstring.
+    ``T_g = IZ[16 Z[sz_off + g] : +16] * S[sz_off + g]`` (``IZ[16z + c] = c - z``, float32
+    [256]); see the module docstring.
     """
     from llvmlite import ir
     from numba import types
@@ -92,16 +83,15 @@ def w4_row_table():
 
     v16i8, v16i32, v16f = _llvm.vector("i8", 16), _llvm.vector("i32", 16), _llvm.vector("f32", 16)
     four = _llvm.i32_constant([4] * 16)
-    iota = ir.Constant(v16f, [float(c) for c in range(16)])
     zero16 = ir.Constant(v16f, [0.0] * 16)
     c = _llvm.i64_const
 
     @intrinsic
-    def _w4_row_table(typingctx, Q, q_off, XP, x_off, S, Z, sz_off, n_blocks, bpg):
-        sig = types.float32(Q, q_off, XP, x_off, S, Z, sz_off, n_blocks, bpg)
+    def _w4_row_table(typingctx, Q, q_off, XP, x_off, S, Z, sz_off, n_blocks, bpg, IZ):
+        sig = types.float32(Q, q_off, XP, x_off, S, Z, sz_off, n_blocks, bpg, IZ)
 
         def codegen(context, builder, signature, args):
-            pq, px, ps, pz = _llvm.data_pointers(context, builder, signature, args, (0, 2, 4, 5))
+            pq, px, ps, pz, piz = _llvm.data_pointers(context, builder, signature, args, (0, 2, 4, 5, 9))
             pb = builder.bitcast(pq, ir.IntType(8).as_pointer())     # the codes as bytes
             q_off_, x_off_, sz_off_, nb_, bpg_ = _llvm.to_i64(builder, *(args[i] for i in (1, 3, 6, 7, 8)))
             accs = [cgutils.alloca_once(builder, v16f) for _ in range(4)]
@@ -120,12 +110,12 @@ def w4_row_table():
                     builder.store(builder.fadd(builder.load(slot), builder.fmul(xv, w_hat, flags=("contract",)),
                                                flags=("contract",)), slot)
 
-            def table_of(g):                                         # (iota - z_g) * s_g
+            def table_of(g):                                         # IZ[z_g] * s_g
                 sc = builder.load(builder.gep(ps, [builder.add(sz_off_, g)]), align=4)
-                zc = builder.sitofp(builder.load(builder.gep(pz, [builder.add(sz_off_, g)]), align=4),
-                                    ir.FloatType())
-                return builder.fmul(builder.fsub(iota, _llvm.broadcast(builder, zc, v16f)),
-                                    _llvm.broadcast(builder, sc, v16f))
+                zc = builder.sext(builder.load(builder.gep(pz, [builder.add(sz_off_, g)]), align=4),
+                                  ir.IntType(64))
+                iz = _llvm.load_vector(builder, piz, builder.mul(zc, c(16)), v16f, align=4)
+                return builder.fmul(iz, _llvm.broadcast(builder, sc, v16f))
 
             def pairs(n, first, table_for):                          # blocks first .. first + n - 1
                 half = builder.lshr(n, c(1))
@@ -159,99 +149,6 @@ def w4_row_table():
     return _w4_row_table
 
 
-@functools.lru_cache(maxsize=None)
-def w4_row_scaled():
-    """The intrinsic ``w4_row_scaled(Q, q_off, XP, x_off, S, Z, sz_off, XS, xs_off, n_blocks,
-    n16)`` (float32): ``sum_b S_b sum_e XP[x_off + 32b + e] q`` minus
-    ``sum_{b < n16} S_b Z_b XS[xs_off + b]`` (``n16`` a multiple of 16) over the ``n_blocks``
-    blocks of a row, one group per block (``q_off`` in bytes); see the module docstring."""
-    from llvmlite import ir
-    from numba import types
-    from numba.core import cgutils
-    from numba.core.extending import intrinsic
-
-    v16i8, v16i32, v16f = _llvm.vector("i8", 16), _llvm.vector("i32", 16), _llvm.vector("f32", 16)
-    four, m15 = _llvm.i32_constant([4] * 16), _llvm.i32_constant([15] * 16)
-    zero16 = ir.Constant(v16f, [0.0] * 16)
-    c = _llvm.i64_const
-
-    @intrinsic
-    def _w4_row_scaled(typingctx, Q, q_off, XP, x_off, S, Z, sz_off, XS, xs_off, n_blocks, n16):
-        sig = types.float32(Q, q_off, XP, x_off, S, Z, sz_off, XS, xs_off, n_blocks, n16)
-
-        def codegen(context, builder, signature, args):
-            pq, px, ps, pz, pxs = _llvm.data_pointers(context, builder, signature, args, (0, 2, 4, 5, 7))
-            pb = builder.bitcast(pq, ir.IntType(8).as_pointer())
-            q_off_, x_off_, sz_off_, xs_off_, nb_, n16_ = _llvm.to_i64(
-                builder, *(args[i] for i in (1, 3, 6, 8, 9, 10)))
-            accs = [cgutils.alloca_once(builder, v16f) for _ in range(3)]
-            for a in accs:
-                builder.store(zero16, a)
-
-            def block(b, slot):
-                raw = _llvm.load_vector(builder, pb, builder.add(q_off_, builder.mul(b, c(16))), v16i8, align=1)
-                wv = builder.zext(raw, v16i32)
-                lo = builder.sitofp(builder.and_(wv, m15), v16f)
-                hi = builder.sitofp(builder.lshr(wv, four), v16f)
-                xo = builder.add(x_off_, builder.mul(b, c(32)))
-                x0 = _llvm.load_vector(builder, px, xo, v16f, align=4)
-                x1 = _llvm.load_vector(builder, px, builder.add(xo, c(16)), v16f, align=4)
-                t = builder.fadd(builder.fmul(x0, lo), builder.fmul(x1, hi, flags=("contract",)),
-                                 flags=("contract",))
-                sv = _llvm.broadcast(builder, builder.load(builder.gep(ps, [builder.add(sz_off_, b)]), align=4), v16f)
-                builder.store(builder.fadd(builder.load(slot), builder.fmul(sv, t, flags=("contract",)),
-                                           flags=("contract",)), slot)
-
-            half = builder.lshr(nb_, c(1))
-            with cgutils.for_range(builder, half) as loop:
-                b = builder.mul(loop.index, c(2))
-                block(b, accs[0])
-                block(builder.add(b, c(1)), accs[1])
-            with cgutils.if_unlikely(builder, builder.trunc(builder.and_(nb_, c(1)), ir.IntType(1))):
-                block(builder.mul(half, c(2)), accs[0])
-            with cgutils.for_range(builder, builder.udiv(n16_, c(16))) as loop:   # zero points
-                off = builder.mul(loop.index, c(16))
-                sv = _llvm.load_vector(builder, ps, builder.add(sz_off_, off), v16f, align=4)
-                zv = builder.sitofp(_llvm.load_vector(builder, pz, builder.add(sz_off_, off), v16i32,
-                                                      align=4), v16f)
-                xv = _llvm.load_vector(builder, pxs, builder.add(xs_off_, off), v16f, align=4)
-                term = builder.fmul(builder.fmul(sv, zv), xv, flags=("contract",))
-                builder.store(builder.fadd(builder.load(accs[2]), term, flags=("contract",)), accs[2])
-            row = _hsum16(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
-            return builder.fsub(row, _hsum16(builder, builder.load(accs[2])))
-
-        return sig, codegen
-
-    return _w4_row_scaled
-
-
-@functools.lru_cache(maxsize=None)
-def w4_gemm_scaled():
-    """``w4_gemm_scaled(xp, xs, packed, scales, zeros)`` for group size 32: ``xs`` f32 [M, K/32]
-    the block sums of ``x``; as :func:`w4_gemm_table` otherwise."""
-    from numba import njit, prange
-    _row = w4_row_scaled()
-
-    @njit(**NJIT_OPTIONS)
-    def _w4_gemm_scaled(xp, xs, packed, scales, zeros):
-        M, K = xp.shape
-        N, W = packed.shape
-        G = scales.shape[1]
-        n16 = (G // 16) * 16
-        xf, xsf = xp.reshape(M * K), xs.reshape(M * G)
-        pf, sf, zf = packed.reshape(N * W), scales.reshape(N * G), zeros.reshape(N * G)
-        y = np.empty((M, N), np.float32)
-        for n in prange(N):
-            for m in range(M):
-                v = _row(pf, 4 * n * W, xf, m * K, sf, zf, n * G, xsf, m * G, G, n16)
-                for g in range(n16, G):
-                    v -= scales[n, g] * (np.float32(zeros[n, g]) * xs[m, g])
-                y[m, n] = v
-        return y
-
-    return _w4_gemm_scaled
-
-
 def arrange_x(x: np.ndarray) -> np.ndarray:
     """``xp[m, 32b + 16h + c] = x[m, 32b + 2c + h]`` (float32 [M, K], K % 32 == 0): per block the
     even ``k`` (low nibbles), then the odd ``k`` (high nibbles), the order in which the kernel's
@@ -275,6 +172,10 @@ def w4_gemm_table():
         N, W = packed.shape
         G = scales.shape[1]
         nb, bpg = K // 32, group_size // 32
+        iz = np.empty(256, np.float32)                      # IZ[z, c] = c - z, exact
+        for z in range(16):
+            for c in range(16):
+                iz[16 * z + c] = np.float32(c - z)
         xf = xp.reshape(M * K)
         pf = packed.reshape(N * W)
         sf = scales.reshape(N * G)
@@ -282,7 +183,7 @@ def w4_gemm_table():
         y = np.empty((M, N), np.float32)
         for n in prange(N):
             for m in range(M):
-                y[m, n] = _row(pf, 4 * n * W, xf, m * K, sf, zf, n * G, nb, bpg)
+                y[m, n] = _row(pf, 4 * n * W, xf, m * K, sf, zf, n * G, nb, bpg, iz)
         return y
 
     return _w4_gemm_table
@@ -296,12 +197,6 @@ def supports(K: int, group_size: int) -> bool:
 def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
     """``x W_hat^T`` through the table kernel; operands pre-checked by
     :func:`refquant.kernels.reference.check_w4_operands`, shape covered by :func:`supports`."""
-    x = np.asarray(x, np.float32)
-    xp = arrange_x(x)
-    if group_size == 32:
-        xs = x.reshape(x.shape[0], -1, 32).sum(axis=2, dtype=np.float32)             # [M, K/32]
-        return w4_gemm_scaled()(xp, xs, np.ascontiguousarray(packed),
-                                np.ascontiguousarray(scales, np.float32),
-                                np.ascontiguousarray(zeros, np.int32))
+    xp = arrange_x(np.asarray(x, np.float32))
     return w4_gemm_table()(xp, np.ascontiguousarray(packed), np.ascontiguousarray(scales, np.float32),
                            np.ascontiguousarray(zeros, np.int32), int(group_size))
