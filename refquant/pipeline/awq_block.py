@@ -68,8 +68,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from refquant.algorithms.awq import CLIP_RULES, awq_clip, awq_search_scale, fold_scales
+from refquant.algorithms.awq._fast import _fake_quantize
 from refquant.calibration.observers import calibrate
-from refquant.models.llama import LlamaModel, attention, block, mlp
+from refquant.models.llama import LlamaModel, attention, mlp
+from refquant.pipeline._awq_forward import (block_after_attention, block_linear, block_out,
+                                            record_inputs)
 from refquant.pipeline.blocks import SHORT_NAMES, with_weights
 from refquant.schemes.numerics import as_float_array
 from refquant.schemes.uniform import dequantize, quantize
@@ -167,13 +170,16 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip="shrink",
 
     Notes
     -----
-    Cost: ``2 n_grid`` block forwards for the q/k/v and o searches (with
+    Cost: ``n_grid`` block forwards for the q/k/v search and ``n_grid`` (o_proj + MLP) forwards
+    for the o search, which starts from the recorded o_proj input (with
     ``attention_loss="module"``: ``n_grid`` attention forwards and ``n_grid`` o_proj products),
-    ``n_grid`` MLP forwards and ``n_grid`` down_proj products, ``7 n_grid`` fake quantizations,
-    4 block forwards, and the clipping search (``max_shrink * clip_grid`` quantizations of 5
-    linears, each error ``out * in * group_size`` multiply-adds from the group second moments).
-    The forwards scale with the number of tokens, the quantizations do not.
-    Memory: the block's weights and the inputs of its seven linears on ``X_in``.
+    ``n_grid`` MLP forwards and ``n_grid`` down_proj products, ``7 n_grid`` fake quantizations
+    (one-pass kernels, :mod:`refquant.algorithms.awq._fast`), 4 block forwards (the reference
+    outputs of the searches are those recorded in the first), and the clipping search
+    (``max_shrink * clip_grid`` quantizations of 5 linears, each error ``out * in * group_size``
+    multiply-adds from the group second moments). The forwards scale with the number of tokens,
+    the quantizations do not; at 512 tokens the matrix products are ~60% of the time.
+    Memory: the block's weights and the inputs and outputs of its seven linears on ``X_in``.
 
     Returns
     -------
@@ -192,17 +198,18 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip="shrink",
     if attention_loss not in ("block", "module"):
         raise ValueError(f"attention_loss must be 'block' or 'module', got {attention_loss!r}")
     W, norms = _block_weights(model, i)
-    Y, X = _record_inputs(model, i, X_in, W)
+    Y, X, Z = record_inputs(model, i, X_in, W)
     c_vo = _vo_channel_map(model.config, W) if fold_vo else None
-    scales = _search_scales(model, i, X_in, W, X, specs, n_grid, attention_loss, c_vo)
+    scales = _search_scales(model, i, X_in, W, (Y, X, Z), specs, n_grid, attention_loss, c_vo)
     Wf, norms_f = _fold(W, norms, scales, c_vo)
-    _, Xf = _record_inputs(with_weights(model, norms_f), i, X_in, Wf)
+    _, Xf, _ = record_inputs(with_weights(model, norms_f), i, X_in, Wf)
     W_hat, codes, qparams, clips = _clip_and_quantize(
         Wf, Xf, specs, rule, dict(n_grid=clip_grid, max_shrink=max_shrink, max_tokens=clip_tokens))
     names = {k: f"layers.{i}.{path}" for k, path in SHORT_NAMES.items()}
-    y = _block_out(with_weights(model, norms_f), i, X_in, W_hat)
-    W_rtn = {k: W[k] if sp is None else _rtn(W[k], sp)[2] for k, sp in specs.items()}
-    y_rtn = _block_out(model, i, X_in, W_rtn)
+    y = block_out(with_weights(model, norms_f), i, X_in, W_hat)
+    W_rtn = {k: W[k] if sp is None else _fake_quantize(W[k], sp)            # = _rtn(W, sp)[2]
+             for k, sp in specs.items()}
+    y_rtn = block_out(model, i, X_in, W_rtn)
     return AWQBlockResult(
         weights={**norms_f, **{names[k] + ".weight": W_hat[k] for k in SHORT_NAMES}},
         folded={**norms_f, **{names[k] + ".weight": Wf[k] for k in SHORT_NAMES}},
@@ -273,69 +280,48 @@ def _vo_channel_map(config, W: dict) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# forward passes of block i with the linears' weights given by short name
-
-
-def _linear(i: int, W: dict, record: dict | None = None):
-    """A ``linear(name, x)`` for block ``i`` computing ``x @ W[short name].T`` (float32);
-    with ``record``, each linear's input ``x [B, T, in]`` is stored under its short name."""
-    prefix = f"layers.{i}."
-    short = {prefix + path: k for k, path in SHORT_NAMES.items()}
-
-    def linear(name, x):
-        k = short.get(name)
-        if k is None:
-            raise ValueError(f"block {i} called linear {name!r}, not one of its own")
-        if record is not None:
-            record[k] = x.copy()
-        y = x.reshape(-1, x.shape[-1]) @ W[k].T                              # [B*T, out]
-        return y.reshape(x.shape[:-1] + (W[k].shape[0],))                    # [B, T, out]
-
-    return linear
-
-
-def _block_out(model, i: int, X_in: np.ndarray, W: dict) -> np.ndarray:
-    """Block ``i`` of ``model`` (its norms) with the linears ``W``: ``[B, T, d]``."""
-    return block(model, i, X_in, linear=_linear(i, W))
-
-
-def _record_inputs(model, i: int, X_in: np.ndarray, W: dict) -> tuple[np.ndarray, dict]:
-    """Step 1: ``(Y [B, T, d], {short name: X_k [B, T, in_k]})``, block ``i``'s output and the
-    input of every linear."""
-    X: dict = {}
-    Y = block(model, i, X_in, linear=_linear(i, W, record=X))
-    return Y, X
-
-
-# ---------------------------------------------------------------------------------------------
 # step 2: the four scale searches
 
 
-def _search_scales(model, i, X_in, W, X, specs, n_grid, attention_loss, c_vo) -> dict:
+def _search_scales(model, i, X_in, W, recorded, specs, n_grid, attention_loss, c_vo) -> dict:
     """``{group: AWQScaleResult}`` for the groups of :data:`GROUPS` with a quantized weight,
-    each measured with only that group's weights replaced (see the module docstring)."""
-    def block_loss(ks):                            # the block's output with candidates for ks
-        return lambda ws: _block_out(model, i, X_in, {**W, **dict(zip(ks, ws))})
+    each measured with only that group's weights replaced (see the module docstring).
+
+    ``recorded = (Y, X, Z)`` from :func:`record_inputs` on the float block: the reference
+    outputs are taken from it (the block output ``Y``, o_proj's and down_proj's outputs in
+    ``Z``, which are the attention's and the MLP's), not recomputed; the o search starts from
+    the recorded o_proj input, since only ``W_o`` changes (:func:`block_after_attention`).
+    """
+    Y, X, Z = recorded
+
+    def block_loss(ws):                            # the block's output, q/k/v candidates
+        return block_out(model, i, X_in, {**W, **dict(zip(GROUPS["qkv"], ws))})
+
+    def o_block_loss(ws):                          # the block's output, an o_proj candidate
+        return block_after_attention(model, i, X_in, X["o_proj"], {**W, "o_proj": ws[0]})
 
     def attention_loss_fn(ws):                     # the attention output (the reference's)
         cand = {**W, **dict(zip(GROUPS["qkv"], ws))}
-        return attention(model, i, X["q_proj"], linear=_linear(i, cand))
+        return attention(model, i, X["q_proj"], linear=block_linear(i, cand))
 
     def mlp_loss(ws):                              # the MLP output = the block's output change
         cand = {**W, **dict(zip(GROUPS["gate_up"], ws))}
-        return mlp(model, i, X["gate_proj"], linear=_linear(i, cand))
+        return mlp(model, i, X["gate_proj"], linear=block_linear(i, cand))
 
     module = attention_loss == "module"
-    forward = {"qkv": attention_loss_fn if module else block_loss(GROUPS["qkv"]),
-               "o": None if module else block_loss(GROUPS["o"]),    # None: o_proj's own output
-               "gate_up": mlp_loss, "down": None}                   # None: down_proj's output
+    flat = {k: Z[k].reshape(-1, Z[k].shape[-1]) for k in ("o_proj", "down_proj")}   # [N, out]
+    forward = {"qkv": (attention_loss_fn, Z["o_proj"]) if module else (block_loss, Y),
+               "o": (None, flat["o_proj"]) if module else (o_block_loss, Y),  # None: o_proj's
+               "gate_up": (mlp_loss, Z["down_proj"]),                        # own output
+               "down": (None, flat["down_proj"])}                            # down_proj's output
     scales = {}
     for group, ks in GROUPS.items():
         if (group == "o" and c_vo is None) or all(specs[k] is None for k in ks):
             continue
-        flat = X[ks[0]].reshape(-1, X[ks[0]].shape[-1])                      # [N, in]
-        scales[group] = awq_search_scale([W[k] for k in ks], flat, [specs[k] for k in ks],
-                                         forward[group], n_grid,
+        fn, ref = forward[group]
+        x_g = X[ks[0]].reshape(-1, X[ks[0]].shape[-1])                       # [N, in]
+        scales[group] = awq_search_scale([W[k] for k in ks], x_g, [specs[k] for k in ks],
+                                         fn, n_grid, Y=ref,
                                          channel_map=c_vo if group == "o" else None)
     return scales
 
@@ -389,7 +375,7 @@ def _clip_and_quantize(Wf: dict, Xf: dict, specs: dict, rule: str | None, clip_k
         if rule is not None and k not in _NOT_CLIPPED:
             c = awq_clip(Wf[k], Xf[k].reshape(-1, Wf[k].shape[1]), sp, rule=rule, **clip_kw)
             clips[k], codes[k], qparams[k] = c, c.codes, c.qparams
-            W_hat[k] = dequantize(c.codes, c.qparams, sp)
+            W_hat[k] = c.w_hat                                  # dequantize(codes, qparams)
         else:
             codes[k], qparams[k], W_hat[k] = _rtn(Wf[k], sp)
     return W_hat, codes, qparams, clips

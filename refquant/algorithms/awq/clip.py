@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refquant.algorithms.awq._checks import matrix as _matrix, quant_spec as _spec
+from refquant.algorithms.awq._fast import _quantize_dequantize
 from refquant.schemes.numerics import as_float_array, check_positive_int
 from refquant.schemes.spec import QParams, QuantSpec, g_idx
 from refquant.schemes.uniform import dequantize, qparams_from_range, quantize
@@ -168,6 +169,17 @@ def _quantize_in_range(W, lo, hi, spec: QuantSpec, gs: int, clamp: bool):
     return qp, quantize(W, qp, spec)
 
 
+def _dequantized_in_range(W, lo, hi, spec: QuantSpec, gs: int, clamp: bool) -> np.ndarray:
+    """``dequantize(q, qp, spec)`` of ``qp, q = _quantize_in_range(W, lo, hi, spec, gs, clamp)``
+    (float32 ``[out, in]``), the candidate of the search loop, in one pass
+    (:func:`refquant.algorithms.awq._fast._quantize_dequantize`; ``gs`` is implied by ``spec``).
+    Pinned by ``test_fast_quantize_dequantize_is_the_plain_one``.
+    """
+    qp = qparams_from_range(lo if spec.granularity == "group" else lo[:, 0],
+                            hi if spec.granularity == "group" else hi[:, 0], spec)
+    return _quantize_dequantize(W, qp, spec, lo=lo if clamp else None, hi=hi if clamp else None)
+
+
 def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5,
              max_tokens: int | None = None, rule: str = "shrink") -> AWQClipResult:
     """AWQ's weight clipping: narrow each group's range to minimize its output error.
@@ -257,8 +269,8 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     n_steps = max(1, int(np.ceil(float(max_shrink) * n_grid - 1e-12)))
     for i_s in range(n_steps):
         beta = 1.0 - i_s / n_grid
-        qp, q = _quantize_in_range(W, *clip_range(lo0, hi0, beta, rule), spec, gs, clamp)
-        loss = _group_error(H, W, dequantize(q, qp, spec), gs)               # [out, G]
+        W_hat = _dequantized_in_range(W, *clip_range(lo0, hi0, beta, rule), spec, gs, clamp)
+        loss = _group_error(H, W, W_hat, gs)                                 # [out, G]
         if best_loss is None:
             best_loss, best_beta, loss_noclip = loss, np.ones_like(loss), loss
             continue

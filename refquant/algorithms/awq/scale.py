@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refquant.algorithms.awq._checks import matrix as _matrix, quant_spec as _spec
+from refquant.algorithms.awq._fast import _scaled_fake_quantize
 from refquant.calibration.fake import fake_quantize
 from refquant.schemes.numerics import as_float_array, check_positive_int
 from refquant.schemes.spec import QuantSpec
@@ -189,7 +190,7 @@ def _mse(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid: int = 20, *,
-                     channel_map=None, s_x=None) -> AWQScaleResult:
+                     channel_map=None, s_x=None, Y=None) -> AWQScaleResult:
     """Grid search of the AWQ per-channel scale for weights that share one input.
 
     .. math::
@@ -220,6 +221,14 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
         Input channel ``j`` uses scale ``s[c_j]``; default the identity.
     s_x : array_like [C], optional
         Activation magnitudes, if already known; default :func:`activation_scale` of ``X``.
+    Y : array_like, optional
+        The reference output ``forward_fn(W_list)``, if already known (e.g. recorded while the
+        float block ran); default: computed.
+
+    Notes
+    -----
+    Each candidate ``Q(W_i diag(s)) diag(s)^{-1}`` is computed by a one-pass kernel equal to
+    :func:`scaled_fake_quantize` bit for bit (:mod:`refquant.algorithms.awq._fast`).
 
     Returns
     -------
@@ -262,16 +271,18 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
     elif not callable(forward_fn):
         raise ValueError(f"forward_fn must be callable, got {type(forward_fn).__name__}")
 
-    Y = np.asarray(forward_fn(Ws))                                           # reference output
+    given = Y is not None
+    Y = np.asarray(Y if given else forward_fn(Ws))                           # reference output
     if not np.all(np.isfinite(Y)):
-        raise ValueError("forward_fn(W_list) returned NaN or Inf")
+        raise ValueError("the reference output Y contains NaN or Inf" if given else
+                         "forward_fn(W_list) returned NaN or Inf")
     alphas = np.arange(n_grid) / n_grid                                      # [n_grid]
     losses = np.empty(n_grid)
     best = 0
     for a_i, alpha in enumerate(alphas):
         s = scale_from_alpha(s_x, alpha)                                     # [C]
-        W_hat = [W if sp is None else scaled_fake_quantize(W, s, sp, c)
-                 for W, sp in zip(Ws, specs)]
+        W_hat = [W if sp is None else _scaled_fake_quantize(W, s[c], sp)     # = scaled_fake_
+                 for W, sp in zip(Ws, specs)]                                # quantize(W, s, sp, c)
         Y_hat = np.asarray(forward_fn(W_hat))
         if Y_hat.shape != Y.shape:
             raise ValueError(f"forward_fn returned shape {Y_hat.shape} for candidate weights, "
