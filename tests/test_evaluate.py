@@ -82,3 +82,26 @@ def test_eval_and_generate_commands_on_a_tiny_checkpoint(tmp_path, capsys):
     from refquant.models.llama import generate
     new = generate(m, m.tokenizer.encode("the"), 3)
     assert out.startswith("the" + m.tokenizer.decode(new) + "\n")
+
+
+def test_batched_windows_are_single_windows():
+    """With the float linear the windows run through the model in batches of WINDOW_BATCH; a
+    custom linear (here the same float linear, passed explicitly) runs them one at a time. On
+    the bundled SmolLM2 (2 windows of 64 tokens) the two give the same log-likelihood to the
+    last bit: BLAS sums each row of a product in the same order whatever the number of rows.
+    The tiny model's products are small enough for BLAS's small-matrix paths, which round the
+    last bits differently (~1e-9 relative on the NLL; 11 windows: a full batch and a partial one).
+    """
+    from refquant.models.llama import default_linear
+    from refquant.pipeline import evaluate
+
+    m = tiny_model()
+    tokens = np.random.default_rng(2).integers(0, 300, 11 * 16 + 5)
+    batched = rq.perplexity(m, tokens, seq_len=16)
+    single = rq.perplexity(m, tokens, seq_len=16, linear=default_linear(m))
+    assert evaluate.WINDOW_BATCH == 8 and batched.n_windows == single.n_windows == 11
+    assert batched.nll == pytest.approx(single.nll, rel=1e-7)
+    model = rq.load_model()
+    tokens = np.random.default_rng(3).integers(0, model.config.vocab_size, 128)
+    assert (rq.perplexity(model, tokens, seq_len=64).nll
+            == rq.perplexity(model, tokens, seq_len=64, linear=default_linear(model)).nll)

@@ -10,7 +10,10 @@ does not fill a window is dropped); within a window the first token has no conte
 scored, so ``N = n_windows * (L - 1)`` predicted tokens. The log-probabilities come from a
 numerically stable log-softmax in float64, :math:`\\log p_i = z_i - m - \\log\\sum_j e^{z_j - m}`
 with :math:`m = \\max_j z_j`, applied to the float32 logits in chunks of positions so that memory
-stays bounded.
+stays bounded. With the float linear, :data:`WINDOW_BATCH` windows run through the model as one
+batch (larger matrix products; at the bundled model's shapes each window's floats are those of
+its own pass, to the last bit: ``test_batched_windows_are_single_windows``); a custom ``linear``
+sees one window per call.
 
 The result is never NaN: a non-finite log-likelihood (the forward pass overflowed, or the model
 holds non-finite weights) raises ``ValueError`` naming the window and the position in it (and in
@@ -26,6 +29,7 @@ import numpy as np
 from refquant.models.llama import head, hidden_states
 
 HEAD_CHUNK = 128     # positions per log-softmax chunk: [128, V] float64 = 50 MB for V = 49152
+WINDOW_BATCH = 8     # windows per forward pass with the float linear (one [8, L] batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +52,9 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)                               # [N, V]
     m = z.max(axis=-1, keepdims=True)                           # [N, 1]
     z -= m
-    lse = np.log(np.exp(z).sum(axis=-1))                        # [N]
-    return lse - z[np.arange(len(targets)), targets]
+    z_t = z[np.arange(len(targets)), targets]                   # [N]
+    np.exp(z, out=z)                                            # in place: one [N, V] array
+    return np.log(z.sum(axis=-1)) - z_t                         # log sum exp - z_target
 
 
 def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: int | None = None,
@@ -85,20 +90,31 @@ def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: i
         n_windows = min(n_windows, max_windows)
     if n_windows == 0:
         raise ValueError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len}")
-    windows = range(n_windows)
+    # the float linear sees WINDOW_BATCH windows at once (larger products, the same row sums);
+    # a custom linear, which may keep per-call state (e.g. activation ranges), one at a time
+    per_pass = WINDOW_BATCH if linear is None else 1
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        windows = tqdm(windows, desc=f"perplexity (seq_len {seq_len})", unit="window")
+        bar = tqdm(total=n_windows, desc=f"perplexity (seq_len {seq_len})", unit="window")
     total = 0.0
-    for w in windows:
-        x = tokens[w * seq_len:(w + 1) * seq_len][None, :]      # [1, L]
-        h = hidden_states(model, x, linear=linear)[0]           # [L, d]
-        for a in range(0, seq_len - 1, HEAD_CHUNK):
-            b = min(a + HEAD_CHUNK, seq_len - 1)
-            logits = head(model, h[a:b])                        # [b-a, V]
-            nll = token_nll(logits, x[0, a + 1:b + 1])          # [b-a] float64
-            _check_finite(nll, logits, x[0], w, a, seq_len)
-            total += float(nll.sum())
+    try:
+        for w0 in range(0, n_windows, per_pass):
+            ws = range(w0, min(w0 + per_pass, n_windows))
+            x = tokens[w0 * seq_len:ws.stop * seq_len].reshape(len(ws), seq_len)    # [b, L]
+            h = hidden_states(model, x, linear=linear)          # [b, L, d]
+            for j, w in enumerate(ws):
+                for a in range(0, seq_len - 1, HEAD_CHUNK):
+                    b = min(a + HEAD_CHUNK, seq_len - 1)
+                    logits = head(model, h[j, a:b])             # [b-a, V]
+                    nll = token_nll(logits, x[j, a + 1:b + 1])  # [b-a] float64
+                    _check_finite(nll, logits, x[j], w, a, seq_len)
+                    total += float(nll.sum())
+            if bar is not None:
+                bar.update(len(ws))
+    finally:
+        if bar is not None:
+            bar.close()
     n = n_windows * (seq_len - 1)
     nll = total / n
     return PerplexityResult(ppl=float(np.exp(nll)), nll=nll, n_tokens=n, seq_len=seq_len,
