@@ -11,7 +11,11 @@ warm-up call that wakes any sleeping thread pool, then back-to-back timed calls)
   ``libggml-python`` wheel, ``benchmarks/_ggml.py``) and one float32 row; ggml quantizes the row
   to Q8_0 / Q8_K inside, so its arithmetic is W4A8;
 - ``a16 gN``: ``refquant.kernels.w4_matmul`` (float activations), group size N;
-- ``a8 gN``: ``refquant.kernels.w4a8_matmul`` (activations to int8 per block of 32, as ggml).
+- ``a8 gN``: ``refquant.kernels.w4a8_matmul`` (activations to int8 per block of 32, as ggml);
+
+both through ``refquant.kernels.W4Weights`` (the weight checked once, as a model's linear holds
+it; the per-call functions re-check scales and zero points on every call, which at group size
+32 costs about as much as the kernel). ggml likewise checks nothing per call.
 
 Every kernel output is checked once per shape against the specification (``w4_tolerance``,
 ``w4a8_tolerance``). Ratios are ``t(ggml Q4_0) / t(refquant)``: >= 1 means refquant is at least
@@ -34,7 +38,7 @@ from _timing import best_of, print_machine
 import numpy as np
 
 import refquant as rq
-from refquant.kernels import reference, w4_tolerance, w4a8_matmul, w4a8_tolerance
+from refquant.kernels import W4Weights, reference, w4_tolerance, w4a8_matmul, w4a8_tolerance
 
 SHAPES = [(4096, 4096), (11008, 4096)]      # [N, K]: out, in
 GROUPS = (32, 128)
@@ -55,9 +59,9 @@ def _ours(N, K, rng, threads):
         if not np.all(np.abs(y8 - reference.w4a8_matmul(x, packed, scales, zeros, gs))
                       <= w4a8_tolerance(x, scales, zeros, gs)):
             raise SystemExit(f"W4A8 result outside the tolerance at {(N, K, gs)}")
-        args = (x, packed, scales, zeros, gs)
-        sides[f"a16 g{gs}"] = lambda a=args: rq.w4_matmul(*a, backend="numba")
-        sides[f"a8 g{gs}"] = lambda a=args: w4a8_matmul(*a, backend="numba")
+        w = W4Weights.prepare(packed, scales, zeros, gs, K)                 # checked once
+        sides[f"a16 g{gs}"] = lambda w=w: w.matmul(x, backend="numba")
+        sides[f"a8 g{gs}"] = lambda w=w: w.matmul_a8(x, backend="numba")
         if gs == 128:
             W_hat = reference.dequantize_w4(packed, scales, zeros, gs, K)      # [N, K] float32
     return x, W_hat, sides

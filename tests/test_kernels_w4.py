@@ -240,3 +240,38 @@ def test_w4a8_compiled_activation_pass_equals_numpy(kind, gs):
     want = cpu_w4a8._per_call(x, gs)[:5]
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and np.array_equal(g, w)
+
+
+# --- W4Weights: checked once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("case", [(1, 576, 19, 128), (2, 4096, 9, 32), (1, 37, 3, 8)])
+def test_w4weights_equal_the_per_call_api(case, backend):
+    """Oracle: ``w4_matmul`` / ``w4a8_matmul`` on the same operands, bit for bit."""
+    M, K, N, gs = case
+    x, codes, packed, scales, zeros = _case(np.random.default_rng(K), M, K, N, gs)
+    w = rq.kernels.W4Weights.prepare(packed, scales, zeros, gs, K)
+    assert np.array_equal(w.matmul(x, backend=backend),
+                          rq.w4_matmul(x, packed, scales, zeros, gs, backend=backend))
+    if K % 32 == 0:
+        assert np.array_equal(w.matmul_a8(x, backend=backend),
+                              w4a8_matmul(x, packed, scales, zeros, gs, backend=backend))
+    else:
+        with pytest.raises(ValueError, match="K % 32"):
+            w.matmul_a8(x, backend=backend)
+
+
+def test_w4weights_check_once_and_then_x():
+    x, codes, packed, scales, zeros = _case(np.random.default_rng(0), 1, 64, 3, 32)
+    with pytest.raises(ValueError, match="scales must be finite and > 0"):
+        rq.kernels.W4Weights.prepare(packed, -scales, zeros, 32, 64)
+    with pytest.raises(ValueError, match=r"ceil\(K/8\)"):
+        rq.kernels.W4Weights.prepare(packed, scales, zeros, 32, 128)
+    w = rq.kernels.W4Weights.prepare(packed, scales, zeros, 32, 64)
+    with pytest.raises(ValueError, match="K=64 columns"):
+        w.matmul(x[:, :32])
+    with pytest.raises(ValueError, match="float32"):
+        w.matmul_a8(x.astype(np.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        w.matmul(np.full_like(x, np.nan))

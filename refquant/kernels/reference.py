@@ -168,20 +168,29 @@ def check_w4_params(scales, zeros, N: int, G: int):
     return scales, zeros
 
 
+def check_w4_x(x, K: int | None = None) -> np.ndarray:
+    """Validate the activations of the W4 products: float32, non-empty 2-D, finite, and ``K``
+    columns where ``K`` is given; ``ValueError`` names the offending value."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise ValueError(f"x must have dtype float32, got {x.dtype}")
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"x must be a non-empty 2-D array [M, K], got shape {x.shape}")
+    if K is not None and x.shape[1] != K:
+        raise ValueError(f"x must have K={K} columns (the weight's in_features), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x contains NaN or Inf: {_first(~np.isfinite(x), x)}")
+    return x
+
+
 def check_w4_operands(x, packed, scales, zeros, group_size):
     """Validate the operands of :func:`w4_matmul`; return ``(x, packed, scales, zeros, K, G)``.
 
     ``x`` float32 ``[M, K]``, finite; ``packed`` int32 ``[N, ceil(K/8)]`` with zero padding bits;
     ``group_size`` a positive integer; the parameters as :func:`check_w4_params` says.
     """
-    x = np.asarray(x)
+    x = check_w4_x(x)
     packed = np.asarray(packed)
-    if x.dtype != np.float32:
-        raise ValueError(f"x must have dtype float32, got {x.dtype}")
-    if x.ndim != 2 or 0 in x.shape:
-        raise ValueError(f"x must be a non-empty 2-D array [M, K], got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"x contains NaN or Inf: {_first(~np.isfinite(x), x)}")
     M, K = x.shape
     if packed.dtype != np.int32:
         raise ValueError(f"packed must have dtype int32 (refquant.pack(codes, 4, 'int32')), "
