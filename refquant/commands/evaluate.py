@@ -20,6 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tokens", type=integer(2), default=16384,
                    help="evaluation tokens taken from the stream (default 16384)")
     p.add_argument("--seed", type=int, default=0, help="seed of the article split (default 0)")
+    from refquant.commands import integer_only
+    integer_only.add_arguments(p)                  # --integer-only, --integer-mode, --calib-tokens
 
 
 def run(args) -> int:
@@ -33,11 +35,17 @@ def run(args) -> int:
     require_tokenizer(model, "tokenize the evaluation text")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
     t0 = time.perf_counter()
-    r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)   # raises on a NaN/Inf NLL
+    if args.integer_only:               # the integer-only forward pass (issue 18)
+        from refquant.commands import integer_only
+        r, source, t_prep = integer_only.perplexity(model, tokens, args)
+        t0 += t_prep
+    else:
+        r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)   # raises on a NaN/Inf NLL
+        source = model.source
     dt = time.perf_counter() - t0
     if not math.isfinite(r.ppl):        # a finite mean NLL above ~709 nats: exp overflows
         raise ValueError(f"{model.source}: perplexity is {r.ppl} (mean NLL {r.nll})")
-    print(f"model:      {model.source}")
+    print(f"model:      {source}")
     print(f"text:       evaluation split (seed {args.seed}), {len(tokens)} tokens, "
           f"{r.n_windows} windows of {r.seq_len}")
     print(f"perplexity: {r.ppl:.3f}  (mean NLL {r.nll:.4f} nats over {r.n_tokens} "

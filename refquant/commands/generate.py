@@ -17,6 +17,8 @@ def add_arguments(p) -> None:
                    help="GGUF file, Hugging Face directory or GPTQ checkpoint (default: the bundled "
                         "SmolLM2-135M)")
     p.add_argument("--n-new", type=integer(0), default=24, help="new tokens at most (default 24)")
+    from refquant.commands import integer_only
+    integer_only.add_arguments(p)                  # --integer-only, --integer-mode, --calib-tokens
 
 
 def run(args) -> int:
@@ -33,7 +35,12 @@ def run(args) -> int:
         raise ValueError(f"the prompt's {len(prompt)} tokens plus --n-new {args.n_new} exceed the "
                          f"model's context length {limit}")
     t0 = time.perf_counter()
-    new = generate(model, prompt, args.n_new)
+    if args.integer_only:               # the integer-only forward pass (issue 18)
+        from refquant.commands import integer_only
+        new, t_prep = integer_only.generate(model, prompt, args.n_new, args)
+        t0 += t_prep
+    else:
+        new = generate(model, prompt, args.n_new)
     dt = time.perf_counter() - t0
     print(args.prompt + model.tokenizer.decode(new))
     print(f"[{len(new)} tokens greedy, {dt:.1f} s]")
