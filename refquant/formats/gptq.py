@@ -52,7 +52,10 @@ channel), ``desc_act``, ``sym``, ``static_groups``, ``damp_percent``, ``checkpoi
 ``quant_method: "gptq"``; refquant adds ``refquant_layers``: layer name -> ``{"bits",
 "group_size", "sym"}`` for every quantized layer, ``refquant_files`` (the shard manifest) and
 ``source_model`` (an absolute path). Tensors that are not quantized (embeddings, norms, layers
-kept in float) are stored as ``<name>.weight`` in float32. Given the model, the writer also
+kept in float) are stored as ``<name>.weight`` in float32, or float16 where the writer is given
+float16 (``refquant quantize`` copies every tensor it does not change in its source dtype:
+float16 stays float16, float32 and BF16, which NumPy's safetensors writer lacks, are float32).
+Given the model, the writer also
 writes the Hugging Face files (``config.json`` with the same settings as its
 ``quantization_config``, the tokenizer, ``generation_config.json``:
 :mod:`refquant.formats.gptq_hf`), so transformers and GPTQModel read the directory as it is.
@@ -64,7 +67,10 @@ and of the index present and no other, each with the tensors listed for it, ever
 ``refquant_layers`` present with its four tensors, every float tensor of a float dtype and
 finite, every JSON file of the right structure. :func:`load_quantized_model` also requires the
 checkpoint to hold every weight of the model, and nothing else: no weight is ever taken from
-the source model. Writing (:class:`~refquant.formats.gptq_writer.CheckpointWriter`) is ordered
+the source model. :func:`read_checkpoint` reads everything at once;
+:func:`load_quantized_model` makes every check that needs no tensor value when it opens the
+directory and reads each layer (and checks its values) when the forward pass reaches it
+(:func:`checkpoint_weights`). Writing (:class:`~refquant.formats.gptq_writer.CheckpointWriter`) is ordered
 so that an interrupted export leaves no ``quantize_config.json``. Modules:
 :mod:`~refquant.formats.gptq_layers` (one layer), :mod:`~refquant.formats.gptq_files` (the
 files), :mod:`~refquant.formats.gptq_writer` (writing); this module reads and re-exports them.
@@ -78,18 +84,23 @@ References
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import numpy as np
 
 from refquant.formats.gptq_files import (CONFIG_FILE, INDEX_FILE, MANIFEST_KEY, WEIGHTS_FILE,
-                                         read_index, read_quantize_config, read_shard)
-from refquant.formats.gptq_layers import (CHECKPOINT_FORMATS, GPTQCheckpointError, PackedLayer,
-                                          V1ZeroPointWarning, dequantize_layer, layer_from_quantized,
-                                          pack_layer, split_tensors, unpack_layer, v1_zero_point_note,
+                                         read_index, read_quantize_config)
+from refquant.formats.gptq_layers import (CHECKPOINT_FORMATS, QUANT_KEYS, GPTQCheckpointError,
+                                          PackedLayer, V1ZeroPointWarning, check_layer_tensors,
+                                          dequantize_layer, float_tensor_names, layer_bits,
+                                          layer_from_quantized, layer_prefixes, pack_layer, rq_name,
+                                          split_tensors, unpack_layer, v1_zero_point_note,
                                           v1_zero_points)
 from refquant.formats.gptq_writer import CheckpointWriter, export_checkpoint
 from refquant.models.errors import CheckpointError, read_json_object
+from refquant.models.layout import ST_DTYPES, read_safetensors_tensor, scan_safetensors
+from refquant.models.loaders import LazyWeights
 
 
 def _shard_files(directory: pathlib.Path, config: dict, cfg_path, weight_map) -> list[pathlib.Path]:
@@ -114,6 +125,43 @@ def _shard_files(directory: pathlib.Path, config: dict, cfg_path, weight_map) ->
     return files
 
 
+def _checkpoint_spans(directory) -> tuple[dict, dict, pathlib.Path]:
+    """``(config, spans, cfg_path)`` of a GPTQ checkpoint, from its JSON files and safetensors
+    headers alone: ``spans`` maps every stored tensor (Hugging Face name) to ``(file,
+    TensorSpan)``. Every check of "Complete or rejected" that needs no tensor value is made here:
+    shards against manifest and index, each tensor in one shard and mapped to it, the tensor
+    count of every shard, every layer of ``refquant_layers`` stored."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise GPTQCheckpointError(f"{directory} is not a directory")
+    config, cfg_path = read_quantize_config(directory)
+    weight_map = read_index(directory)
+    spans: dict = {}
+    for f in _shard_files(directory, config, cfg_path, weight_map):
+        part = {span.name: span for span in scan_safetensors(f)}
+        twice = sorted(set(part) & set(spans))
+        if twice:
+            raise GPTQCheckpointError(f"{f}: tensor {twice[0]!r} is also in {spans[twice[0]][0].name}")
+        if weight_map is not None:
+            wrong = sorted(k for k in part if weight_map.get(k) != f.name)
+            if wrong:
+                raise GPTQCheckpointError(f"{f}: tensor {wrong[0]!r} is not mapped to this shard in {INDEX_FILE}")
+        expected = (config[MANIFEST_KEY] or {}).get(f.name)
+        if expected is not None and expected != len(part):
+            raise GPTQCheckpointError(f"{f}: {len(part)} tensors, {cfg_path.name} lists {expected}")
+        spans.update({k: (f, span) for k, span in part.items()})
+    if weight_map is not None:
+        absent = sorted(set(weight_map) - set(spans))
+        if absent:
+            raise GPTQCheckpointError(f"{directory}: tensor {absent[0]!r} listed in {INDEX_FILE} is in no shard")
+    stored = {rq_name(p) for p in layer_prefixes(spans)}
+    lost = sorted(set(config["refquant_layers"]) - stored)
+    if lost:
+        raise GPTQCheckpointError(f"{directory}: {len(lost)} layer(s) listed in {cfg_path.name} "
+                                  f"(refquant_layers) are not in any shard: {lost[:4]}")
+    return config, spans, cfg_path
+
+
 def read_checkpoint(directory, *, check_finite: bool = True
                     ) -> tuple[dict[str, PackedLayer], dict[str, np.ndarray], dict]:
     """Read a GPTQ checkpoint: ``(layers, float_tensors, quantize_config)`` with refquant names.
@@ -121,7 +169,8 @@ def read_checkpoint(directory, *, check_finite: bool = True
     Reads ``quantize_config.json`` (or the ``quantization_config`` of a Hugging Face
     ``config.json``) and every ``*.safetensors`` file in ``directory``, and rejects any directory
     that is not whole (see "Complete or rejected" above). ``check_finite=False`` (for
-    ``refquant inspect``, which reports them) lets NaN/Inf float tensors through.
+    ``refquant inspect``, which reports them) lets NaN/Inf float tensors through. Everything is
+    read at once; :func:`load_quantized_model` reads a layer only when it is used.
 
     Raises
     ------
@@ -130,43 +179,69 @@ def read_checkpoint(directory, *, check_finite: bool = True
         :class:`~refquant.models.errors.CorruptCheckpoint` for damaged bytes, JSON or values.
         The message names the file and the tensor or key.
     """
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        raise GPTQCheckpointError(f"{directory} is not a directory")
-    config, cfg_path = read_quantize_config(directory)
-    weight_map = read_index(directory)
-    raw, where = {}, {}
-    for f in _shard_files(directory, config, cfg_path, weight_map):
-        part = read_shard(f, check_finite=check_finite)
-        twice = sorted(set(part) & set(raw))
-        if twice:
-            raise GPTQCheckpointError(f"{f}: tensor {twice[0]!r} is also in {where[twice[0]].name}")
-        if weight_map is not None:
-            wrong = sorted(k for k in part if weight_map.get(k) != f.name)
-            if wrong:
-                raise GPTQCheckpointError(f"{f}: tensor {wrong[0]!r} is not mapped to this shard in {INDEX_FILE}")
-        expected = (config[MANIFEST_KEY] or {}).get(f.name)
-        if expected is not None and expected != len(part):
-            raise GPTQCheckpointError(f"{f}: {len(part)} tensors, {cfg_path.name} lists {expected}")
-        raw.update(part)
-        where.update({k: f for k in part})
-    if weight_map is not None:
-        absent = sorted(set(weight_map) - set(raw))
-        if absent:
-            raise GPTQCheckpointError(f"{directory}: tensor {absent[0]!r} listed in {INDEX_FILE} is in no shard")
+    config, spans, _ = _checkpoint_spans(directory)
+    raw = {k: read_safetensors_tensor(f, span, check_finite=check_finite)
+           for k, (f, span) in spans.items()}
     layers, float_tensors = split_tensors(raw, config["refquant_layers"], config,
-                                          config.get("checkpoint_format", "gptq"), where)
-    lost = sorted(set(config["refquant_layers"]) - set(layers))
-    if lost:
-        raise GPTQCheckpointError(f"{directory}: {len(lost)} layer(s) listed in {cfg_path.name} "
-                                  f"(refquant_layers) are not in any shard: {lost[:4]}")
+                                          config.get("checkpoint_format", "gptq"),
+                                          {k: f for k, (f, _) in spans.items()})
     return layers, float_tensors, config
+
+
+def checkpoint_weights(directory, *, cache: bool | int = True) -> tuple[LazyWeights, dict]:
+    """The weights of a GPTQ checkpoint as a lazy mapping, and its ``quantize_config``.
+
+    The directory is checked from its JSON files and headers (every check of
+    :func:`read_checkpoint` that needs no value: the shards, the index, the tensor counts, each
+    layer's four tensors with their dtypes and shapes, float dtypes elsewhere), and nothing
+    else is read. A quantized layer is read from its shard, unpacked and dequantized
+    (:func:`dequantize_layer`, float32) when its weight is first accessed; a float tensor is
+    read as stored (float16 stays float16 for :meth:`LazyWeights.stored`); values are checked
+    then. ``cache`` as in :class:`~refquant.models.loaders.LazyWeights` (``False``: every
+    access reads and dequantizes the layer again, so a forward pass holds one layer's float
+    weights at a time). This is where a kernel on the packed codes would plug in: a ``linear``
+    of the forward pass that reads the layer's :class:`PackedLayer` instead of its float
+    weight.
+    """
+    config, spans, _ = _checkpoint_spans(directory)
+    fmt = config.get("checkpoint_format", "gptq")
+    files = {k: f for k, (f, _) in spans.items()}
+    loaders, shapes = {}, {}
+    for prefix in layer_prefixes(spans):
+        name = rq_name(prefix)
+        bits, gs = layer_bits(config["refquant_layers"], config, name)
+        parts = {k: spans[f"{prefix}.{k}"] for k in QUANT_KEYS if f"{prefix}.{k}" in spans}
+        where = f"{files[prefix + '.qweight']}: {prefix}"
+        N, K = check_layer_tensors({k: (ST_DTYPES[s.type_name], s.shape) for k, (_, s) in parts.items()},
+                                   bits, gs, where)
+        loaders[name + ".weight"] = _layer_loader(parts, bits, gs, fmt, where)
+        shapes[name + ".weight"] = (N, K)
+    dtypes = {k: _span_dtype(span) for k, (_, span) in spans.items()}
+    for k in float_tensor_names(list(spans), dtypes, files):
+        f, span = spans[k]
+        loaders[rq_name(k)] = functools.partial(read_safetensors_tensor, f, span)
+        shapes[rq_name(k)] = span.shape
+    return LazyWeights(loaders, shapes, source=pathlib.Path(directory), cache=cache), config
+
+
+def _span_dtype(span) -> np.dtype:
+    """The dtype a stored tensor is read as (BF16 widened to float32)."""
+    return np.dtype(np.float32) if span.type_name == "BF16" else np.dtype(ST_DTYPES[span.type_name])
+
+
+def _layer_loader(parts: dict, bits: int, group_size: int, fmt: str, where: str):
+    """Read one layer's tensors (``parts``: key -> (file, span)), unpack and dequantize it."""
+    def load() -> np.ndarray:
+        tensors = {k: read_safetensors_tensor(f, span) for k, (f, span) in parts.items()}
+        return dequantize_layer(unpack_layer(tensors, bits, group_size, fmt, where))
+    return load
 
 
 def load_weights(directory) -> tuple[dict[str, np.ndarray], dict]:
     """A model-interface weights mapping (refquant names -> float32 ``[out, in]``) from a GPTQ
     checkpoint: every quantized layer dequantized (:func:`dequantize_layer`), every float tensor
-    as stored. Returns ``(weights, quantize_config)``."""
+    as stored. Returns ``(weights, quantize_config)``. All at once; see
+    :func:`checkpoint_weights` for a mapping that reads each layer when it is used."""
     layers, float_tensors, config = read_checkpoint(directory)
     weights = dict(float_tensors)
     for name, layer in layers.items():
@@ -202,8 +277,10 @@ def check_complete(weights: dict, config, directory) -> None:
         raise GPTQCheckpointError(f"{directory}: {len(extra)} tensor(s) are not weights of the model: "
                                   f"{extra[:4]}")
     for name, shape in shapes.items():
-        if weights[name].shape != shape:
-            raise GPTQCheckpointError(f"{directory}: {name} has shape {weights[name].shape}, the "
+        # a lazy mapping knows its shapes without reading (LazyWeights.shape)
+        got = weights.shape(name) if hasattr(weights, "shape") else weights[name].shape
+        if got != shape:
+            raise GPTQCheckpointError(f"{directory}: {name} has shape {got}, the "
                                       f"model needs {shape}")
 
 
@@ -218,7 +295,7 @@ def _base_from_directory(directory: pathlib.Path):
                       tokenizer=tokenizer_from_hf(directory, cfg), source=directory)
 
 
-def load_quantized_model(directory, base_model=None):
+def load_quantized_model(directory, base_model=None, *, cache: bool | int = True):
     """A ``LlamaModel`` whose weights are all those of the GPTQ checkpoint in ``directory``.
 
     Only the configuration and tokenizer come from ``base_model`` (a loaded ``LlamaModel``), or
@@ -227,10 +304,14 @@ def load_quantized_model(directory, base_model=None):
     ``source_model`` in ``quantize_config.json`` (loaded with
     :func:`refquant.models.loaders.load_model`). The checkpoint must hold every weight of that
     configuration (:func:`check_complete`): nothing is filled in from the base model.
+
+    The weights are lazy (:func:`checkpoint_weights`): each layer is read and dequantized when
+    the forward pass reaches it, and kept as ``cache`` says (``True``: every one, as read;
+    ``False``: none; an integer: a budget in bytes).
     """
     import dataclasses
 
-    weights, config = load_weights(directory)
+    weights, config = checkpoint_weights(directory, cache=cache)
     directory = pathlib.Path(directory)
     if base_model is None and (directory / "config.json").is_file():
         base_model = _base_from_directory(directory)
@@ -243,16 +324,15 @@ def load_quantized_model(directory, base_model=None):
         if not pathlib.Path(source).exists():
             raise GPTQCheckpointError(f"{directory}: source_model {source!r} (the model the checkpoint "
                                       f"was made from, for its config and tokenizer) does not exist")
-        base_model = load_model(source)
+        base_model = load_model(source, cache=False)       # only its config and tokenizer
     check_complete(weights, base_model.config, directory)
-    for w in weights.values():
-        w.flags.writeable = False
-    return dataclasses.replace(base_model, weights=weights, source=pathlib.Path(directory))
+    return dataclasses.replace(base_model, weights=weights, source=directory)
 
 
-def load_any(path=None):
+def load_any(path=None, *, cache: bool | int = True):
     """A model from a GGUF file, a Hugging Face directory or a GPTQ checkpoint directory
-    (``None``: the bundled model); what ``refquant eval`` and ``refquant generate`` read.
+    (``None``: the bundled model); what ``refquant eval`` and ``refquant generate`` read, with a
+    bounded ``cache`` (:data:`refquant.models.loaders.INFERENCE_CACHE_BYTES`).
 
     A directory with safetensors but neither ``config.json`` nor ``quantize_config.json`` is an
     unfinished GPTQ export (its config is written last) and raises :class:`GPTQCheckpointError`.
@@ -262,15 +342,15 @@ def load_any(path=None):
     if path is not None and pathlib.Path(path).is_dir():
         d = pathlib.Path(path)
         if is_gptq_checkpoint(d):
-            return load_quantized_model(d)
+            return load_quantized_model(d, cache=cache)
         if not (d / "config.json").exists() and any(d.glob("*.safetensors")):
             raise GPTQCheckpointError(f"{d}: safetensors without {CONFIG_FILE} or config.json: an "
                                       "unfinished export (the config is written last) or not a model")
-    return load_model(path)
+    return load_model(path, cache=cache)
 
 
 __all__ = ["PackedLayer", "CheckpointError", "GPTQCheckpointError", "layer_from_quantized",
            "pack_layer", "unpack_layer", "dequantize_layer", "export_checkpoint", "CheckpointWriter",
-           "read_checkpoint", "load_weights", "is_gptq_checkpoint", "check_complete",
+           "read_checkpoint", "checkpoint_weights", "load_weights", "is_gptq_checkpoint", "check_complete",
            "load_quantized_model", "load_any", "CHECKPOINT_FORMATS", "WEIGHTS_FILE", "CONFIG_FILE",
            "INDEX_FILE", "V1ZeroPointWarning", "v1_zero_points", "v1_zero_point_note"]

@@ -79,10 +79,14 @@ def is_symmetric(layer: PackedLayer) -> bool:
 
 
 def dequantize_layer(layer: PackedLayer) -> np.ndarray:
-    """``W_hat[n, k] = float32(scales[g_idx[k], n]) * (codes[n, k] - zeros[g_idx[k], n])``."""
-    s = layer.scales.astype(np.float32)[layer.g_idx].T                  # [N, K]
-    z = layer.zeros[layer.g_idx].T.astype(np.float32)                   # [N, K]
-    return s * (layer.codes.astype(np.float32) - z)
+    """``W_hat[n, k] = float32(scales[g_idx[k], n]) * (codes[n, k] - zeros[g_idx[k], n])``.
+
+    In place on one ``[N, K]`` float32 array (the difference of two integers below 2^24 is exact
+    in float32, so the result is the same product), with one ``[N, K]`` temporary at a time."""
+    W = layer.codes.astype(np.float32)                                  # [N, K]
+    W -= layer.zeros.T.astype(np.float32)[:, layer.g_idx]               # q - z, exact
+    W *= layer.scales.T.astype(np.float32)[:, layer.g_idx]              # s (q - z)
+    return W
 
 
 def layer_from_quantized(codes, qparams: QParams, spec: QuantSpec, g_idx=None) -> PackedLayer:
@@ -137,32 +141,50 @@ def pack_layer(layer: PackedLayer, checkpoint_format: str = "gptq") -> dict[str,
     }
 
 
-def unpack_layer(tensors: dict, bits: int, group_size: int, checkpoint_format: str = "gptq",
-                 name: str = "layer") -> PackedLayer:
-    """Inverse of :func:`pack_layer`; checks every shape and dtype against ``bits``."""
-    if checkpoint_format not in CHECKPOINT_FORMATS:
-        raise GPTQCheckpointError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
+def check_layer_tensors(meta: dict, bits: int, group_size: int, name: str = "layer"
+                        ) -> tuple[int, int]:
+    """Check the dtypes and shapes of one layer's four tensors against ``bits``: ``(N, K)``.
+
+    ``meta``: key (``"qweight"``, ...) -> ``(dtype, shape)``, from the arrays or from a file's
+    header alone (what :func:`refquant.formats.gptq.load_quantized_model` checks before it
+    reads any value). Raises :class:`GPTQCheckpointError` naming the layer and tensor.
+    """
     if bits not in PACK_BITS:
         raise GPTQCheckpointError(f"{name}: bits must be one of {PACK_BITS}, got {bits!r}")
     for key, dtype in (("qweight", np.int32), ("qzeros", np.int32), ("scales", np.float16), ("g_idx", np.int32)):
-        if key not in tensors:
+        if key not in meta:
             raise GPTQCheckpointError(f"{name}: missing tensor {key!r}")
-        if tensors[key].dtype != dtype:
-            raise GPTQCheckpointError(f"{name}.{key}: expected dtype {np.dtype(dtype)}, got {tensors[key].dtype}")
-    qweight, qzeros, scales, g_idx = (tensors[k] for k in ("qweight", "qzeros", "scales", "g_idx"))
-    if scales.ndim != 2 or qweight.ndim != 2 or qzeros.ndim != 2 or g_idx.ndim != 1:
+        if np.dtype(meta[key][0]) != dtype:
+            raise GPTQCheckpointError(f"{name}.{key}: expected dtype {np.dtype(dtype)}, got {np.dtype(meta[key][0])}")
+    (_, qweight), (_, qzeros), (_, scales), (_, g_idx) = (meta[k] for k in QUANT_KEYS)
+    if len(scales) != 2 or len(qweight) != 2 or len(qzeros) != 2 or len(g_idx) != 1:
         raise GPTQCheckpointError(f"{name}: wrong tensor ranks")
-    G, N = scales.shape
-    K = g_idx.shape[0]
-    if qweight.shape != (-(-K * bits // 32), N):
-        raise GPTQCheckpointError(f"{name}.qweight: shape {qweight.shape}, expected {(-(-K * bits // 32), N)} "
+    G, N = scales
+    K = g_idx[0]
+    if tuple(qweight) != (-(-K * bits // 32), N):
+        raise GPTQCheckpointError(f"{name}.qweight: shape {tuple(qweight)}, expected {(-(-K * bits // 32), N)} "
                               f"for {K} inputs, {N} outputs at {bits} bits")
-    if qzeros.shape != (G, -(-N * bits // 32)):
-        raise GPTQCheckpointError(f"{name}.qzeros: shape {qzeros.shape}, expected {(G, -(-N * bits // 32))}")
-    if K == 0 or g_idx.min() < 0 or g_idx.max() >= G:
+    if tuple(qzeros) != (G, -(-N * bits // 32)):
+        raise GPTQCheckpointError(f"{name}.qzeros: shape {tuple(qzeros)}, expected {(G, -(-N * bits // 32))}")
+    if K == 0:
         raise GPTQCheckpointError(f"{name}.g_idx: values must lie in [0, {G - 1}]")
     if group_size != -1:
         check_positive_int(group_size, "group_size")
+    return N, K
+
+
+def unpack_layer(tensors: dict, bits: int, group_size: int, checkpoint_format: str = "gptq",
+                 name: str = "layer") -> PackedLayer:
+    """Inverse of :func:`pack_layer`; checks every shape and dtype against ``bits``
+    (:func:`check_layer_tensors`) and the values of ``g_idx`` and ``scales``."""
+    if checkpoint_format not in CHECKPOINT_FORMATS:
+        raise GPTQCheckpointError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
+    N, K = check_layer_tensors({k: (t.dtype, t.shape) for k, t in tensors.items()}, bits,
+                               group_size, name)
+    qweight, qzeros, scales, g_idx = (tensors[k] for k in ("qweight", "qzeros", "scales", "g_idx"))
+    G = scales.shape[0]
+    if g_idx.min() < 0 or g_idx.max() >= G:
+        raise GPTQCheckpointError(f"{name}.g_idx: values must lie in [0, {G - 1}]")
     if not np.all(np.isfinite(scales)):
         raise GPTQCheckpointError(f"{name}.scales: contains NaN or Inf")
     codes = unpack(np.ascontiguousarray(qweight.T), bits, K)                    # [N, K]
@@ -208,38 +230,63 @@ def rq_name(name: str) -> str:
     return name.removeprefix("model.")
 
 
-def split_tensors(raw: dict, per_layer: dict, config: dict, fmt: str, files: dict | None = None):
+def layer_prefixes(names) -> list[str]:
+    """The stored layers among tensor names: every prefix with a ``.qweight``, sorted."""
+    return sorted({k[: -len(".qweight")] for k in names if k.endswith(".qweight")})
+
+
+def layer_bits(per_layer: dict, config: dict, name: str) -> tuple[int, int]:
+    """``(bits, group_size)`` of refquant layer ``name``: its own settings in ``per_layer``, else
+    the global ``config``'s (4 and 128 if neither says)."""
+    lc = per_layer.get(name, {})
+    return (lc.get("bits", config.get("bits", 4)),
+            lc.get("group_size", config.get("group_size", 128)))
+
+
+def float_tensor_names(names, dtypes: dict, files: dict | None = None) -> list[str]:
+    """The tensor names (Hugging Face) that are not part of a stored layer (nor a layer's
+    ``bias``); each must have a float dtype (``dtypes``: name -> NumPy dtype), else
+    :class:`GPTQCheckpointError` naming the file (``files``: name -> file) and tensor."""
+    files = files or {}
+    quant_keys = {f"{p}.{k}" for p in layer_prefixes(names) for k in QUANT_KEYS + ("bias",)}
+    out = []
+    for k in names:
+        if k in quant_keys:
+            continue
+        if np.dtype(dtypes[k]).type not in FLOAT_DTYPES:
+            raise GPTQCheckpointError(f"{files.get(k, 'checkpoint')}: tensor {k!r} has dtype {np.dtype(dtypes[k])}; a "
+                                      "tensor that is not part of a quantized layer must be a float tensor")
+        out.append(k)
+    return out
+
+
+def split_tensors(raw: dict, per_layer: dict, config: dict, fmt: str, files: dict | None = None,
+                  *, keep_dtype: bool = False):
     """Stored tensors (Hugging Face names -> arrays) -> ``(layers, float_tensors)`` with refquant
     names; every layer's bits and group size from ``per_layer`` (refquant name -> settings) or
     the global ``config``.
 
     A layer is every prefix with a ``.qweight``; its four tensors are checked by
-    :func:`unpack_layer`. Every other tensor must be a float tensor (returned as float32): an
-    integer tensor there (a dtype changed in a header, a stray ``qzeros``) raises
-    :class:`GPTQCheckpointError` naming the file (``files``: tensor name -> file) and tensor.
+    :func:`unpack_layer`. Every other tensor must be a float tensor (returned as float32, or as
+    stored with ``keep_dtype``): an integer tensor there (a dtype changed in a header, a stray
+    ``qzeros``) raises :class:`GPTQCheckpointError` naming the file (``files``: tensor name ->
+    file) and tensor.
     """
     files = files or {}
-    prefixes = sorted({k[: -len(".qweight")] for k in raw if k.endswith(".qweight")})
     layers = {}
-    for prefix in prefixes:
+    for prefix in layer_prefixes(raw):
         name = rq_name(prefix)
-        lc = per_layer.get(name, {})
-        bits, gs = lc.get("bits", config.get("bits", 4)), lc.get("group_size", config.get("group_size", 128))
+        bits, gs = layer_bits(per_layer, config, name)
         where = f"{files[prefix + '.qweight']}: {prefix}" if prefix + ".qweight" in files else prefix
         layers[name] = unpack_layer({k: raw[f"{prefix}.{k}"] for k in QUANT_KEYS if f"{prefix}.{k}" in raw},
                                     bits, gs, fmt, where)
-    quant_keys = {f"{p}.{k}" for p in prefixes for k in QUANT_KEYS + ("bias",)}
     float_tensors = {}
-    for k, v in raw.items():
-        if k in quant_keys:
-            continue
-        if v.dtype.type not in FLOAT_DTYPES:
-            raise GPTQCheckpointError(f"{files.get(k, 'checkpoint')}: tensor {k!r} has dtype {v.dtype}; a "
-                                      "tensor that is not part of a quantized layer must be a float tensor")
-        float_tensors[rq_name(k)] = v.astype(np.float32)
+    for k in float_tensor_names(list(raw), {k: v.dtype for k, v in raw.items()}, files):
+        float_tensors[rq_name(k)] = raw[k] if keep_dtype else raw[k].astype(np.float32)
     return layers, float_tensors
 
 
 __all__ = ["PackedLayer", "GPTQCheckpointError", "CHECKPOINT_FORMATS", "is_symmetric", "layer_from_quantized",
-           "pack_layer", "unpack_layer", "dequantize_layer", "split_tensors", "hf_name", "rq_name",
+           "pack_layer", "unpack_layer", "check_layer_tensors", "dequantize_layer", "split_tensors",
+           "layer_prefixes", "layer_bits", "float_tensor_names", "hf_name", "rq_name",
            "V1ZeroPointWarning", "v1_zero_points", "v1_zero_point_note"]

@@ -58,7 +58,8 @@ def export_checkpoint(directory, layers: dict[str, PackedLayer], float_tensors: 
     layers : dict
         refquant layer name (``layers.3.mlp.down_proj``, without ``.weight``) -> :class:`PackedLayer`.
     float_tensors : dict
-        refquant tensor name (``embed_tokens.weight``, ...) -> float array, stored as float32.
+        refquant tensor name (``embed_tokens.weight``, ...) -> float array, stored as float16 if
+        it is float16, else as float32 (a copied source tensor keeps its dtype).
     checkpoint_format : {"gptq", "gptq_v2"}
         Zero-point convention, see :mod:`refquant.formats.gptq`.
     model : LlamaModel, optional
@@ -90,8 +91,8 @@ class CheckpointWriter:
     exported while it is quantized (:func:`refquant.pipeline.blockwise.quantize_model`'s ``sink``).
 
     Each :meth:`write` stores one ``.safetensors`` shard and verifies it at once by re-reading it
-    (codes, zero points, float16 scale bits, ``g_idx``, the dequantized weight and every float
-    tensor bit for bit; :class:`GPTQCheckpointError` otherwise), so only one shard is ever in
+    (codes, zero points, float16 scale bits, ``g_idx``, hence the dequantized weight, and every
+    float tensor's dtype and bits; :class:`GPTQCheckpointError` otherwise), so only one shard is ever in
     memory. :meth:`close` names the shards ``model-00001-of-0000N.safetensors`` and writes
     ``model.safetensors.index.json`` (the Hugging Face ``weight_map``), given ``model`` the
     Hugging Face files (:mod:`refquant.formats.gptq_hf`) and, last, ``quantize_config.json``
@@ -143,12 +144,13 @@ class CheckpointWriter:
             for key, t in pack_layer(layer, self.checkpoint_format).items():
                 tensors[f"{hf_name(name)}.{key}"] = t
         for name, t in float_tensors.items():
-            tensors[hf_name(name)] = np.ascontiguousarray(np.asarray(t, dtype=np.float32))
+            tensors[hf_name(name)] = _float_tensor(t)
         filename = filename or f"model-{len(self._shards) + 1:05d}.safetensors"
         path = self.directory / filename
         save_file(tensors, str(path), metadata={"format": "pt"})
         per_layer = {n: {"bits": ly.bits, "group_size": ly.group_size} for n, ly in layers.items()}
-        back_layers, back_float = split_tensors(read_shard(path), per_layer, {}, self.checkpoint_format)
+        back_layers, back_float = split_tensors(read_shard(path), per_layer, {}, self.checkpoint_format,
+                                                keep_dtype=True)
         _verify_round_trip(layers, float_tensors, back_layers, back_float, path)
         self._float_linears += [n.removesuffix(".weight") for n, t in float_tensors.items()
                                 if n.startswith("layers.") and np.ndim(t) == 2]
@@ -213,11 +215,23 @@ def _verify_round_trip(layers, float_tensors, back_layers, back_float, where):
                 raise GPTQCheckpointError(f"{where}: {name}.{attr}: re-imported values differ")
         if not np.array_equal(got.scales.view(np.uint16), layer.scales.astype(np.float16).view(np.uint16)):
             raise GPTQCheckpointError(f"{where}: {name}.scales: re-imported float16 bits differ")
-        if not np.array_equal(dequantize_layer(got), dequantize_layer(layer)):
+        # dequantize_layer is a function of the four parts compared above: with float16 scales
+        # the dequantized weights are then equal, and only other scales need the comparison
+        if layer.scales.dtype != np.float16 and \
+                not np.array_equal(dequantize_layer(got), dequantize_layer(layer)):
             raise GPTQCheckpointError(f"{where}: {name}: re-imported dequantized weight differs")
     for name, t in float_tensors.items():
-        if name not in back_float or not np.array_equal(back_float[name], np.asarray(t, dtype=np.float32)):
+        t = _float_tensor(t)
+        back = back_float.get(name)
+        if back is None or back.dtype != t.dtype or not np.array_equal(back, t):
             raise GPTQCheckpointError(f"{where}: {name}: re-imported float tensor differs")
+
+
+def _float_tensor(t) -> np.ndarray:
+    """A float tensor as stored: float16 stays float16, any other float type is float32."""
+    t = np.asarray(t)
+    dtype = np.float16 if t.dtype == np.float16 else np.float32
+    return np.ascontiguousarray(t, dtype=dtype)
 
 
 __all__ = ["CheckpointWriter", "export_checkpoint"]

@@ -23,9 +23,12 @@ or norm raises :class:`~refquant.models.errors.CorruptCheckpoint` naming the fil
 the shape and a type fit for its role, at a byte range that the header scan has checked.
 
 Weights are lazy: ``model.weights`` (:class:`LazyWeights`) reads and dequantizes a tensor on first
-access and keeps it (``cache=True``) until :meth:`LazyWeights.drop_cache`, so a large model can
-be streamed block by block with bounded memory (``load_model(path, cache=False)``, or drop the
-cache after each block).
+access and keeps its float32 array as the ``cache`` argument says: ``True`` every one (until
+:meth:`LazyWeights.drop_cache`), ``False`` none, or an integer budget in bytes (kept in the
+order read until the budget is full; the commands use :data:`INFERENCE_CACHE_BYTES`), so a large
+model can be streamed block by block with bounded memory. :meth:`LazyWeights.stored` gives a
+tensor in its stored float dtype (float16 stays float16), never cached, for writers that copy
+tensors unchanged.
 """
 
 from __future__ import annotations
@@ -41,16 +44,30 @@ from refquant.models.errors import ModelFormatError, field, read_json_object
 from refquant.models.llama import LlamaConfig, LlamaModel
 
 
+#: the float32 cache budget of ``refquant quantize``, ``eval`` and ``generate`` (bytes): the whole
+#: bundled model fits; of a 7B model the embedding and the first few blocks do
+INFERENCE_CACHE_BYTES = 2 << 30
+
+
 class LazyWeights(MutableMapping):
     """Name -> float32 array, each read on first access by a loader function.
 
-    ``loaders[name]()`` returns the float32 array of ``name`` from the file. Assigned arrays
-    (``weights[name] = W``) replace the file's tensor (same shape, finite floats, stored as
-    float32); ``del weights[name]`` drops an assigned array and reverts to the file.
+    ``loaders[name]()`` returns the array of ``name`` from the file as stored (float16, float32,
+    or float32 dequantized/widened from other types); :meth:`__getitem__` gives it as float32.
+    Assigned arrays (``weights[name] = W``) replace the file's tensor (same shape, finite floats,
+    stored as float32); ``del weights[name]`` drops an assigned array and reverts to the file.
+
+    ``cache``: ``True`` keeps every float32 array read, ``False`` none, an integer ``n >= 0``
+    keeps arrays in the order they are read while their total stays within ``n`` bytes and
+    reads the others again at every access. A forward pass cycles through the blocks in order,
+    so this keeps the first blocks (a fraction budget/size of the reads is saved), where evicting
+    the least recently used array would save none; the memory held never exceeds the budget.
     """
 
     def __init__(self, loaders: dict[str, Callable[[], np.ndarray]],
-                 shapes: dict[str, tuple[int, ...]], *, source, cache: bool = True):
+                 shapes: dict[str, tuple[int, ...]], *, source, cache: bool | int = True):
+        if not isinstance(cache, (bool, int)) or (not isinstance(cache, bool) and cache < 0):
+            raise ValueError(f"cache must be True, False or a byte budget >= 0, got {cache!r}")
         self._loaders = dict(loaders)
         self._shapes = dict(shapes)
         self._cache: dict[str, np.ndarray] = {}
@@ -58,20 +75,41 @@ class LazyWeights(MutableMapping):
         self.source = source
         self.cache = cache
 
+    def _read(self, name: str) -> np.ndarray:
+        if name not in self._loaders:
+            raise KeyError(name)
+        w = self._loaders[name]()
+        if w.shape != self._shapes[name]:
+            raise ModelFormatError(f"{self.source}: tensor {name!r} has shape {w.shape}, "
+                                   f"expected {self._shapes[name]}")
+        return w
+
     def __getitem__(self, name: str) -> np.ndarray:
         w = self._assigned.get(name)
         if w is None:
             w = self._cache.get(name)
         if w is None:
-            if name not in self._loaders:
-                raise KeyError(name)
-            w = self._loaders[name]()
-            if w.shape != self._shapes[name]:
-                raise ModelFormatError(f"{self.source}: tensor {name!r} has shape {w.shape}, "
-                                       f"expected {self._shapes[name]}")
+            w = np.ascontiguousarray(self._read(name), dtype=np.float32)
             w.flags.writeable = False
-            if self.cache:
+            if self._fits(w.nbytes):
                 self._cache[name] = w
+        return w
+
+    def _fits(self, nbytes: int) -> bool:
+        if isinstance(self.cache, bool):
+            return self.cache
+        return self.cached_bytes() + nbytes <= self.cache
+
+    def stored(self, name: str) -> np.ndarray:
+        """``name`` in its stored float dtype (float16 or float32; other stored types are
+        dequantized or widened to float32), read-only and never cached; an assigned weight is
+        returned as assigned (float32)."""
+        w = self._assigned.get(name)
+        if w is None:
+            w = self._read(name)
+            if w.dtype not in (np.float16, np.float32):
+                w = w.astype(np.float32)
+            w.flags.writeable = False
         return w
 
     def __setitem__(self, name: str, value) -> None:
@@ -108,6 +146,10 @@ class LazyWeights(MutableMapping):
         """Names whose float32 arrays are held in memory now (read and cached, or assigned)."""
         return frozenset(self._cache) | frozenset(self._assigned)
 
+    def cached_bytes(self) -> int:
+        """Bytes of the float32 arrays held by the cache (assigned weights not counted)."""
+        return sum(w.nbytes for w in self._cache.values())
+
     def drop_cache(self, names=None) -> None:
         """Forget the cached float32 arrays (all, or ``names``); assigned weights stay."""
         if names is None:
@@ -117,7 +159,7 @@ class LazyWeights(MutableMapping):
                 self._cache.pop(name, None)
 
 
-def load_model(path=None, *, cache: bool = True) -> LlamaModel:
+def load_model(path=None, *, cache: bool | int = True) -> LlamaModel:
     """Load a Llama model from a GGUF file or a Hugging Face directory.
 
     Parameters
@@ -125,8 +167,9 @@ def load_model(path=None, *, cache: bool = True) -> LlamaModel:
     path : str or path-like, optional
         A ``.gguf`` file, or a directory with ``config.json`` and safetensors. ``None`` loads the
         bundled SmolLM2-135M-Instruct Q4_1 GGUF (``refquant.models.resources.bundled_model_path()``).
-    cache : bool
-        Keep each tensor once it has been read and dequantized (see :class:`LazyWeights`).
+    cache : bool or int
+        Keep each tensor once it has been read and dequantized (``True``), none (``False``), or
+        those that fit a budget in bytes (see :class:`LazyWeights`).
 
     Returns
     -------
@@ -156,7 +199,7 @@ def load_model(path=None, *, cache: bool = True) -> LlamaModel:
 
 # --------------------------------------------------------------------------------------- GGUF
 
-def _load_gguf(path: pathlib.Path, *, cache: bool) -> LlamaModel:
+def _load_gguf(path: pathlib.Path, *, cache: bool | int) -> LlamaModel:
     from refquant.models.gguffile import read_gguf
     from refquant.models.tokenizer import tokenizer_from_gguf
 
@@ -239,7 +282,7 @@ def _hf_files(directory: pathlib.Path) -> list[pathlib.Path]:
                            "model.safetensors.index.json (torch .bin pickles are not read)")
 
 
-def _load_hf(directory: pathlib.Path, *, cache: bool) -> LlamaModel:
+def _load_hf(directory: pathlib.Path, *, cache: bool | int) -> LlamaModel:
     from refquant.models import config_checks
     from refquant.models.layout import read_safetensors_tensor, scan_safetensors
     from refquant.models.tokenizer import tokenizer_from_hf
@@ -266,7 +309,7 @@ def _load_hf(directory: pathlib.Path, *, cache: bool) -> LlamaModel:
 
     def loader(key: str) -> Callable[[], np.ndarray]:
         file, span = entries[key]
-        return lambda: np.ascontiguousarray(read_safetensors_tensor(file, span), np.float32)
+        return lambda: read_safetensors_tensor(file, span)     # F16, F32; BF16 widened to F32
 
     shapes = config.weight_shapes()
     loaders = {name: loader(stored[name][0]) for name in shapes}
