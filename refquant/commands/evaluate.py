@@ -2,6 +2,10 @@
 
 The numbers are checked by their argparse types and against each other (``--tokens`` must fill
 one window) before the model is read; a model without a tokenizer is refused before any work.
+The model is read lazily with a bounded float32 cache
+(:data:`refquant.models.loaders.INFERENCE_CACHE_BYTES`): a layer that does not fit is read (a
+GPTQ layer dequantized) again whenever the forward pass reaches it, so memory does not grow with
+the model's depth.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ def run(args) -> int:
     from refquant.pipeline.data import evaluation_tokens
     from refquant.pipeline.evaluate import perplexity
     from refquant.formats.gptq import load_any
+    from refquant.models.loaders import INFERENCE_CACHE_BYTES
 
     if args.tokens < args.seq_len:
         raise ValueError(f"--tokens {args.tokens} do not fill one window of --seq-len {args.seq_len}")
-    model = load_any(args.model)        # a GPTQ checkpoint must hold every weight of the model
+    # a GPTQ checkpoint must hold every weight of the model; each layer is read (and a GPTQ
+    # layer dequantized) when the forward pass reaches it, and the float32 cache is bounded
+    model = load_any(args.model, cache=INFERENCE_CACHE_BYTES)
     require_tokenizer(model, "tokenize the evaluation text")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
     t0 = time.perf_counter()

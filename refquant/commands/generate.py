@@ -2,6 +2,7 @@
 
 The prompt must be non-empty and ``--n-new >= 0``; a model without a tokenizer, or a prompt
 whose tokens plus ``--n-new`` exceed the model's context length, is refused before any work.
+Weights are read as ``refquant eval`` reads them: lazily, float32 cache bounded.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from refquant.formats.gptq import load_any
     from refquant.models.llama import generate
+    from refquant.models.loaders import INFERENCE_CACHE_BYTES
 
-    model = load_any(args.model)
+    model = load_any(args.model, cache=INFERENCE_CACHE_BYTES)   # layers read as reached, cache bounded
     require_tokenizer(model, "encode the prompt")
     prompt = model.tokenizer.encode(args.prompt)
     if not prompt:

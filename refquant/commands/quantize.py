@@ -4,7 +4,12 @@ Quantizes every block linear of a model (GGUF file or Hugging Face directory; de
 bundled SmolLM2) with the sequential pipeline and exports a GPTQ-style checkpoint
 (:mod:`refquant.formats.gptq`) that ``refquant eval DIR`` reads back. The export is streamed: each
 block is packed, written as its own shard and verified by re-reading as soon as it is quantized
-(:class:`refquant.formats.gptq.CheckpointWriter`), so memory does not grow with the model's depth.
+(:class:`refquant.formats.gptq.CheckpointWriter`), so memory does not grow with the model's depth:
+the source is read with a bounded float32 cache
+(:data:`refquant.models.loaders.INFERENCE_CACHE_BYTES`) from which each finished block is
+dropped, and every tensor the pipeline does not change (the blocks after ``--n-blocks``, the
+embedding, the head, norms) is copied in its source dtype without being cached.
+``--calib-batch`` sequences run through a block at a time.
 
 Every argument is checked before any work (numbers by their argparse types, then the model's
 tokenizer, the block count and the output directory), and the output directory is created
@@ -51,6 +56,9 @@ def add_arguments(p):
                    help="GPTQ: dampening, a fraction of mean(diag H) (finite, >= 0; default 0.01)")
     p.add_argument("--calib-tokens", type=integer(1), default=8192, help="calibration tokens (default 8192)")
     p.add_argument("--seq-len", type=integer(1), default=256, help="calibration sequence length")
+    p.add_argument("--calib-batch", type=integer(1), default=8,
+                   help="calibration sequences per forward chunk (default 8; bounds the block's "
+                        "transient activations, [batch, seq-len, FFN] and [batch, heads, seq-len^2])")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("gptq", "gptq_v2", "gguf"), default="gptq",
                    help="zero-point convention: gptq (v1, stores zero-1; a zero point of 0 is misread "
@@ -69,6 +77,7 @@ def add_arguments(p):
 def run(args) -> int:
     import refquant as rq
     from refquant.pipeline.data import calibration_batch
+    from refquant.models.loaders import INFERENCE_CACHE_BYTES
     from refquant.pipeline.recipes import LayerSetting
 
     if args.format == "gguf":
@@ -84,7 +93,7 @@ def run(args) -> int:
     setting = LayerSetting(args.method, args.bits, gs, symmetric=args.sym, act_order=args.act_order,
                            static_groups=args.static_groups)
     t0 = time.perf_counter()
-    model = rq.load_model(args.model)
+    model = rq.load_model(args.model, cache=INFERENCE_CACHE_BYTES)      # bounded float32 cache
     require_tokenizer(model, "tokenize the calibration text")
     check_n_blocks(model, args.n_blocks)
     calib = calibration_batch(model.tokenizer, args.calib_tokens, args.seq_len, args.seed)
@@ -117,7 +126,8 @@ def _writer(args, model, calib):
                             extra_config={"source_model": str(model.source),
                                           "refquant_method": args.method,
                                           "calibration": {"tokens": int(calib.size), "seq_len": args.seq_len,
-                                                          "seed": args.seed}})
+                                                          "seed": args.seed,
+                                                          "batch": args.calib_batch}})
 
 
 def _quantize_and_write(args, model, calib, setting, writer):
@@ -128,6 +138,7 @@ def _quantize_and_write(args, model, calib, setting, writer):
     from refquant.pipeline.blockwise import quantize_model
 
     def sink(i, layers, tensors):
+        t_write = time.perf_counter()
         for name, ly in layers.items():
             if ly.damp_retries:
                 print(f"{name}: H + lambda I not positive definite at damp {args.damp:g}; "
@@ -140,15 +151,21 @@ def _quantize_and_write(args, model, calib, setting, writer):
         for name in packed:
             if name in writer.v1_zero_points:
                 print(f"warning: {v1_zero_point_note(name, writer.v1_zero_points[name], packed[name].bits)}")
+        if args.no_progress:                     # a line per block instead of the bar
+            print(f"block {i}: {len(layers)} linears quantized in "
+                  f"{sum(ly.seconds for ly in layers.values()):.1f} s, shard written and verified "
+                  f"in {time.perf_counter() - t_write:.1f} s", flush=True)
 
     # streamed: each block is packed, written and verified as soon as it is quantized, so peak
     # memory is one block plus the calibration activations whatever the model's size
     res = quantize_model(model, calib, setting, damp=args.damp, progress=not args.no_progress,
-                         n_blocks=args.n_blocks, sink=sink)
-    # what the pipeline did not touch, in float: the blocks after --n-blocks, then the rest
+                         n_blocks=args.n_blocks, batch_size=args.calib_batch, sink=sink)
+    # what the pipeline did not touch, copied in the source dtype (float16 stays float16), one
+    # shard per block, nothing cached: the blocks after --n-blocks, then the rest
+    stored = model.weights.stored
     for i in range(res.n_blocks, model.config.n_layers):
-        writer.write({}, {k: model.weights[k] for k in block_tensor_names(model.weights, i)})
-    writer.write({}, {k: model.weights[k] for k in model.weights if not k.startswith("layers.")})
+        writer.write({}, {k: stored(k) for k in block_tensor_names(model.weights, i)})
+    writer.write({}, {k: stored(k) for k in model.weights if not k.startswith("layers.")})
     writer.extra_config["damp_retries"] = {n: [d, r] for n, (d, r) in res.damp_retries.items()}
     writer.close()
     return res

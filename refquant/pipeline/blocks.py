@@ -60,9 +60,12 @@ def embed_batched(model, tokens: np.ndarray, batch_size: int) -> np.ndarray:
 def block_batched(model, i: int, X: np.ndarray, batch_size: int, *, linear=None) -> np.ndarray:
     """Block ``i`` (:func:`refquant.models.llama.block`) on ``X [B, T, d]`` in chunks of
     ``batch_size`` sequences: ``[B, T, d]``. ``linear`` (default: the float weights) sees each
-    chunk in turn."""
-    return np.concatenate([block(model, i, X[s], linear=linear)
-                           for s in chunks(len(X), batch_size)])
+    chunk in turn. Each chunk's output is written into the result as it comes, so the input, the
+    output and one chunk are held, not a list of every chunk beside the concatenation."""
+    out = np.empty(X.shape, np.float32)                         # [B, T, d]
+    for s in chunks(len(X), batch_size):
+        out[s] = block(model, i, X[s], linear=linear)
+    return out
 
 
 __all__ = ["SHORT_NAMES", "linear_names", "block_tensor_names", "with_weights", "chunks",

@@ -23,24 +23,26 @@ deterministic function of the model, the calibration tokens and the recipe.
 
 Peak memory
 -----------
-Besides the model's own weights (memory-mapped where the loader can; a block's float32 copies
-are read when the block is processed) the pipeline holds
+Measured, not modelled: ``benchmarks/scale_7b.py`` runs ``refquant quantize`` on a
+Llama-2-7B-shaped model (hidden 4096, FFN 11008) and samples the process's resident set from
+``/proc``; the README's scale table has the figures and the machine they were measured on.
+:class:`QuantizeResult` records the ``tracemalloc`` peak of Python allocations when asked
+(``track_memory=True``). What is held at once, streamed, none of it growing with the depth:
 
-* the calibration activations, twice (``X_i`` and ``X_{i+1}``): ``2 n_tok d`` float32;
-* one block's transient forward state for a chunk of ``batch_size`` sequences (the MLP
-  activation ``[chunk, T, d_ff]`` and attention scores ``[chunk, heads, T, T]``);
-* one block's four Hessians ``3 d^2 + d_ff^2`` float64 (``H`` of q/k/v, o, gate/up, down) and the
-  GPTQ working copies of one weight (``W``, ``Q``, ``Losses``: ``3 d_out d_in`` float64);
-* one block's weights: float32 as read, and dequantized (``2 x 4 P_block`` bytes);
-* the quantized result: with a ``sink`` (streaming) only the current block's, which the sink
-  writes out (``refquant quantize`` writes and verifies one checkpoint shard per block);
-  without one, every block's (float32 dequantized weights and codes), and the model's cache
-  keeps every block's float32 weights too.
+* the model's float32 weights of the current block (and the embedding), in the loader's
+  bounded cache; each finished block is dropped from it (``refquant quantize`` opens the
+  model with :data:`refquant.models.loaders.INFERENCE_CACHE_BYTES`);
+* the calibration activations ``X_i`` and ``X_{i+1}`` (``2 n_tok d`` float32;
+  :func:`~refquant.pipeline.blocks.block_batched` writes each chunk into ``X_{i+1}``, no
+  third copy), plus one chunk's forward state: ``batch_size`` sequences (``refquant quantize
+  --calib-batch``, default 8) of MLP activations ``[chunk, T, d_ff]`` and attention scores;
+* the block's four float64 Hessians (``3 d^2 + d_ff^2``: the ``down_proj`` one, 11008^2, is
+  ~1 GB at 7B) and the GPTQ work arrays of one linear: its float64 ``W``, ``Q`` and losses
+  (``3 d_out d_in``) and the inverse-Hessian factor with a dampened copy of ``H``
+  (``2 d_in^2``, again ~2 GB for ``down_proj``);
+* the block's dequantized replacement weights (float32) and codes until the sink has them.
 
-so, streamed, ``peak ~ 8 n_tok d + 8 (3 d^2 + d_ff^2) + 24 max(d_out d_in) + 8 P_block +
-4 B_chunk T (d_ff + h T) + 4 V d`` bytes (the last term the float32 embedding), independent of
-the number of blocks. :class:`QuantizeResult` records the ``tracemalloc`` peak when asked
-(``track_memory=True``).
+Without a sink every block's results are kept (float32 dequantized weights and codes).
 
 References
 ----------
@@ -174,8 +176,9 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
         Record the ``tracemalloc`` peak (slows Python allocations slightly).
     sink : callable, optional
         Streaming: ``sink(i, layers, tensors)`` receives each finished block ``i`` -- its
-        :class:`QuantizedLayer` s by name and its other tensors (``{name: float32 array}``: the
-        RMSNorm weights, folded by AWQ, and any linear kept in float) -- once the next block's
+        :class:`QuantizedLayer` s by name and its other tensors (``{name: float array}``: the
+        RMSNorm weights, folded by AWQ, and any linear kept in float; float32 where the
+        pipeline changed them, else as stored in the source, e.g. float16) -- once the next block's
         input has been computed. The pipeline then forgets the block: its results, and the model's
         cached float weights of the block where the weights mapping can drop them
         (:meth:`refquant.models.loaders.LazyWeights.drop_cache`), so memory does not grow with
@@ -348,8 +351,11 @@ def _to_sink(sink, i: int, model, view, overrides: dict, layers: dict) -> None:
     prefix = f"layers.{i}."
     names = block_tensor_names(model.weights, i)
     block_layers = {n: ly for n, ly in layers.items() if n.startswith(prefix)}
-    tensors = {k: np.asarray(view.weights[k], np.float32) for k in names
-               if k[: -len(".weight")] not in block_layers}
+    # a tensor the pipeline changed (AWQ's folded norms) in float32; the others as stored in the
+    # source (float16 stays float16) where the weights mapping can say (LazyWeights.stored)
+    stored = getattr(model.weights, "stored", None)
+    tensors = {k: np.asarray(view.weights[k], np.float32) if k in overrides or stored is None
+               else stored(k) for k in names if k[: -len(".weight")] not in block_layers}
     sink(i, block_layers, tensors)
     for k in names:
         overrides.pop(k, None)
