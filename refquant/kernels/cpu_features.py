@@ -20,15 +20,18 @@ back silently.
 The W4 kernels choose the same way (:func:`w4_path`, :func:`w4a8_path`; variables
 ``REFQUANT_W4_PATH``, ``REFQUANT_W4A8_PATH``):
 
-==================  ===============================  ==============================================
-path                needs                            kernel
-==================  ===============================  ==============================================
-W4A16 ``avx512``    ``avx512f``                      :mod:`refquant.kernels.cpu_w4_avx512`
-                                                     (``vpermps`` table, ``K``, group % 32 == 0)
-W4A16 ``portable``  none                             :mod:`refquant.kernels.cpu_w4` (8-lane IR)
-W4A8 ``avx512_vnni``  ``avx512vnni``, ``avx512bw``   :mod:`refquant.kernels.cpu_w4a8` ``vpdpbusd``
-W4A8 ``portable``   none                             :mod:`refquant.kernels.cpu_w4a8` scalar loop
-==================  ===============================  ==============================================
+=======================  ================================  =====================================
+path                     needs                             kernel
+=======================  ================================  =====================================
+W4A16 ``avx512``         ``avx512f``                       :mod:`refquant.kernels.cpu_w4_avx512`
+                                                           (``vpermps`` table; ``K`` and the
+                                                           group size multiples of 32)
+W4A16 ``portable``       none                              :mod:`refquant.kernels.cpu_w4`
+W4A8 ``avx512_vnni``     ``avx512vnni``, ``avx512bw``      :mod:`refquant.kernels.cpu_w4a8`
+                                                           (``vpdpbusd``)
+W4A8 ``portable``        none                              :mod:`refquant.kernels.cpu_w4a8`
+                                                           (scalar loop)
+=======================  ================================  =====================================
 
 A W4A16 shape the ``avx512`` kernel does not cover (``K`` or the group size not a multiple of 32)
 runs the ``portable`` kernel; :func:`refquant.kernels.backends` says so.
