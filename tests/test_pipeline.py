@@ -494,3 +494,28 @@ def test_quantize_command_prints_and_records_the_retries(tmp_path, capsys):
         word = "retry" if r == 1 else "retries"
         assert f"{n}: H + lambda I not positive definite at damp 1e-06; factored at damp {d:g} after {r} {word}" in printed
     assert "damping raised for 7 linears" in printed
+
+
+def test_collect_hessians_equals_hessians_of_the_recorded_inputs():
+    """_collect_hessians (its down_proj returns zeros instead of its product) gives the Hessians
+    of refquant.algorithms.gptq.hessian on the inputs recorded from the float block, chunk by
+    chunk, bit for bit: q/k/v, o, gate/up and down."""
+    from refquant.algorithms.gptq import hessian
+    from refquant.pipeline.blockwise import _collect_hessians
+
+    model = tiny_model(4)
+    X = llama.embed(model, np.random.default_rng(5).integers(0, 50, (5, 12)))
+    X = llama.block(model, 0, X)
+    got = _collect_hessians(model, 1, X, batch_size=2)
+    want, float_linear = {}, llama.default_linear(model)
+
+    def recording(name, x):
+        lin = name.split(".", 2)[2]
+        if lin in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
+            want[lin] = hessian(x, *want.get(lin, (None, 0)))
+        return float_linear(name, x)
+    for a in range(0, 5, 2):
+        llama.block(model, 1, X[a:a + 2], linear=recording)
+    assert set(got) == set(want)
+    for lin, (H, n) in want.items():
+        assert n == 60 and np.array_equal(got[lin], H), lin
