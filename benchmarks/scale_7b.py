@@ -187,9 +187,10 @@ def main() -> None:
         gib = (lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB")
         print(f"{label:48s} {dt:8.1f} {'-' if cpu is None else f'{cpu:.1f}':>8s} {gib(peak):>19s} "
               f"{gib(hwm):>10s} {'-' if size is None else f'{size / 1e9:.2f} GB':>9s}")
-    q_dt = rows[1][1]
-    print(f"quantize per block: {q_dt / args.blocks:.1f} s (incl. start-up and the float rest); "
-          f"x{FULL_BLOCKS} blocks: ~{q_dt / args.blocks * FULL_BLOCKS / 60:.0f} min")
+    q_dt, q_cpu = rows[1][1], rows[1][2]
+    print(f"quantize per block: {q_dt / args.blocks:.1f} s wall, {q_cpu / args.blocks:.1f} s CPU "
+          f"(incl. start-up and the float rest); x{FULL_BLOCKS} blocks: ~"
+          f"{q_dt / args.blocks * FULL_BLOCKS / 60:.0f} min wall (valid on a quiet machine only)")
 
 
 if __name__ == "__main__":
