@@ -197,25 +197,15 @@ def gemm_packed():
     return _gemm_packed
 
 
-@functools.lru_cache(maxsize=None)
-def shift_rows():
-    """``shift_rows(a, Mp, P)``: ``a + 128`` (the top bit flipped) as uint8 ``[Mp // 8, P, 32]``,
+def shift_rows(a: np.ndarray, Mp: int, P: int) -> np.ndarray:
+    """``a + 128`` (the top bit flipped) as uint8 ``[Mp // 8, P, 32]``,
     ``out[t, p, 4r + e] = a[8t + r, 4p + e] + 128``, zero padded: per 8-row tile and quad ``p``
-    the eight rows' words side by side, so the micro-kernel reads them from one pointer."""
-    from numba import njit, prange
-
-    @njit(**NJIT_OPTIONS)
-    def _shift_rows(a, Mp, P):
-        M, K = a.shape
-        out = np.zeros((Mp // MR, P, 4 * MR), np.uint8)
-        av = a.view(np.uint8)
-        for i in prange(M):
-            t, r = i // MR, i % MR
-            for k in range(K):
-                out[t, k // 4, 4 * r + k % 4] = av[i, k] ^ np.uint8(0x80)
-        return out
-
-    return _shift_rows
+    the eight rows' words side by side, so the micro-kernel reads them from one pointer (one
+    NumPy pad and one transposing copy)."""
+    M, K = a.shape
+    u = np.zeros((Mp, 4 * P), np.uint8)
+    u[:M, :K] = a.view(np.uint8) ^ np.uint8(0x80)
+    return np.ascontiguousarray(u.reshape(Mp // MR, MR, P, 4).transpose(0, 2, 1, 3)).reshape(Mp // MR, P, 4 * MR)
 
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -226,7 +216,7 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     P = (K + 3) // 4
     Mp = -(-M // MR) * MR
-    Au = shift_rows()(a, Mp, P)                                            # [Mp/8, P, 32] uint8
+    Au = shift_rows(a, Mp, P)                                              # [Mp/8, P, 32] uint8
     C = gemm_packed()(Au.view(np.int32), b, Mp, P)[:M, : b.shape[1]]       # sum (A+128) B
     col = b.sum(axis=0, dtype=np.int32)                                    # [N] sum_k B_kj
     with np.errstate(over="ignore"):                                       # wrapping, see above
