@@ -86,5 +86,7 @@ def attention(qh, kh, vh, start_pos: int):
             qb = np.asarray(qh[b, h * r:(h + 1) * r], np.float64) * 2.0**-16      # [r, T, h_d]
             kb = np.asarray(kh[b, h], np.float64) * 2.0**-16                      # [S, h_d]
             scores = qb @ kb.T / np.sqrt(hd)                                      # [r, T, S]
-            out[b, h] = _attend(scores, np.asarray(vh[b, h], np.float64), 1.0, start_pos)
+            # _attend scales p v by 255 M_o (its callers' v are codes of s_v, p of 1/255): here
+            # v is already at the output scale 2^-16, so M_o = 1/255
+            out[b, h] = _attend(scores, np.asarray(vh[b, h], np.float64), 1 / 255, start_pos)
     return out
