@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refquant.formats.ggml._registry import TYPES, BlockType, check_imatrix
+from refquant.formats.ggml._registry import TYPES, BlockType, check_imatrix, finite_rows
 from refquant.formats.ggml import iq4  # noqa: F401  (registers IQ4_NL, IQ4_XS)
 from refquant.formats.ggml import kquants, kquants_sym, q5  # noqa: F401  (register their types)
 from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_blocks,
@@ -38,7 +38,6 @@ from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_bl
 from refquant.formats.ggml import mxfp  # noqa: F401  (registers MXFP4, NVFP4)
 from refquant.formats.ggml import ternary  # noqa: F401  (registers TQ1_0, TQ2_0)
 from refquant.formats.ggml import kquants_low  # noqa: F401  (registers Q2_K, Q3_K)
-from refquant.schemes.numerics import as_float_array
 
 
 def block_type(fmt: str) -> BlockType:
@@ -77,23 +76,12 @@ def quantize(x, fmt: str, imatrix=None) -> np.ndarray:
     numpy.ndarray of uint8, shape ``[..., K // block_size * type_size]``
     """
     t = block_type(fmt)
-    x = as_float_array(x)
-    if x.ndim == 0:
-        raise ValueError(f"{fmt} needs an array with at least one axis, got a scalar")
-    K = x.shape[-1]
-    if K == 0 or K % t.block_size != 0:
-        raise ValueError(f"{fmt} quantizes blocks of {t.block_size} along the last axis; its "
-                         f"length {K} is not a positive multiple of {t.block_size}")
-    with np.errstate(over="ignore"):                      # checked on the next line
-        x32 = x.astype(np.float32)
-    if not np.all(np.isfinite(x32)):
-        bad = np.argwhere(~np.isfinite(x32))[0]
-        raise ValueError(f"x overflows float32 at index {tuple(int(i) for i in bad)}: "
-                         f"{x[tuple(bad)]!r}")
+    x32 = finite_rows(x, fmt, t.block_size)
+    K = x32.shape[-1]
     w = check_imatrix(imatrix, K, fmt)
     rows = x32.reshape(-1, K)
     data = t.quantize_rows(rows, w)                                # [n_rows, n_bytes]
-    return np.ascontiguousarray(data.reshape(x.shape[:-1] + (data.shape[-1],)))
+    return np.ascontiguousarray(data.reshape(x32.shape[:-1] + (data.shape[-1],)))
 
 
 def dequantize(data, fmt: str) -> np.ndarray:

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from refquant.schemes.numerics import as_float_array
+
 
 @dataclass(frozen=True)
 class BlockType:
@@ -84,3 +86,23 @@ def register(block_type: BlockType) -> BlockType:
         raise ValueError(f"GGML block type {block_type.name!r} is registered twice")
     TYPES[block_type.name] = block_type
     return block_type
+
+
+def finite_rows(x, fmt: str, block_size: int) -> np.ndarray:
+    """``x`` as a float32 array ``[..., K]`` (as llama.cpp's converter reads it) after the checks
+    every block type shares: at least one axis, ``K`` a positive multiple of ``block_size``, every
+    value finite in float32; ``ValueError`` naming the offending length or index otherwise."""
+    x = as_float_array(x)
+    if x.ndim == 0:
+        raise ValueError(f"{fmt} needs an array with at least one axis, got a scalar")
+    K = x.shape[-1]
+    if K == 0 or K % block_size != 0:
+        raise ValueError(f"{fmt} quantizes blocks of {block_size} along the last axis; its "
+                         f"length {K} is not a positive multiple of {block_size}")
+    with np.errstate(over="ignore"):                      # checked on the next line
+        x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        bad = np.argwhere(~np.isfinite(x32))[0]
+        raise ValueError(f"x overflows float32 at index {tuple(int(i) for i in bad)}: "
+                         f"{x[tuple(bad)]!r}")
+    return x32

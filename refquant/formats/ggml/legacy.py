@@ -104,9 +104,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refquant.formats.ggml._registry import BlockType, check_imatrix, register
+from refquant.formats.ggml._registry import BlockType, check_imatrix, finite_rows, register
 from refquant.formats.ggml._search import make_qkx3_quants, make_qx_quants, sum_f32
-from refquant.schemes.numerics import as_float_array, round_to_int
+from refquant.schemes.numerics import round_to_int
 
 QK = 32  # values per block, all three formats
 
@@ -151,19 +151,8 @@ class GGMLBlocks:
 def _blocks_of(x, fmt: str) -> np.ndarray:
     """``x`` as float32 ``[..., n_blocks, 32]`` after checking it."""
     _check_format(fmt)
-    x = as_float_array(x)
-    if x.ndim == 0:
-        raise ValueError(f"{fmt} needs an array with at least one axis, got a scalar")
-    if x.shape[-1] % QK != 0 or x.shape[-1] == 0:
-        raise ValueError(f"{fmt} quantizes blocks of {QK} along the last axis; its length "
-                         f"{x.shape[-1]} is not a positive multiple of {QK}")
-    with np.errstate(over="ignore"):                      # checked on the next line
-        x32 = x.astype(np.float32)
-    if not np.all(np.isfinite(x32)):
-        bad = np.argwhere(~np.isfinite(x32))[0]
-        raise ValueError(f"x overflows float32 at index {tuple(int(i) for i in bad)}: "
-                         f"{x[tuple(bad)]!r}")
-    return x32.reshape(x.shape[:-1] + (x.shape[-1] // QK, QK))
+    x32 = finite_rows(x, fmt, QK)
+    return x32.reshape(x32.shape[:-1] + (x32.shape[-1] // QK, QK))
 
 
 def _reciprocal(d: np.ndarray) -> np.ndarray:
