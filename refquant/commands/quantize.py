@@ -19,7 +19,7 @@ damping than ``--damp`` are printed as they happen and listed in ``quantize_conf
 (``damp_retries``: layer -> [damp used, retries]).
 
 ``--format gguf --type TYPE -o OUT.gguf [--imatrix FILE|auto]`` writes a llama.cpp GGUF file
-instead (:mod:`refquant.commands.quantize_gguf`).
+instead (``refquant.commands.quantize_gguf``).
 
 The directory is a complete Hugging Face one (``config.json`` with its ``quantization_config``,
 the tokenizer files, ``generation_config.json``: :mod:`refquant.formats.gptq_hf`), so

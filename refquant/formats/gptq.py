@@ -196,7 +196,7 @@ def checkpoint_weights(directory, *, cache: bool | int = True) -> tuple[LazyWeig
     layer's four tensors with their dtypes and shapes, float dtypes elsewhere), and nothing
     else is read. A quantized layer is read from its shard, unpacked and dequantized
     (:func:`dequantize_layer`, float32) when its weight is first accessed; a float tensor is
-    read as stored (float16 stays float16 for :meth:`LazyWeights.stored`); values are checked
+    read as stored (float16 stays float16 for ``LazyWeights.stored``); values are checked
     then. ``cache`` as in :class:`~refquant.models.loaders.LazyWeights` (``False``: every
     access reads and dequantizes the layer again, so a forward pass holds one layer's float
     weights at a time). This is where a kernel on the packed codes would plug in: a ``linear``

@@ -23,9 +23,9 @@ refquant as its quantizer without a ``quantize_config.json`` beside it is refuse
 reader, so the Hugging Face files never make an unfinished export readable.
 
 In the v1 ``"gptq"`` format a zero point equal to 0 is stored as :math:`2^b - 1`, which some
-peer readers misread (:func:`~refquant.formats.gptq_layers.v1_zero_point_note`): :meth:`write`
+peer readers misread (:func:`~refquant.formats.gptq_layers.v1_zero_point_note`): ``write``
 then issues a :class:`~refquant.formats.gptq_layers.V1ZeroPointWarning` naming the layer and the
-count, and :attr:`CheckpointWriter.v1_zero_points` collects them.
+count, and ``CheckpointWriter.v1_zero_points`` collects them.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ class IntBlock:
 
 @dataclasses.dataclass
 class IntLlama:
-    """A Llama prepared for integer-only inference (:func:`prepare_integer`).
+    """A Llama prepared for integer-only inference
+    (:func:`refquant.models.llama_int_prepare.prepare_integer`).
 
     ``E_q [V, d]`` int8 with ``(M0_e, n_e) [V]`` into ``S_x``; ``head`` the output projection
     (the same int8 table when tied); ``cos_q, sin_q [max_len, h_d/2]`` Q30 tables; ``E`` the

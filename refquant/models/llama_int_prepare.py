@@ -141,8 +141,10 @@ def prepare_integer(model, calib_tokens, *, mode: str = "dynamic", w4: dict | No
         :func:`refquant.pipeline.data.calibration_tokens`), in windows of ``seq_len``
     mode : ``"dynamic"`` (per-token int8 activations from integer row maxima) or ``"static"``
         (per-tensor scales of the linear inputs from calibration)
-    w4 : optional ``{weight name without .weight: (codes uint8 [N, K], scales [N, G],
-        zeros [N, G], group_size)}``: these projections run as W4 through the int8 kernel
+    w4 : dict, optional
+        Weight name (without ``.weight``) -> ``(codes, scales, zeros, group_size)`` with codes
+        uint8 ``[N, K]``, scales and zeros ``[N, G]``: these projections run as W4 through the
+        int8 kernel
     max_len : positions of the RoPE tables (default ``config.max_seq_len``)
     """
     if mode not in MODES:

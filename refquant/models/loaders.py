@@ -53,7 +53,7 @@ class LazyWeights(MutableMapping):
     """Name -> float32 array, each read on first access by a loader function.
 
     ``loaders[name]()`` returns the array of ``name`` from the file as stored (float16, float32,
-    or float32 dequantized/widened from other types); :meth:`__getitem__` gives it as float32.
+    or float32 dequantized/widened from other types); ``weights[name]`` gives it as float32.
     Assigned arrays (``weights[name] = W``) replace the file's tensor (same shape, finite floats,
     stored as float32); ``del weights[name]`` drops an assigned array and reverts to the file.
 

@@ -8,19 +8,21 @@ GEMM sees (its float32 accumulation is simulated by the float32 matmul).
 
 The formats
 -----------
-=============  ====================================================================  ============
+
+=============  ====================================================================  ==============
 name           weights (RTN; the scale maps each group's amax onto the grid's max)   scales
-=============  ====================================================================  ============
+=============  ====================================================================  ==============
 ``int8``       INT8 asymmetric, one scale per output channel (the demo's ``w8``)     fp16, 8b zero
 ``int4g128``   INT4 asymmetric, groups of 128 inputs (the demo's ``w4g128``)         fp16, 4b zero
 ``fp8``        FP8 E4M3 (:class:`refquant.FloatSpec`), one scale per output channel  float32
-``fp8_b128``   FP8 E4M3, 128 x 128 blocks (DeepSeek-V3 [1]_; edge blocks shorter)    float32
-``mxfp6``      MXFP6 E2M3, blocks of 32 inputs, E8M0 scale (OCP MX [2]_)             8 bits / 32
+``fp8_b128``   FP8 E4M3, 128 x 128 blocks (DeepSeek-V3; edge blocks shorter)         float32
+``mxfp6``      MXFP6 E2M3, blocks of 32 inputs, E8M0 scale (OCP MX)                  8 bits / 32
 ``mxfp4``      MXFP4 E2M1, blocks of 32 inputs, E8M0 scale                           8 bits / 32
 ``nvfp4``      NVFP4: E2M1, blocks of 16 inputs, E4M3 scale, float32 tensor scale    8 / 16 + 32
 ``fp8_w8a8``   ``fp8`` weights and E4M3 activations, one scale per token (dynamic)   float32
-=============  ====================================================================  ============
+=============  ====================================================================  ==============
 
+The 128 x 128 blocks follow DeepSeek-V3 [1]_, the MX formats the OCP specification [2]_.
 Bits per weight are :func:`refquant.size_report`'s for each linear (codes, scales and zero
 points as stored), summed over the block linears (:func:`format_bits_per_weight`).
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: below this largest |x| ggml calls a block all zero (``GROUP_MAX_EPS``)
+#: below this largest ``|x|`` ggml calls a block all zero (``GROUP_MAX_EPS``)
 GROUP_MAX_EPS = np.float32(1e-15)
 
 _F32 = np.float32
