@@ -57,6 +57,26 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.log(z.sum(axis=-1)) - z_t                         # log sum exp - z_target
 
 
+def _windows(tokens, seq_len, max_windows) -> tuple[np.ndarray, int]:
+    """``tokens`` as a 1-D integer array and the number of whole windows of ``seq_len`` to
+    evaluate (at most ``max_windows``); ``ValueError`` naming a bad argument."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} "
+                         f"dtype {tokens.dtype}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
+        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    n_windows = len(tokens) // seq_len
+    if max_windows is not None:
+        if isinstance(max_windows, bool) or not isinstance(max_windows, (int, np.integer)) \
+                or max_windows < 1:
+            raise ValueError(f"max_windows must be a positive integer, got {max_windows!r}")
+        n_windows = min(n_windows, max_windows)
+    if n_windows == 0:
+        raise ValueError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len}")
+    return tokens, n_windows
+
+
 def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: int | None = None,
                progress: bool = False) -> PerplexityResult:
     """Perplexity of ``model`` on ``tokens`` (1-D int) over non-overlapping windows.
@@ -76,20 +96,7 @@ def perplexity(model, tokens, *, seq_len: int = 512, linear=None, max_windows: i
         For bad arguments, and where a predicted token's log-likelihood is not finite (the first
         such window and position are named; see the module docstring).
     """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} "
-                         f"dtype {tokens.dtype}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
-    n_windows = len(tokens) // seq_len
-    if max_windows is not None:
-        if isinstance(max_windows, bool) or not isinstance(max_windows, (int, np.integer)) \
-                or max_windows < 1:
-            raise ValueError(f"max_windows must be a positive integer, got {max_windows!r}")
-        n_windows = min(n_windows, max_windows)
-    if n_windows == 0:
-        raise ValueError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len}")
+    tokens, n_windows = _windows(tokens, seq_len, max_windows)
     # the float linear sees WINDOW_BATCH windows at once (larger products, the same row sums);
     # a custom linear, which may keep per-call state (e.g. activation ranges), one at a time
     per_pass = WINDOW_BATCH if linear is None else 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from refquant.models.llama_int import head_int, hidden_states_int, logits_to_float
-from refquant.pipeline.evaluate import HEAD_CHUNK, PerplexityResult, _check_finite, token_nll
+from refquant.pipeline.evaluate import (HEAD_CHUNK, PerplexityResult, _check_finite, _windows,
+                                        token_nll)
 
 
 def integer_perplexity(model, tokens, *, seq_len: int = 512, max_windows: int | None = None,
@@ -20,17 +21,7 @@ def integer_perplexity(model, tokens, *, seq_len: int = 512, max_windows: int | 
     """Perplexity of an :class:`~refquant.models.llama_int.IntLlama` on ``tokens`` (1-D int) over
     non-overlapping windows of ``seq_len``; ``float_ops`` as in
     :func:`~refquant.models.llama_int.forward_int` (the ablation)."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} "
-                         f"dtype {tokens.dtype}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
-    n_windows = len(tokens) // seq_len
-    if max_windows is not None:
-        n_windows = min(n_windows, int(max_windows))
-    if n_windows < 1:
-        raise ValueError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len}")
+    tokens, n_windows = _windows(tokens, seq_len, max_windows)
     windows = range(n_windows)
     if progress:
         from tqdm.auto import tqdm
