@@ -1,0 +1,173 @@
+"""The bundled model's perplexity in llama.cpp's GGUF types, quantized four ways, at 16k tokens.
+
+Rows ``METHOD:TYPE`` for TYPE in Q4_0, Q4_K_M, Q3_K_M, Q2_K, IQ4_XS (the mix as ``llama-quantize``
+makes it: :func:`refquant.formats.gguf_mix.tensor_types`), plus ``float``:
+
+============  =================================================================================
+``rtn``       llama.cpp's own quantizers without an importance matrix
+              (:func:`refquant.formats.gguf_export.export_gguf`)
+``imatrix``   the same with the importance matrix of the calibration text
+              (:func:`refquant.pipeline.imatrix.collect_imatrix`; the mix rules that depend on
+              having one apply)
+============  =================================================================================
+
+Each row writes a real GGUF file (kept in ``<output>/files`` with ``--keep``, for
+``scripts/llamacpp_crosscheck.py --files``), reads it back with :func:`refquant.load_model` (the
+``gguf`` package's decoder, so what is evaluated is what the file holds) and evaluates it on the
+same tokens of the evaluation split in windows of 512. Bits per weight count every tensor of the
+file (its tensor data bytes over the model's values), as llama.cpp reports them.
+
+Rows are kept in ``<output>/gguf_table.json`` as they finish; ``--only`` runs a subset and adds it
+to what is there, so the table can be measured in several shorter runs.
+
+Usage::
+
+    python scripts/gguf_table.py [-o results/gguf] [--only rtn:Q4_0,imatrix:Q4_0] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import refquant as rq
+from refquant.pipeline.data import calibration_batch, evaluation_tokens
+
+SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=4096, calib_seq_len=512)
+TYPES = ("Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
+METHODS = ("rtn", "imatrix")
+ROWS = ["float"] + [f"{m}:{t}" for t in TYPES for m in METHODS]
+
+
+def cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class Inputs:
+    """The model, the evaluation tokens and (computed once, on first use) the calibration
+    batch and its importance matrix."""
+
+    def __init__(self, eval_tokens: int):
+        self.model = rq.load_model(None)
+        self.ev = np.asarray(evaluation_tokens(self.model.tokenizer, eval_tokens)).reshape(-1)
+        self._calib = self._imatrix = None
+
+    @property
+    def calib(self) -> np.ndarray:
+        if self._calib is None:
+            self._calib = calibration_batch(self.model.tokenizer, SIZES["calib_tokens"],
+                                            SIZES["calib_seq_len"], 0)
+        return self._calib
+
+    @property
+    def imatrix(self):
+        if self._imatrix is None:
+            from refquant.pipeline.imatrix import collect_imatrix
+            self._imatrix = collect_imatrix(self.model, self.calib,
+                                            dataset="refquant calibration split")
+        return self._imatrix
+
+
+def write_file(method: str, mix: str, inputs: Inputs, path: pathlib.Path) -> pathlib.Path:
+    """Write the GGUF file of one row."""
+    from refquant.formats.gguf_export import export_gguf
+
+    if method == "rtn":
+        return export_gguf(inputs.model, path, mix)
+    if method == "imatrix":
+        return export_gguf(inputs.model, path, mix, imatrix=inputs.imatrix,
+                           imatrix_source="calibration split")
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def tensor_bits_per_weight(path) -> float:
+    """8 x (bytes of every tensor's data) / (number of values) of a GGUF file."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    n_values = sum(int(t.n_elements) for t in reader.tensors)
+    return 8 * n_bytes / n_values
+
+
+def measure(key: str, inputs: Inputs, files: pathlib.Path) -> dict:
+    """One row: ``dict(key, method, type, bits_per_weight, ppl, seconds)``."""
+    t = time.perf_counter()
+    if key == "float":
+        view, bpw, method, mix = inputs.model, 16.0, "float", None
+    else:
+        method, mix = key.split(":")
+        path = write_file(method, mix, inputs, files / f"smollm2-{method}-{mix}.gguf")
+        view, bpw = rq.load_model(path), tensor_bits_per_weight(path)
+    ppl = rq.perplexity(view, inputs.ev, seq_len=SIZES["seq_len"]).ppl
+    return dict(key=key, method=method, type=mix, bits_per_weight=bpw, ppl=ppl,
+                seconds=time.perf_counter() - t)
+
+
+def format_table(rows) -> str:
+    base = next((r["ppl"] for r in rows if r["method"] == "float"), None)
+    head = f"{'type':<8} {'method':<8} {'bits/w':>7} {'ppl':>9} {'change':>9}"
+    lines = [head, "-" * len(head)]
+    order = {k: i for i, k in enumerate(ROWS)}
+    for r in sorted(rows, key=lambda r: order.get(r["key"], len(order))):
+        ch = "" if base is None else f"{100 * (r['ppl'] / base - 1):+8.2f}%"
+        lines.append(f"{r['type'] or '-':<8} {r['method']:<8} {r['bits_per_weight']:>7.3f} "
+                     f"{r['ppl']:>9.3f} {ch:>9}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-o", "--output", default="results/gguf")
+    ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {ROWS}")
+    ap.add_argument("--eval-tokens", type=int, default=SIZES["eval_tokens"])
+    ap.add_argument("--keep", action="store_true", help="keep the GGUF files in <output>/files")
+    args = ap.parse_args(argv)
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    bad = [k for k in keys if k not in ROWS]
+    if bad or not keys:
+        ap.error(f"--only: unknown rows {bad}; expected a subset of {','.join(ROWS)}")
+    out = pathlib.Path(args.output)
+    path = out / "gguf_table.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved and saved.get("eval_tokens") != args.eval_tokens:
+        saved = {}                                           # another evaluation: start over
+    rows = {r["key"]: r for r in saved.get("rows", [])}
+    files = out / "files" if args.keep else pathlib.Path(tempfile.mkdtemp(prefix="rq-gguf-"))
+    files.mkdir(parents=True, exist_ok=True)
+
+    inputs = Inputs(args.eval_tokens)
+    print(f"model: {inputs.model.source}; evaluation {inputs.ev.size} tokens in windows of "
+          f"{SIZES['seq_len']}; calibration {SIZES['calib_tokens']} tokens; CPU: {cpu_name()}",
+          flush=True)
+    for key in keys:
+        rows[key] = r = measure(key, inputs, files)
+        print(f"{key}: perplexity {r['ppl']:.3f}, {r['bits_per_weight']:.3f} bits/w "
+              f"({r['seconds']:.0f} s)", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(eval_tokens=args.eval_tokens, seq_len=SIZES["seq_len"],
+                                        calib_tokens=SIZES["calib_tokens"], cpu=cpu_name(),
+                                        rows=list(rows.values())), indent=2) + "\n")
+        if not args.keep and key != "float":
+            for f in files.glob("*.gguf"):
+                f.unlink()
+    print()
+    print(format_table(list(rows.values())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
