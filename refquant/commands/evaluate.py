@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--tokens", type=integer(2), default=16384,
                    help="evaluation tokens taken from the stream (default 16384)")
     p.add_argument("--seed", type=int, default=0, help="seed of the article split (default 0)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="GPTQ checkpoint: dequantize every layer to float32 instead of running "
+                        "the packed W4 kernel")
     from refquant.commands import integer_only
     integer_only.add_arguments(p)                  # --integer-only, --integer-mode, --calib-tokens
 
@@ -32,6 +35,7 @@ def run(args) -> int:
     from refquant.pipeline.data import evaluation_tokens
     from refquant.pipeline.evaluate import perplexity
     from refquant.formats.gptq import load_any
+    from refquant.formats.gptq_linear import checkpoint_linear
     from refquant.models.loaders import INFERENCE_CACHE_BYTES
 
     if args.tokens < args.seq_len:
@@ -41,13 +45,16 @@ def run(args) -> int:
     model = load_any(args.model, cache=INFERENCE_CACHE_BYTES)
     require_tokenizer(model, "tokenize the evaluation text")
     tokens = evaluation_tokens(model.tokenizer, args.tokens, seed=args.seed)
+    linear = line = None
     t0 = time.perf_counter()
     if args.integer_only:               # the integer-only forward pass (issue 18)
         from refquant.commands import integer_only
         r, source, t_prep = integer_only.perplexity(model, tokens, args)
         t0 += t_prep
-    else:
-        r = perplexity(model, tokens, seq_len=args.seq_len, progress=True)   # raises on a NaN/Inf NLL
+    else:               # a 4-bit GPTQ checkpoint: the packed W4 kernel unless --dequantize
+        linear, line = checkpoint_linear(model, dequantize=args.dequantize)
+        r = perplexity(model, tokens, seq_len=args.seq_len, linear=linear,
+                       progress=True)                                    # raises on a NaN/Inf NLL
         source = model.source
     dt = time.perf_counter() - t0
     if not math.isfinite(r.ppl):        # a finite mean NLL above ~709 nats: exp overflows
@@ -57,4 +64,6 @@ def run(args) -> int:
           f"{r.n_windows} windows of {r.seq_len}")
     print(f"perplexity: {r.ppl:.3f}  (mean NLL {r.nll:.4f} nats over {r.n_tokens} "
           f"predicted tokens, {dt:.1f} s, {r.n_windows * r.seq_len / dt:.0f} tokens/s)")
+    if linear is not None or line is not None:        # which path the linear layers ran
+        print(line or linear.describe())
     return 0

@@ -18,12 +18,16 @@ def add_arguments(p) -> None:
                    help="GGUF file, Hugging Face directory or GPTQ checkpoint (default: the bundled "
                         "SmolLM2-135M)")
     p.add_argument("--n-new", type=integer(0), default=24, help="new tokens at most (default 24)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="GPTQ checkpoint: dequantize every layer to float32 instead of running "
+                        "the packed W4 kernel")
     from refquant.commands import integer_only
     integer_only.add_arguments(p)                  # --integer-only, --integer-mode, --calib-tokens
 
 
 def run(args) -> int:
     from refquant.formats.gptq import load_any
+    from refquant.formats.gptq_linear import checkpoint_linear
     from refquant.models.llama import generate
     from refquant.models.loaders import INFERENCE_CACHE_BYTES
 
@@ -36,14 +40,18 @@ def run(args) -> int:
     if len(prompt) + args.n_new > limit:
         raise ValueError(f"the prompt's {len(prompt)} tokens plus --n-new {args.n_new} exceed the "
                          f"model's context length {limit}")
+    linear = line = None
     t0 = time.perf_counter()
     if args.integer_only:               # the integer-only forward pass (issue 18)
         from refquant.commands import integer_only
         new, t_prep = integer_only.generate(model, prompt, args.n_new, args)
         t0 += t_prep
-    else:
-        new = generate(model, prompt, args.n_new)
+    else:               # a 4-bit GPTQ checkpoint: the packed W4 kernel unless --dequantize
+        linear, line = checkpoint_linear(model, dequantize=args.dequantize)
+        new = generate(model, prompt, args.n_new, linear=linear)
     dt = time.perf_counter() - t0
     print(args.prompt + model.tokenizer.decode(new))
+    if linear is not None or line is not None:        # which path the linear layers ran
+        print(line or linear.describe())
     print(f"[{len(new)} tokens greedy, {dt:.1f} s]")
     return 0

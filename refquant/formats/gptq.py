@@ -199,23 +199,15 @@ def checkpoint_weights(directory, *, cache: bool | int = True) -> tuple[LazyWeig
     read as stored (float16 stays float16 for ``LazyWeights.stored``); values are checked
     then. ``cache`` as in :class:`~refquant.models.loaders.LazyWeights` (``False``: every
     access reads and dequantizes the layer again, so a forward pass holds one layer's float
-    weights at a time). This is where a kernel on the packed codes would plug in: a ``linear``
-    of the forward pass that reads the layer's :class:`PackedLayer` instead of its float
-    weight.
+    weights at a time). A kernel on the packed codes reads the layers themselves instead
+    (:func:`checkpoint_layers`, used by :mod:`refquant.formats.gptq_linear`).
     """
     config, spans, _ = _checkpoint_spans(directory)
-    fmt = config.get("checkpoint_format", "gptq")
     files = {k: f for k, (f, _) in spans.items()}
     loaders, shapes = {}, {}
-    for prefix in layer_prefixes(spans):
-        name = rq_name(prefix)
-        bits, gs = layer_bits(config["refquant_layers"], config, name)
-        parts = {k: spans[f"{prefix}.{k}"] for k in QUANT_KEYS if f"{prefix}.{k}" in spans}
-        where = f"{files[prefix + '.qweight']}: {prefix}"
-        N, K = check_layer_tensors({k: (ST_DTYPES[s.type_name], s.shape) for k, (_, s) in parts.items()},
-                                   bits, gs, where)
-        loaders[name + ".weight"] = _layer_loader(parts, bits, gs, fmt, where)
-        shapes[name + ".weight"] = (N, K)
+    for name, (read, shape) in _layer_readers(config, spans).items():
+        loaders[name + ".weight"] = _dequantized(read)
+        shapes[name + ".weight"] = shape
     dtypes = {k: _span_dtype(span) for k, (_, span) in spans.items()}
     for k in float_tensor_names(list(spans), dtypes, files):
         f, span = spans[k]
@@ -224,17 +216,50 @@ def checkpoint_weights(directory, *, cache: bool | int = True) -> tuple[LazyWeig
     return LazyWeights(loaders, shapes, source=pathlib.Path(directory), cache=cache), config
 
 
+def checkpoint_layers(directory) -> tuple[dict, dict]:
+    """The quantized layers of a GPTQ checkpoint, unread: ``({name: read}, quantize_config)``.
+
+    ``name`` is the refquant layer name (``"layers.0.mlp.up_proj"``); ``read()`` reads that
+    layer's four tensors and returns its :class:`PackedLayer` (:func:`unpack_layer`: the zero
+    points as values, whichever ``checkpoint_format``). The directory is checked as
+    :func:`checkpoint_weights` checks it; nothing else is read until ``read`` is called.
+    """
+    config, spans, _ = _checkpoint_spans(directory)
+    return {name: read for name, (read, _) in _layer_readers(config, spans).items()}, config
+
+
+def _layer_readers(config: dict, spans: dict) -> dict:
+    """``{refquant layer name: (read, (N, K))}`` for every stored layer, each layer's tensors
+    checked from their headers (:func:`check_layer_tensors`); ``read()`` -> :class:`PackedLayer`."""
+    fmt = config.get("checkpoint_format", "gptq")
+    out = {}
+    for prefix in layer_prefixes(spans):
+        name = rq_name(prefix)
+        bits, gs = layer_bits(config["refquant_layers"], config, name)
+        parts = {k: spans[f"{prefix}.{k}"] for k in QUANT_KEYS if f"{prefix}.{k}" in spans}
+        where = f"{spans[prefix + '.qweight'][0]}: {prefix}"
+        N, K = check_layer_tensors({k: (ST_DTYPES[s.type_name], s.shape) for k, (_, s) in parts.items()},
+                                   bits, gs, where)
+        out[name] = (_layer_reader(parts, bits, gs, fmt, where), (N, K))
+    return out
+
+
 def _span_dtype(span) -> np.dtype:
     """The dtype a stored tensor is read as (BF16 widened to float32)."""
     return np.dtype(np.float32) if span.type_name == "BF16" else np.dtype(ST_DTYPES[span.type_name])
 
 
-def _layer_loader(parts: dict, bits: int, group_size: int, fmt: str, where: str):
-    """Read one layer's tensors (``parts``: key -> (file, span)), unpack and dequantize it."""
-    def load() -> np.ndarray:
+def _layer_reader(parts: dict, bits: int, group_size: int, fmt: str, where: str):
+    """Read one layer's tensors (``parts``: key -> (file, span)) and unpack it."""
+    def read() -> PackedLayer:
         tensors = {k: read_safetensors_tensor(f, span) for k, (f, span) in parts.items()}
-        return dequantize_layer(unpack_layer(tensors, bits, group_size, fmt, where))
-    return load
+        return unpack_layer(tensors, bits, group_size, fmt, where)
+    return read
+
+
+def _dequantized(read):
+    """A loader of the float32 weight of the layer ``read()`` returns."""
+    return lambda: dequantize_layer(read())
 
 
 def load_weights(directory) -> tuple[dict[str, np.ndarray], dict]:
@@ -351,6 +376,6 @@ def load_any(path=None, *, cache: bool | int = True):
 
 __all__ = ["PackedLayer", "CheckpointError", "GPTQCheckpointError", "layer_from_quantized",
            "pack_layer", "unpack_layer", "dequantize_layer", "export_checkpoint", "CheckpointWriter",
-           "read_checkpoint", "checkpoint_weights", "load_weights", "is_gptq_checkpoint", "check_complete",
+           "read_checkpoint", "checkpoint_weights", "checkpoint_layers", "load_weights", "is_gptq_checkpoint", "check_complete",
            "load_quantized_model", "load_any", "CHECKPOINT_FORMATS", "WEIGHTS_FILE", "CONFIG_FILE",
            "INDEX_FILE", "V1ZeroPointWarning", "v1_zero_points", "v1_zero_point_note"]
