@@ -100,6 +100,14 @@ DeepSeek-V3's 128 x 128) are fixed before the pass, and ``qparams`` fixes any sc
 E8M0 block scales of MXFP4. With an identity Hessian every variant equals round-to-nearest on
 the same grid (tested).
 
+Column grids (``grid``)
+-----------------------
+Any grid fixed before the pass can be plugged in as ``grid`` (instead of ``spec``): an object
+with a ``code_dtype`` and ``round(w, c) -> (codes, q)``, which rounds the error-updated column
+``w`` [d_row] of *original* input ``c`` to its codes and the decoded values ``q`` that
+Algorithm 1 takes as ``quant(w)``; pass, error feedback and loss are unchanged (``qparams``
+None). :func:`refquant.formats.ggml.gptq_grid.gptq_ggml` uses it for the GGML block formats.
+
 Damping
 -------
 Where ``H + lambda I`` cannot be factored in the working precision, it is retried with 10x
@@ -150,9 +158,10 @@ class GPTQResult:
     codes : numpy.ndarray [d_row, d_col] of ``spec.code_dtype``
         Integer codes in the original column order (uint8 element codes for a
         :class:`~refquant.schemes.float_quant.FloatSpec`).
-    qparams : QParams
+    qparams : QParams or None
         Scale and zero point, shape ``param_shape(W.shape, spec)`` (``[d_row, n_groups]`` for
-        groups, where group ``g`` covers the original columns with ``g_idx == g``).
+        groups, where group ``g`` covers the original columns with ``g_idx == g``); None with
+        a ``grid``.
     w_hat : numpy.ndarray [d_row, d_col] float32
         Dequantized weights ``scale[:, g_idx] * (codes - zero_point[:, g_idx])``. ``codes`` and
         ``w_hat`` come in the column-major (Fortran) order in which GPTQ builds them.
@@ -170,7 +179,7 @@ class GPTQResult:
     """
 
     codes: np.ndarray
-    qparams: QParams
+    qparams: QParams | None
     w_hat: np.ndarray
     perm: np.ndarray
     loss: float
@@ -180,8 +189,14 @@ class GPTQResult:
     damp_retries: int = 0
 
 
-def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype):
-    if not isinstance(spec, (QuantSpec, FloatSpec)):
+def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype, grid=None):
+    if grid is not None:
+        if spec is not None:
+            raise ValueError(f"pass either spec or grid, not both (got spec={spec!r})")
+        if not callable(getattr(grid, "round", None)) or not hasattr(grid, "code_dtype"):
+            raise ValueError(f"grid must have a round(w, c) method and a code_dtype, got "
+                             f"{type(grid).__name__}")
+    elif not isinstance(spec, (QuantSpec, FloatSpec)):
         raise ValueError(f"spec must be a QuantSpec or FloatSpec, got {type(spec).__name__}")
     W = as_float_array(W, "W")
     H = as_float_array(H, "H")
@@ -212,7 +227,7 @@ def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtyp
         raise ValueError(f"group_params must be one of {GROUP_PARAMS}, got {group_params!r}")
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-    if spec.granularity == "channel" and normalize_axis(spec.axis, 2) != 0:
+    if spec is not None and spec.granularity == "channel" and normalize_axis(spec.axis, 2) != 0:
         raise ValueError(f"GPTQ needs per-output-channel parameters (axis=0), got axis={spec.axis}")
     return W, H
 
@@ -233,9 +248,10 @@ def _damped_inverse_factor(H, damp: float, damp_retries: int, dtype):
     raise HessianNotPositiveDefinite(damps[:retry + 1], lambdas[:retry + 1])
 
 
-def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
+def gptq(W, H, spec: QuantSpec | None = None, *, block_size: int = 128, damp: float = 0.01,
          act_order: bool = False, static_groups: bool = False, group_params: str = "reference",
-         damp_retries: int = 2, dtype=np.float32, qparams: QParams | None = None) -> GPTQResult:
+         damp_retries: int = 2, dtype=np.float32, qparams: QParams | None = None,
+         grid=None) -> GPTQResult:
     """Quantize ``W`` with GPTQ given the Hessian ``H`` of its calibration inputs.
 
     Parameters
@@ -273,6 +289,9 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
         Fixed parameters of ``param_shape(W.shape, spec)`` to use instead of min-max ones
         (static, for every granularity): the hook for scales chosen elsewhere, such as the
         power-of-two block scales of MXFP4 or NVFP4's two-level scales.
+    grid : object, optional
+        A column grid used instead of ``spec`` (then None): ``grid.round(w, c) -> (codes, q)``
+        and ``grid.code_dtype`` (module docstring, "Column grids").
 
     Returns
     -------
@@ -311,18 +330,19 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
     >>> res.codes.shape, res.w_hat.dtype, res.damp_retries
     ((4, 8), dtype('float32'), 0)
     """
-    W, H = _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype)
-    _check_spec(spec, static_groups, qparams, W.shape)
+    W, H = _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype, grid)
     d_col = W.shape[1]
-    gs = spec.group_size if spec.granularity == "group" else d_col
-    col_spec = replace(spec, granularity="channel", axis=0, group_size=None,
-                       **({"block_shape": None} if isinstance(spec, FloatSpec) else {}))
+    if grid is None:
+        _check_spec(spec, static_groups, qparams, W.shape)
+        gs = spec.group_size if spec.granularity == "group" else d_col
+        col_spec = replace(spec, granularity="channel", axis=0, group_size=None,
+                           **({"block_shape": None} if isinstance(spec, FloatSpec) else {}))
 
     W = W.copy()                                                        # (H is already a new array)
     dead = np.diag(H) == 0                                              # [d_col] inputs never seen
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    fixed = _params_before_pass(W, spec, static_groups, qparams)        # None: dynamic groups
+    fixed = None if grid is not None else _params_before_pass(W, spec, static_groups, qparams)
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(d_col)
     if act_order:
         W, H = W[:, perm], H[np.ix_(perm, perm)]                        # processing order
@@ -330,7 +350,7 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
 
     W = np.asfortranarray(W, dtype=dtype)                               # [d_row, d_col] columns contiguous
     Q = np.zeros_like(W)                                                # dequantized, processing order
-    codes = np.zeros(W.shape, spec.code_dtype, order="F")
+    codes = np.zeros(W.shape, (spec if grid is None else grid).code_dtype, order="F")
     Losses = np.zeros_like(W)
     group_qp = []                                                       # dynamic groups, processing order
     for i1 in range(0, d_col, block_size):
@@ -343,14 +363,14 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
             if fixed is not None:
                 k = fixed.col_k[perm[j]]
                 s, z = fixed.S[:, k], fixed.Z[:, k]                     # [d_row] float64
-            elif j % gs == 0:                                           # a dynamic group starts
+            elif grid is None and j % gs == 0:                          # a dynamic group starts
                 Wg = (W[:, j:j + gs] if group_params == "reference"     # W at the block's start
                       else _group_columns_updated(W, W1, Err1, Hinv, i1, i, gs))
                 group_qp.append(_minmax_qparams(Wg, col_spec))
                 s, z = group_qp[-1].scale.astype(np.float64), group_qp[-1].zero_point.astype(np.float64)
             w = W1[:, i]                                                # [d_row]
             d = Hinv1[i, i]
-            c, q = _quantize_column(w, s, z, spec)
+            c, q = grid.round(w, int(perm[j])) if grid is not None else _quantize_column(w, s, z, spec)
             q = q.astype(W1.dtype)
             codes[:, j] = c
             Q1[:, i] = q
@@ -363,7 +383,9 @@ def gptq(W, H, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01,
 
     invperm = np.argsort(perm)                                          # the result, in input order
     unperm = (lambda A: A[:, invperm]) if act_order else (lambda A: A)
-    if fixed is None:                                                   # dynamic groups
+    if grid is not None:
+        qparams, gi = None, None
+    elif fixed is None:                                                 # dynamic groups
         qparams = QParams(np.stack([p.scale for p in group_qp], axis=1),
                           np.stack([p.zero_point for p in group_qp], axis=1))
         gi = g_idx(d_col, gs)[invperm]                                  # position in perm // gs

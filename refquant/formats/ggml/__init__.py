@@ -14,6 +14,7 @@ module                                      block types
 :mod:`refquant.formats.ggml.q5`             Q5_0, Q5_1 (blocks of 32, 5-bit codes)
 :mod:`refquant.formats.ggml.kquants`        Q4_K, Q5_K (super-blocks of 256: 6-bit scales, mins)
 :mod:`refquant.formats.ggml.kquants_sym`    Q6_K, Q8_K (super-blocks of 256, symmetric)
+:mod:`refquant.formats.ggml.gptq_grid`      GPTQ onto 12 of these grids (:func:`gptq_ggml`)
 ==========================================  ===================================================
 
 :func:`quantize` and :func:`dequantize` are the entry points for every type: they check the
@@ -38,6 +39,7 @@ from refquant.formats.ggml.legacy import (FORMATS, QK, GGMLBlocks, dequantize_bl
 from refquant.formats.ggml import mxfp  # noqa: F401  (registers MXFP4, NVFP4)
 from refquant.formats.ggml import ternary  # noqa: F401  (registers TQ1_0, TQ2_0)
 from refquant.formats.ggml import kquants_low  # noqa: F401  (registers Q2_K, Q3_K)
+from refquant.formats.ggml.gptq_grid import GGMLGPTQResult, gptq_ggml
 
 
 def block_type(fmt: str) -> BlockType:
@@ -103,4 +105,5 @@ __all__ = ["QK", "FORMATS", "TYPES", "BlockType", "GGMLBlocks", "block_type", "b
            "bits_per_weight", "quantize_blocks", "pack_blocks", "unpack_blocks",
            "dequantize_blocks", "quantize", "dequantize",
            "quantize_q8_0", "quantize_q4_0", "quantize_q4_1",
-           "dequantize_q8_0", "dequantize_q4_0", "dequantize_q4_1"]
+           "dequantize_q8_0", "dequantize_q4_0", "dequantize_q4_1",
+           "gptq_ggml", "GGMLGPTQResult"]

@@ -91,7 +91,7 @@ def _clip(l, lo, hi):
     return np.minimum(np.maximum(l, lo), hi)
 
 
-def make_qx_quants(x, nmax: int, rmse_type: int, qw=None):
+def make_qx_quants(x, nmax: int, rmse_type: int, qw=None, return_iscale: bool = False):
     """Symmetric codes and scale of each block: ggml's ``make_qx_quants``.
 
     Codes ``l_i = clamp(nearest_int(x_i / d), -nmax, nmax - 1)``. With ``rmse_type != 0`` the
@@ -124,6 +124,10 @@ def make_qx_quants(x, nmax: int, rmse_type: int, qw=None):
         0 for a block whose largest ``|x|`` is below ``GROUP_MAX_EPS``.
     L : numpy.ndarray of uint8, shape ``[..., m]``
         ``l + nmax`` (0 for an all-zero block).
+    iscale : numpy.ndarray of float32, shape ``[...]``
+        Only with ``return_iscale``: the candidate inverse scale the codes were rounded with,
+        ``l = clamp(nearest_int(iscale x), -nmax, nmax - 1)`` (GPTQ onto this grid rounds
+        with it, :mod:`refquant.formats.ggml.gptq_grid`).
     """
     x = np.asarray(x, dtype=_F32)
     with np.errstate(all="ignore"):
@@ -132,9 +136,10 @@ def make_qx_quants(x, nmax: int, rmse_type: int, qw=None):
         xmax = _first_extreme(x, "amax")[..., None]                   # [..., 1], signed
         iscale = (_F32(-nmax) / xmax).astype(_F32)                    # [..., 1]
         L = _clip(nearest_int(iscale * x), -nmax, nmax - 1)           # [..., m] int32
+        isc = iscale[..., 0]                                          # of the codes L
         if rmse_type == 0:
             d = (_F32(1) / iscale[..., 0]).astype(_F32)
-            return _finish_qx(d, L + nmax, zero)
+            return _finish_qx(d, L + nmax, zero) + ((isc,) if return_iscale else ())
         early, rmse_type = rmse_type < 0, abs(rmse_type)
         if qw is not None:
             w = np.asarray(qw, dtype=_F32)
@@ -147,7 +152,7 @@ def make_qx_quants(x, nmax: int, rmse_type: int, qw=None):
         if early:
             d = np.where(suml2 > 0, _F32(0.5) * (d + _F32(1) / iscale[..., 0]),
                          _F32(1) / iscale[..., 0]).astype(_F32)
-            return _finish_qx(d, L + nmax, zero)
+            return _finish_qx(d, L + nmax, zero) + ((isc,) if return_iscale else ())
         best = (d * sumlx).astype(_F32)
         for k in range(-9, 10):
             if k == 0:
@@ -159,9 +164,10 @@ def make_qx_quants(x, nmax: int, rmse_type: int, qw=None):
             suml2 = sum_f32(w * Lkf * Lkf)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)     # strict, as C
             L = np.where(better[..., None], Lk, L)
+            isc = np.where(better, iscale_k[..., 0], isc).astype(_F32)
             d = np.where(better, sumlx / suml2, d).astype(_F32)
             best = np.where(better, d * sumlx, best).astype(_F32)
-    return _finish_qx(d, L + nmax, zero)
+    return _finish_qx(d, L + nmax, zero) + ((isc,) if return_iscale else ())
 
 
 def _finish_qx(d, L, zero):
@@ -222,9 +228,11 @@ def _asym_error(d, m_b, L, x, w, use_mad):
     return sum_f32(w * diff)
 
 
-def _make_qkx(x, weights, nmax, rmin, rdelta, nstep, use_mad, version):
+def _make_qkx(x, weights, nmax, rmin, rdelta, nstep, use_mad, version, return_rule=False):
     """The shared body of :func:`make_qkx2_quants` (``version=2``) and
-    :func:`make_qkx3_quants` (``version=3``)."""
+    :func:`make_qkx3_quants` (``version=3``); ``return_rule`` adds the inverse scale and the
+    minimum ``(iscale, m_b)`` [...] the codes were rounded with, ``l = nearest_int(iscale (x -
+    m_b))`` clamped to ``[0, nmax]``."""
     x = np.asarray(x, dtype=_F32)
     w = x * x if weights is None else np.asarray(weights, dtype=_F32)
     with np.errstate(all="ignore"):
@@ -239,6 +247,7 @@ def _make_qkx(x, weights, nmax, rmin, rdelta, nstep, use_mad, version):
         d = (_F32(1) / iscale).astype(_F32)
         L = _clip(nearest_int(iscale[..., None] * (x - m_b[..., None])), 0, nmax)
         best = _asym_error(d, m_b, L, x, w, use_mad)
+        rule_is, rule_m = iscale, m_b                                 # of the codes L
         for k in range(nstep + 1 if nstep >= 1 else 0):
             # the candidate range uses the best minimum so far (it moves as the search goes)
             iscale = ((_F32(rmin) + _F32(rdelta) * _F32(k) + _F32(nmax)) / (hi - m_b)).astype(_F32)
@@ -260,13 +269,16 @@ def _make_qkx(x, weights, nmax, rmin, rdelta, nstep, use_mad, version):
             err = _asym_error(this_d, this_m, La, x, w, use_mad)
             better = (D > 0) & (err < best)
             L = np.where(better[..., None], La, L)
+            rule_is = np.where(better, iscale, rule_is).astype(_F32)
+            rule_m = np.where(better, m_b, rule_m).astype(_F32)       # the minimum v used
             best = np.where(better, err, best).astype(_F32)
             d = np.where(better, this_d, d).astype(_F32)
             m_b = np.where(better, this_m, m_b).astype(_F32)
         d = np.where(flat, _F32(0), d).astype(_F32)
         m_b = np.where(flat, m_flat, m_b).astype(_F32)
         L = np.where(flat[..., None], 0, L)
-    return d, (-m_b).astype(_F32), L.astype(np.uint8)
+    rule = (rule_is, rule_m) if return_rule else ()
+    return (d, (-m_b).astype(_F32), L.astype(np.uint8)) + rule
 
 
 def make_qkx2_quants(x, weights, nmax: int, rmin: float, rdelta: float, nstep: int,
@@ -313,13 +325,16 @@ def make_qkx2_quants(x, weights, nmax: int, rmin: float, rdelta: float, nstep: i
 
 
 def make_qkx3_quants(x, weights, nmax: int, rmin: float, rdelta: float, nstep: int,
-                     use_mad: bool):
+                     use_mad: bool, return_rule: bool = False):
     """:func:`make_qkx2_quants` as ggml's ``make_qkx3_quants`` (the importance-matrix
     quantizers of Q4_1, Q5_1, Q2_K, Q4_K, Q5_K): the same objective and candidates, with
     ``weights=None`` meaning ``w = x^2``, a flat block being ``max x <= m_b``, and each
     candidate's codes ``l = nearest_int(min(v, nmax))`` for ``v = iscale (x - m_b) > 0``, else
-    0 (a guard against ``v`` being inf or NaN once the best minimum is near the maximum)."""
-    return _make_qkx(x, weights, nmax, rmin, rdelta, nstep, use_mad, version=3)
+    0 (a guard against ``v`` being inf or NaN once the best minimum is near the maximum).
+    ``return_rule=True`` adds ``(iscale, m_b)``, float32 ``[...]``: the candidate the codes
+    were rounded with (GPTQ onto this grid rounds with it)."""
+    return _make_qkx(x, weights, nmax, rmin, rdelta, nstep, use_mad, version=3,
+                     return_rule=return_rule)
 
 
 def make_qp_quants(x, nmax: int, quant_weights):

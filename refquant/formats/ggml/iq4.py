@@ -252,18 +252,28 @@ def quantize_iq4_nl(x: np.ndarray, imatrix=None) -> np.ndarray:
     return raw.reshape(x.shape[0], -1)
 
 
-def quantize_iq4_xs(x: np.ndarray, imatrix=None) -> np.ndarray:
-    """IQ4_XS bytes of float32 rows ``x`` ``[n_rows, K]`` (``K % 256 == 0``), with the optional
-    importance matrix ``imatrix`` float32 ``[K]``: uint8 ``[n_rows, K // 256 * 136]``."""
+def iq4_xs_scales(x: np.ndarray, imatrix=None):
+    """The scales of IQ4_XS super-blocks of float32 rows ``x`` ``[n_rows, K]``: ``(d, l, dl)``,
+    the float32 super-block scale ``d`` ``[N]`` (stored as float16), the block codes ``l = ls -
+    32`` ``[N, 8]`` and the float32 block scales ``dl = d l`` ``[N, 8]`` the codes are chosen
+    for (``q = best_index(x / dl)``, see the module docstring)."""
     xs, w = _super_blocks(x, imatrix, QK_K)                            # [N, 256]
     N = xs.shape[0]
-    xb = xs.reshape(N, 8, QK4_NL)                                      # [N, 8, 32]
-    d_b = block_scales(xb, w.reshape(N, 8, QK4_NL))                    # [N, 8]
+    d_b = block_scales(xs.reshape(N, 8, QK4_NL), w.reshape(N, 8, QK4_NL))   # [N, 8]
     i_max = np.argmax(np.abs(d_b), axis=-1)[:, None]                   # first largest |d_b|
     max_scale = np.take_along_axis(d_b, i_max, axis=-1)[:, 0]
     d = ((-max_scale) / np.float32(32)).astype(np.float32)            # [N]; -0.0 if all zero
     l = np.clip(nearest_int((_inverse(d)[:, None] * d_b).astype(np.float32)), -32, 31)  # [N, 8]
     dl = (d[:, None] * l.astype(np.float32)).astype(np.float32)       # float32 d, not float16
+    return d, l, dl
+
+
+def quantize_iq4_xs(x: np.ndarray, imatrix=None) -> np.ndarray:
+    """IQ4_XS bytes of float32 rows ``x`` ``[n_rows, K]`` (``K % 256 == 0``), with the optional
+    importance matrix ``imatrix`` float32 ``[K]``: uint8 ``[n_rows, K // 256 * 136]``."""
+    d, l, dl = iq4_xs_scales(x, imatrix)                               # [N], [N, 8], [N, 8]
+    N = len(d)
+    xb = np.ascontiguousarray(x, dtype=np.float32).reshape(N, 8, QK4_NL)   # [N, 8, 32]
     L = best_index((_inverse(dl)[..., None] * xb).astype(np.float32))  # [N, 8, 32]
     ls = (l + 32).astype(np.uint16)                                    # [N, 8] in [0, 63]
     scales_h = np.bitwise_or.reduce((ls >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=-1)
@@ -311,4 +321,4 @@ register(BlockType("IQ4_XS", 23, QK_K, 136, quantize_rows=quantize_iq4_xs,
                    dequantize_rows=dequantize_iq4_xs, uses_imatrix=True))
 
 __all__ = ["KVALUES_IQ4NL", "best_index", "block_scales", "quantize_iq4_nl",
-           "quantize_iq4_xs", "dequantize_iq4_nl", "dequantize_iq4_xs", "iq4_xs_block_scales"]
+           "iq4_xs_scales", "quantize_iq4_xs", "dequantize_iq4_nl", "dequantize_iq4_xs", "iq4_xs_block_scales"]

@@ -251,11 +251,25 @@ def quantize_q3_k(x: np.ndarray, imatrix=None) -> np.ndarray:
         d, ls = make_qx_quants(d_j, 32, 1, sum_f32(w))                     # ls = l + 32
     d16 = _f16(d, "d", "Q3_K")
     q = _q3_k_codes(xb, d16, ls, L)                                        # [N, 256] in 0 ... 7
-    high = (q > 3).reshape(-1, 8, 32).astype(np.uint8)                     # [N, b, m]
-    hmask = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8)[:, None], axis=1)  # [N, 32]
-    raw = np.concatenate([hmask, _pack_2bit(q & 3), _pack_q3_scales(ls),
+    raw = np.concatenate([q3_k_code_bytes(q), _pack_q3_scales(ls),
                           d16.astype("<f2")[:, None].view(np.uint8)], axis=-1)           # [N, 110]
     return raw.reshape(x.shape[0], -1)
+
+
+def q3_k_code_bytes(q: np.ndarray) -> np.ndarray:
+    """Q3_K codes ``q`` in 0 ... 7, ``[N, 256]`` -> their bytes ``hmask`` and ``qs``, ``[N, 96]``
+    (offsets 0 ... 95 of a super-block)."""
+    q = q.astype(np.uint8)
+    high = (q > 3).reshape(-1, 8, 32).astype(np.uint8)                     # [N, b, m]
+    hmask = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8)[:, None], axis=1)  # [N, 32]
+    return np.concatenate([hmask, _pack_2bit(q & 3)], axis=-1)
+
+
+def q3_k_codes(raw: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`q3_k_code_bytes`: the codes 0 ... 7 ``[N, 256]`` of Q3_K super-blocks
+    ``raw`` (uint8 ``[N, 110]``)."""
+    high = (raw[:, None, :32] >> np.arange(8, dtype=np.uint8)[:, None]) & 1             # [N, b, m]
+    return _unpack_2bit(raw[:, 32:96]) | (high.reshape(-1, QK_K) << np.uint8(2))
 
 
 def dequantize_q3_k(data: np.ndarray) -> np.ndarray:
@@ -276,4 +290,5 @@ register(BlockType("Q2_K", 10, QK_K, 84, quantize_rows=quantize_q2_k,
 register(BlockType("Q3_K", 11, QK_K, 110, quantize_rows=quantize_q3_k,
                    dequantize_rows=dequantize_q3_k, uses_imatrix=True))
 
-__all__ = ["quantize_q2_k", "dequantize_q2_k", "quantize_q3_k", "dequantize_q3_k"]
+__all__ = ["quantize_q2_k", "dequantize_q2_k", "quantize_q3_k", "dequantize_q3_k",
+           "q3_k_code_bytes", "q3_k_codes"]

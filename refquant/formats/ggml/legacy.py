@@ -197,16 +197,18 @@ def row_weights(xb: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
         return (qw * np.sqrt(sigma2 + xb * xb)).astype(np.float32)
 
 
-def _quantize_blocks_imatrix(xb: np.ndarray, fmt: str, imatrix: np.ndarray) -> GGMLBlocks:
+def _quantize_blocks_imatrix(xb: np.ndarray, fmt: str, imatrix: np.ndarray):
     """Q4_0 / Q4_1 block fields of ``xb`` (float32 ``[..., nb, 32]``) by ggml's weighted
-    searches (``quantize_row_q4_0_impl`` / ``_q4_1_impl``; module docstring)."""
+    searches (``quantize_row_q4_0_impl`` / ``_q4_1_impl``; module docstring), and the
+    search's inverse scale and minimum ``(iscale, m_b)`` [..., nb] the codes were rounded with."""
     w = row_weights(xb, imatrix)                                      # [..., nb, 32]
     if fmt == "Q4_0":
-        d, q = make_qx_quants(xb, 8, 1, w)                            # q = l + 8, 0..15
-        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
-    d, the_min, q = make_qkx3_quants(xb, w, 15, -0.9, 0.05, 36, False)
+        d, q, iscale = make_qx_quants(xb, 8, 1, w, return_iscale=True)   # q = l + 8, 0..15
+        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q), iscale, np.zeros_like(iscale)
+    d, the_min, q, iscale, m_b = make_qkx3_quants(xb, w, 15, -0.9, 0.05, 36, False, True)
     m = (-the_min).astype(np.float32)                                 # C: GGML_FP32_TO_FP16(-min)
-    return GGMLBlocks(fmt, _to_f16(d, "d", fmt), _to_f16(m, "m (block minimum)", fmt), q)
+    blocks = GGMLBlocks(fmt, _to_f16(d, "d", fmt), _to_f16(m, "m (block minimum)", fmt), q)
+    return blocks, iscale, m_b
 
 
 def quantize_blocks(x, fmt: str, imatrix=None) -> GGMLBlocks:
@@ -230,10 +232,19 @@ def quantize_blocks(x, fmt: str, imatrix=None) -> GGMLBlocks:
     -----
     See the module docstring for the formulas and the exact rounding.
     """
+    return quantize_blocks_rule(x, fmt, imatrix)[0]
+
+
+def quantize_blocks_rule(x, fmt: str, imatrix=None):
+    """:func:`quantize_blocks` and the rule its codes were rounded with: ``(blocks, a, b)``,
+    float32 ``[..., K // 32]``, the codes being those of ``(x - b) * a`` (``a = id`` and ``b``
+    0 or Q4_1's float32 minimum; with an imatrix the search's ``iscale`` and minimum ``m_b``).
+    GPTQ onto these grids rounds with it (:mod:`refquant.formats.ggml.gptq_grid`)."""
     xb = _blocks_of(x, fmt)                                       # [..., nb, 32] float32
     imatrix = check_imatrix(imatrix, xb.shape[-2] * QK, fmt)
     if imatrix is not None and fmt != "Q8_0":
         return _quantize_blocks_imatrix(xb, fmt, imatrix)
+    zero = np.zeros(xb.shape[:-1], np.float32)
     if fmt == "Q8_0":
         amax = np.max(np.abs(xb), axis=-1)                        # [..., nb]
         d = (amax / np.float32(127)).astype(np.float32)
@@ -242,7 +253,7 @@ def quantize_blocks(x, fmt: str, imatrix=None) -> GGMLBlocks:
         # roundf (half away from zero) of the float32 product; round_half_away splits off the
         # fractional part, which is exact in float32, so no wider type is needed
         q = round_to_int(x0, "half_away").astype(np.int8)
-        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
+        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q), inv, zero
     if fmt == "Q4_0":
         i_max = np.argmax(np.abs(xb), axis=-1)[..., None]         # first largest |x|
         x_max = np.take_along_axis(xb, i_max, axis=-1)[..., 0]    # signed, [..., nb]
@@ -254,7 +265,7 @@ def quantize_blocks(x, fmt: str, imatrix=None) -> GGMLBlocks:
         inv = _reciprocal(d)
         x0 = (xb * inv[..., None]).astype(np.float32)
         q = np.minimum(_trunc_offset(x0, 8.5), 15).astype(np.uint8)
-        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q)
+        return GGMLBlocks(fmt, _to_f16(d, "d", fmt), None, q), inv, zero
     # Q4_1
     # the first smallest / largest value, as C's strict-comparison loops pick them: that decides
     # the sign of a zero minimum (np.min may return -0.0 where C keeps the first +0.0)
@@ -265,7 +276,7 @@ def quantize_blocks(x, fmt: str, imatrix=None) -> GGMLBlocks:
     x0 = ((xb - lo[..., None]).astype(np.float32) * inv[..., None]).astype(np.float32)
     q = np.minimum(_trunc_offset(x0, 0.5), 15).astype(np.uint8)
     d16 = _to_f16(d, "d", fmt)
-    return GGMLBlocks(fmt, d16, _to_f16(lo, "m (block minimum)", fmt), q)
+    return GGMLBlocks(fmt, d16, _to_f16(lo, "m (block minimum)", fmt), q), inv, lo
 
 
 def pack_blocks(blocks: GGMLBlocks) -> np.ndarray:
@@ -376,6 +387,7 @@ def dequantize_q4_1(data) -> np.ndarray:
 
 
 __all__ = ["QK", "FORMATS", "GGMLBlocks", "row_weights", "quantize_blocks",
+           "quantize_blocks_rule",
            "pack_blocks", "unpack_blocks", "dequantize_blocks", "quantize", "dequantize",
            "quantize_q8_0", "quantize_q4_0", "quantize_q4_1",
            "dequantize_q8_0", "dequantize_q4_0", "dequantize_q4_1"]

@@ -88,30 +88,39 @@ def quantize_q5_blocks(x, fmt: str, imatrix=None):
     Q5_1: ``(d, m, q)``, float32 ``d`` and ``m`` ``[n_rows, K // 32]`` (``m`` None for Q5_0) and
     uint8 codes ``q`` ``[n_rows, K // 32, 32]``. ``imatrix`` (float32 ``[K]``) selects ggml's
     importance-matrix quantizer (see the module docstring)."""
+    return quantize_q5_blocks_rule(x, fmt, imatrix)[:3]
+
+
+def quantize_q5_blocks_rule(x, fmt: str, imatrix=None):
+    """``(d, m, q, a, b)``: :func:`quantize_q5_blocks` and the rule its codes were rounded
+    with, float32 ``a, b`` ``[n_rows, K // 32]``: the codes are those of ``(x - b) * a``
+    (``a = id``, ``b`` 0 or Q5_1's float32 minimum; with an imatrix the search's ``iscale``
+    and minimum ``m_b``). GPTQ onto these grids rounds with it
+    (:mod:`refquant.formats.ggml.gptq_grid`)."""
     x = np.asarray(x, dtype=_F32)
     n_rows, K = x.shape
     xb = x.reshape(n_rows, K // QK5, QK5)                                  # [r, nb, 32]
     if imatrix is not None:
         w = row_weights(xb, imatrix)                              # [r, nb, 32], sigma2 per row
         if fmt == "Q5_0":
-            d, q = make_qx_quants(xb, 16, 1, w)
-            return d, None, q
-        d, the_min, q = make_qkx3_quants(xb, w, 31, -0.9, 0.05, 36, False)
-        return d, (-the_min).astype(_F32), q
+            d, q, iscale = make_qx_quants(xb, 16, 1, w, return_iscale=True)
+            return d, None, q, iscale, np.zeros_like(iscale)
+        d, the_min, q, iscale, m_b = make_qkx3_quants(xb, w, 31, -0.9, 0.05, 36, False, True)
+        return d, (-the_min).astype(_F32), q, iscale, m_b
     if fmt == "Q5_0":
         x_max = _first_signed_amax(xb)                                       # signed
         x_max = np.where(x_max == 0, _F32(0), x_max).astype(_F32)           # C: max = +0.0f
         d = (x_max / _F32(-16)).astype(_F32)
         inv = _reciprocal(d)
         q = np.minimum(_trunc_offset((xb * inv[..., None]).astype(_F32), 16.5), 31)
-        return d, None, q.astype(np.uint8)
+        return d, None, q.astype(np.uint8), inv, np.zeros_like(inv)
     lo = _first(xb, np.argmin)
     hi = _first(xb, np.argmax)
     d = ((hi - lo) / _F32(31)).astype(_F32)
     inv = _reciprocal(d)
     v = ((xb - lo[..., None]).astype(_F32) * inv[..., None]).astype(_F32)
     q = _trunc_offset(v, 0.5).astype(np.int64) & 0x1F                      # C: (uint8_t), no clamp
-    return d, lo, q.astype(np.uint8)
+    return d, lo, q.astype(np.uint8), inv, lo
 
 
 def _first_signed_amax(xb):
@@ -172,4 +181,5 @@ for _name, (_nbytes, _, _type_id) in Q5_FORMATS.items():
                        dequantize_rows=lambda data, _f=_name: dequantize_q5(data, _f),
                        uses_imatrix=True))
 
-__all__ = ["QK5", "Q5_FORMATS", "quantize_q5_blocks", "pack_q5", "unpack_q5", "dequantize_q5"]
+__all__ = ["QK5", "Q5_FORMATS", "quantize_q5_blocks", "quantize_q5_blocks_rule", "pack_q5",
+           "unpack_q5", "dequantize_q5"]
