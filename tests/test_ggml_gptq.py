@@ -12,6 +12,7 @@ Oracles:
 import gguf
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import ggml_oracle
 from refquant.algorithms.gptq import gptq
@@ -86,6 +87,19 @@ def test_identity_hessian_is_ggml_bytes_stress(fmt, kind):
                           err_msg=f"imatrix {im is not None}")
 
 
+@needs_ggml
+@settings(max_examples=20)
+@given(fmt=st.sampled_from(FORMATS), seed=st.integers(0, 2**31), scale_exp=st.integers(-40, 16),
+       with_imatrix=st.booleans())
+def test_identity_hessian_is_ggml_bytes_property(fmt, seed, scale_exp, with_imatrix):
+    """Oracle: ggml's C on normal values scaled by 2^-40 ... 2^16 (float16 scales from
+    subnormal to large), H = I."""
+    x = (stress_tensor("normal", (2, 256), seed) * np.float32(2.0**scale_exp)).astype(np.float32)
+    im = imatrices(256, seed)[2] if with_imatrix else None
+    res = ggml.gptq_ggml(x, np.eye(256), fmt, imatrix=im)
+    assert_ggml_equal(res.data, ggml_oracle.quantize(x, fmt, im), fmt, x=x)
+
+
 @pytest.fixture(scope="module")
 def smollm2_down():
     """Rows 0:64 of SmolLM2-135M's blk.0.ffn_down.weight (1536 columns), decoded by gguf."""
@@ -121,13 +135,14 @@ def calibration():
 @needs_ggml
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("with_imatrix", [False, True])
-def test_real_hessian_lowers_output_error(fmt, with_imatrix, calibration):
+@pytest.mark.parametrize("act_order", [False, True])
+def test_real_hessian_lowers_output_error(fmt, with_imatrix, act_order, calibration):
     """Oracles: ggml's C dequantize of GPTQ's bytes is its w_hat exactly (what llama.cpp
     computes); ||(W - w_hat) X||_F is below that of ggml's C plain bytes decoded by ggml's C."""
     W, X, H = calibration
     K = W.shape[1]
     im = np.mean(X.astype(np.float64) ** 2, axis=1).astype(np.float32) if with_imatrix else None
-    res = ggml.gptq_ggml(W, H, fmt, imatrix=im)
+    res = ggml.gptq_ggml(W, H, fmt, imatrix=im, act_order=act_order)
     assert res.data.shape == ggml_oracle.quantize(W, fmt, im).shape
     np.testing.assert_array_equal(ggml_oracle.dequantize(res.data, fmt, K).reshape(W.shape),
                                   res.w_hat)

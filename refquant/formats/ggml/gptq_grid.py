@@ -82,6 +82,7 @@ import numpy as np
 from refquant.algorithms.gptq import GPTQResult, gptq
 from refquant.formats.ggml._gptq_grids import GRID_TYPES, GridType, Rule, rule_codes
 from refquant.formats.ggml._registry import TYPES, check_imatrix, finite_rows
+from refquant.schemes.numerics import as_float_array
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,9 @@ class BlockGrid:
     bytes ``data0``, the :class:`~refquant.formats.ggml._gptq_grids.Rule`, the quantizer's
     codes ``q0`` ``[n_rows, K]``, the decoded value ``table[r, k, c - code_min]`` of every
     stored code ``c`` in (sub-)block ``k`` of row ``r``, and ``keep[r, k]`` where all codes
-    decode alike. ``round(w, c)`` is the column step of :func:`refquant.gptq`'s ``grid``."""
+    decode alike. ``round(w, c)`` is the column step of :func:`refquant.gptq`'s ``grid``.
+    The table holds ``n_codes`` float32 per (sub-)block: 255 / 32 = 8 per weight for Q8_0,
+    4 for Q6_K, at most 1 for the others."""
 
     def __init__(self, x: np.ndarray, gt: GridType, imatrix):
         self.gt, self.code_dtype = gt, gt.code_dtype
@@ -191,7 +194,7 @@ def gptq_ggml(W, H, fmt: str, *, imatrix=None, act_order: bool = False, damp: fl
         raise ValueError(f"gptq_ggml has no grid for GGML block type {fmt!r}{hint}; "
                          f"choose from {sorted(GRID_TYPES)}")
     t = TYPES[fmt]
-    x = finite_rows(W, fmt, t.block_size)
+    x = finite_rows(as_float_array(W, "W"), fmt, t.block_size)
     if x.ndim != 2:
         raise ValueError(f"W must be a 2-D weight matrix [d_row, d_col], got shape {x.shape}")
     grid = BlockGrid(x, GRID_TYPES[fmt], check_imatrix(imatrix, x.shape[1], fmt))
