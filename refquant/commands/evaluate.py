@@ -5,7 +5,9 @@ one window) before the model is read; a model without a tokenizer is refused bef
 The model is read lazily with a bounded float32 cache
 (:data:`refquant.models.loaders.INFERENCE_CACHE_BYTES`): a layer that does not fit is read (a
 GPTQ layer dequantized) again whenever the forward pass reaches it, so memory does not grow with
-the model's depth.
+the model's depth. A 4-bit GPTQ checkpoint runs its linear layers on the packed codes (the
+W4A16 kernel, :mod:`refquant.formats.gptq_linear`; each layer prepared once) unless
+``--dequantize``; one line after the result says which path the linear layers ran, and why.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The prompt must be non-empty and ``--n-new >= 0``; a model without a tokenizer, or a prompt
 whose tokens plus ``--n-new`` exceed the model's context length, is refused before any work.
-Weights are read as ``refquant eval`` reads them: lazily, float32 cache bounded.
+Weights are read as ``refquant eval`` reads them: lazily, float32 cache bounded. A 4-bit GPTQ
+checkpoint runs its linear layers on the packed codes (the W4A16 kernel,
+:mod:`refquant.formats.gptq_linear`) unless ``--dequantize``; one line says which path ran.
 """
 
 from __future__ import annotations
