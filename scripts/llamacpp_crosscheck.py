@@ -18,6 +18,7 @@ Usage::
     bash scripts/build_llamacpp.sh            # once, ~14 min on 2 cores
     export LLAMA_CPP_LIB_PATH=build/llamacpp/build/bin PYTHONPATH=build/llamacpp/src:build/llamacpp/pydeps
     nice -n 10 .venv/bin/python scripts/llamacpp_crosscheck.py --types Q8_0,Q4_K_M --tokens 16384
+    nice -n 10 .venv/bin/python scripts/llamacpp_crosscheck.py --files results/gguf/files/a.gguf
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--imatrix", default=None, help="a llama.cpp imatrix file, or 'auto'")
     p.add_argument("--out-dir", default=None, help="keep the GGUF files here (default: temporary)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--files", default=None,
+                   help="comma-separated GGUF files to compare as they are (e.g. the GPTQ / AWQ "
+                        "files of scripts/gguf_table.py --keep) instead of exporting --types")
     args = p.parse_args(argv)
     print(f"CPU: {cpu_model()}; {args.threads} threads")
     model = rq.load_model()
@@ -116,9 +120,14 @@ def main(argv=None) -> int:
           f"{args.imatrix or 'none'}")
     print("| type | bits/weight | llama.cpp PPL | refquant PPL | max abs logit diff | argmax agree |")
     print("|---|---|---|---|---|---|")
-    for mix in args.types.split(","):
+    jobs = [(pathlib.Path(f).name, pathlib.Path(f)) for f in args.files.split(",")] \
+        if args.files else [(mix, None) for mix in args.types.split(",")]
+    for mix, path in jobs:
         t0 = time.perf_counter()
-        path = export_gguf(model, out / f"smollm2-{mix}.gguf", mix, imatrix=imatrix)
+        if path is None:
+            path = export_gguf(model, out / f"smollm2-{mix}.gguf", mix, imatrix=imatrix)
+        elif not path.is_file():
+            raise SystemExit(f"--files: {path}: no such file")
         r = compare(path, windows, args.threads)
         print(f"| {mix} | {r['bits_per_weight']:.2f} | {r['ppl_llamacpp']:.3f} | "
               f"{r['ppl_refquant']:.3f} | {r['max_abs_logit_diff']:.3g} | "
