@@ -2,7 +2,7 @@
 
 :func:`refquant.formats.ggml.gptq_grid.gptq_ggml` needs, for every supported block type, three
 things that only the type's own module knows: the quantizer's bytes of the original weights
-together with the *rule* its codes were rounded with (:func:`fix`), the codes stored in a row
+together with the *rule* its codes were rounded with (``fix``), the codes stored in a row
 of bytes (``codes_of``), and the bytes with the codes replaced and the header kept
 (``with_codes``). Each entry of :data:`GRID_TYPES` holds them; the rounding of a column under
 a :class:`Rule` is :func:`rule_codes`. The formulas, and why they reproduce ggml's codes
@@ -32,15 +32,15 @@ class Rule(NamedTuple):
     """How one type rounds a value ``x`` of (sub-)block ``k`` to its stored code, with
     ``v = fl32(fl32(x - b_k) * a_k)`` (``kind="divide"``: ``fl32(fl32(x - b_k) / a_k)``):
 
-    ==========  ===============================================================
-    kind        stored code
-    ==========  ===============================================================
-    ``trunc``   ``clamp(trunc(fl32(v + off)), lo, hi)`` (Q4_0, Q4_1, Q5_0, Q5_1)
-    ``roundf``  ``clamp(roundf(v), lo, hi)``, half away from zero (Q8_0)
-    ``nearest`` ``nearest_int(clamp(v, lo, hi)) + off`` (imatrix searches)
-    ``divide``  ``nearest_int(clamp(v, lo, hi)) + off`` (the K-quants)
-    ``iq4``     ``best_index(v)``, the nearest of the 16 levels (IQ4_NL, IQ4_XS)
-    ==========  ===============================================================
+    ============  ===============================================================
+    kind          stored code
+    ============  ===============================================================
+    ``trunc``     ``clamp(trunc(fl32(v + off)), lo, hi)`` (Q4_0, Q4_1, Q5_0, Q5_1)
+    ``roundf``    ``clamp(roundf(v), lo, hi)``, half away from zero (Q8_0)
+    ``nearest``   ``nearest_int(clamp(v, lo, hi)) + off`` (imatrix searches)
+    ``divide``    ``nearest_int(clamp(v, lo, hi)) + off`` (the K-quants)
+    ``iq4``       ``best_index(v)``, the nearest of the 16 levels (IQ4_NL, IQ4_XS)
+    ============  ===============================================================
     """
 
     kind: str

@@ -7,7 +7,7 @@ integer codes. :func:`gptq_ggml` keeps that storage exactly and lets GPTQ [1]_ p
 1. **Fix the grid.** The type's own quantizer (bit-exact to ggml's C, with the imatrix if one
    is given) runs on the original ``W``; its header fields -- ``d``, ``dmin``, the 6-bit scales
    and minimums, IQ4_XS's block scales -- are stored as they are, and the *rule* its codes were
-   rounded with is kept (:mod:`refquant.formats.ggml._gptq_grids`).
+   rounded with is kept (``refquant.formats.ggml._gptq_grids``).
 2. **GPTQ over the columns.** :func:`refquant.algorithms.gptq.gptq` with that grid (its
    ``grid`` hook) rounds each error-updated column ``w_j`` with the type's rule, clamped to the
    code range (the feedback can push a weight past it), and feeds the error forward,
@@ -29,27 +29,39 @@ integer codes. :func:`gptq_ggml` keeps that storage exactly and lets GPTQ [1]_ p
 Where every code of a (sub-)block decodes to the same value (a zero scale), the quantizer's
 code is kept: the value cannot change, and ``H = I`` stays byte-identical there.
 
-The rule per type (``id = 1/d``, ``fl32`` float32 rounding, codes as stored)
--------------------------------------------------------------------------------
-===========  ==============================================  =======================================
-type         code of ``x`` (no imatrix)                      with an imatrix
-===========  ==============================================  =======================================
-Q8_0         ``clamp(roundf(fl32(x id)), -127, 127)``        (ignored, as ggml)
-Q4_0         ``min(15, trunc(fl32(x id) + 8.5))``            search: ``nearest_int(iscale x) + 8``
-Q4_1         ``min(15, trunc(fl32((x - min) id) + 0.5))``    search: ``nearest_int(iscale (x - m_b))``
-Q5_0, Q5_1   as Q4_0, Q4_1 with 16.5 and 31                  as Q4_0, Q4_1 with ``nmax`` 16, 31
-Q2_K         ``nearest_int((x + dmin m_j) / (d s_j))``, 0..3, the stored header (both paths)
-Q3_K         ``nearest_int(x / (d (s_j - 32))) + 4``, -4..3 before the offset (both paths)
-Q4_K, Q5_K   ``nearest_int((x + dmin mn_j) / (d sc_j))``, 0..15 / 0..31 (both paths)
-Q6_K         ``nearest_int(x / (d sc_j)) + 32``, -32..31 before the offset (both paths)
-IQ4_NL       ``best_index(x / d_b)``, ``d_b`` the float32 block scale of the search (both)
-IQ4_XS       ``best_index(x / fl32(d l_b))``, ``d`` float32, ``l_b`` the 6-bit code (both)
-===========  ==============================================  =======================================
+Symbols
+-------
+=========  ===================  ================================================================
+W          [d_row, d_col]       the weights (out, in); a GGUF row is one output channel
+H          [d_col, d_col]       the Hessian ``2 X X^T / n`` of the layer inputs ``X`` [d_col, n]
+w_j, q_j   [d_row]              column ``j`` as GPTQ reaches it, and its decoded grid value
+d, dmin    per (super-)block    the stored float16 scales; ``s_j, m_j`` the sub-block codes
+id         per block            the float32 ``1/d`` the quantizer rounded with (not float16)
+iscale     per block            the winning candidate of an imatrix search (and its ``m_b``)
+=========  ===================  ================================================================
 
-``id`` and ``min`` are the float32 values the codes were computed with, *not* the float16 ones
-stored; the imatrix searches' ``iscale`` and ``m_b`` are the candidate that won the search
-(:func:`refquant.formats.ggml._search.make_qx_quants` / ``make_qkx3_quants`` report it), not
-``1 / fp16(d)``. Every rule is therefore exactly the arithmetic with which the type's
+The rule per type (codes as stored)
+-----------------------------------
+===========  ====================================================================================
+type         stored code of ``x`` (``fl32`` rounds to float32; then clamped to the code range)
+===========  ====================================================================================
+Q8_0         ``roundf(fl32(x id))`` in -127..127 (the imatrix is ignored, as by ggml)
+Q4_0         ``trunc(fl32(x id) + 8.5)``; imatrix: ``nearest_int(iscale x) + 8``
+Q4_1         ``trunc(fl32((x - min) id) + 0.5)``; imatrix: ``nearest_int(iscale (x - m_b))``
+Q5_0, Q5_1   as Q4_0 and Q4_1 with 16.5 (offset 16) and the code range 0..31
+Q2_K         ``nearest_int((x + dmin m_j) / (d s_j))`` in 0..3, from the stored header
+Q3_K         ``nearest_int(x / (d (s_j - 32))) + 4``, -4..3 before the offset
+Q4_K, Q5_K   ``nearest_int((x + dmin m_j) / (d s_j))`` in 0..15 and 0..31
+Q6_K         ``nearest_int(x / (d s_j)) + 32``, -32..31 before the offset
+IQ4_NL       ``best_index(x / d_b)``, ``d_b`` the float32 block scale of the search
+IQ4_XS       ``best_index(x / fl32(d l_b))``, ``d`` in float32, ``l_b`` the 6-bit block code
+===========  ====================================================================================
+
+The K-quant and IQ rules are the same with and without an importance matrix (it changes only
+the header the search finds). ``id`` and ``min`` are the float32 values the codes were computed
+with, *not* the float16 ones stored; the imatrix searches' ``iscale`` and ``m_b`` are the
+candidate that won the search (``make_qx_quants`` / ``make_qkx3_quants`` of
+``refquant.formats.ggml._search`` report it), not ``1 / fp16(d)``. Every rule is therefore exactly the arithmetic with which the type's
 quantizer computed its stored codes from the original weights.
 
 Why ``H = I`` gives ggml's bytes
