@@ -79,12 +79,15 @@ def test_identity_hessian_is_ggml_bytes(fmt):
 @pytest.mark.parametrize("kind", STRESS_KINDS)
 def test_identity_hessian_is_ggml_bytes_stress(fmt, kind):
     """Oracle: ggml's C on refquant.testing's stress tensors (zeros, subnormals, constant rows,
-    outliers ...), without and with an importance matrix, H = I."""
+    outliers ...), without and with an importance matrix, H = I and a diagonal H under
+    act_order."""
     x = stress_tensor(kind, (3, 256), seed=7)
     for im in imatrices(256, seed=5)[:2]:
-        res = ggml.gptq_ggml(x, np.eye(256), fmt, imatrix=im)
-        assert_ggml_equal(res.data, ggml_oracle.quantize(x, fmt, im), fmt, x=x,
-                          err_msg=f"imatrix {im is not None}")
+        expected = ggml_oracle.quantize(x, fmt, im)
+        for H, act_order in diagonal_hessians(256, seed=6):
+            res = ggml.gptq_ggml(x, H, fmt, imatrix=im, act_order=act_order)
+            assert_ggml_equal(res.data, expected, fmt, x=x,
+                              err_msg=f"imatrix {im is not None}, act_order {act_order}")
 
 
 @needs_ggml
@@ -112,13 +115,14 @@ def smollm2_down():
 @needs_ggml
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_identity_hessian_is_ggml_bytes_real_tensor(fmt, smollm2_down):
-    """Oracle: ggml's C on a real SmolLM2 weight slice (64 x 1536), without and with an
-    importance matrix, H = I."""
+    """Oracle: ggml's C on a real SmolLM2 weight slice (64 x 1536): H = I without an importance
+    matrix, a diagonal H under act_order with one."""
     w = smollm2_down
-    for im in imatrices(w.shape[1], seed=4)[:2]:
-        res = ggml.gptq_ggml(w, np.eye(w.shape[1]), fmt, imatrix=im)
+    (H_eye, _), (H_diag, _) = diagonal_hessians(w.shape[1], seed=8)
+    for im, H, act_order in [(None, H_eye, False), (imatrices(w.shape[1], seed=4)[1], H_diag, True)]:
+        res = ggml.gptq_ggml(w, H, fmt, imatrix=im, act_order=act_order)
         assert_ggml_equal(res.data, ggml_oracle.quantize(w, fmt, im), fmt, x=w,
-                          err_msg=f"imatrix {im is not None}")
+                          err_msg=f"imatrix {im is not None}, act_order {act_order}")
 
 
 # --- a real Hessian: lower output error, bytes that ggml decodes to w_hat ------------------------
@@ -156,6 +160,14 @@ def test_real_hessian_lowers_output_error(fmt, with_imatrix, act_order, calibrat
     E = (W - res.w_hat).astype(np.float64)
     expected_loss = 0.5 * np.trace(E @ (H + lam * np.eye(K)) @ E.T)
     assert res.loss == pytest.approx(expected_loss, rel=1e-3)
+
+
+def test_inputs_are_not_modified(calibration):
+    W, X, H = calibration
+    W0, H0 = W.copy(), H.copy()
+    ggml.gptq_ggml(W, H, "Q4_K", imatrix=np.ones(W.shape[1], np.float32), act_order=True)
+    np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(H, H0)
 
 
 # --- GPTQ's grid hook ----------------------------------------------------------------------------
