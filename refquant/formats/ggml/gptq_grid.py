@@ -126,28 +126,48 @@ class GGMLGPTQResult:
 
 class BlockGrid:
     """A GGML type's grid fixed on weights ``x`` (float32 ``[n_rows, K]``): the quantizer's
-    bytes ``data0``, the :class:`~refquant.formats.ggml._gptq_grids.Rule`, the quantizer's
-    codes ``q0`` ``[n_rows, K]``, the decoded value ``table[r, k, c - code_min]`` of every
-    stored code ``c`` in (sub-)block ``k`` of row ``r``, and ``keep[r, k]`` where all codes
-    decode alike. ``round(w, c)`` is the column step of :func:`refquant.gptq`'s ``grid``.
-    The table holds ``n_codes`` float32 per (sub-)block: 255 / 32 = 8 per weight for Q8_0,
-    4 for Q6_K, at most 1 for the others."""
+    bytes ``data0``, the :class:`~refquant.formats.ggml._gptq_grids.Rule` and the quantizer's
+    codes ``q0`` ``[n_rows, K]``. ``round(w, c)`` is the column step of :func:`refquant.gptq`'s
+    ``grid``; ``pack(codes)`` the bytes of the fixed header with GPTQ's codes.
+
+    The decoded value of every stored code is looked up in a table per block of the type
+    (``table[r, k, c - code_min]`` for sub-block ``k`` of the block in row ``r``, built with
+    the type's own decoder when the block's first column is reached and dropped after its last,
+    so without ``act_order`` one block's table is held at a time); ``keep[r, k]`` marks the
+    sub-blocks where every code decodes alike (a zero scale), which keep ``q0``.
+    """
 
     def __init__(self, x: np.ndarray, gt: GridType, imatrix):
         self.gt, self.code_dtype = gt, gt.code_dtype
         self.data0, self.rule = gt.fix(x, imatrix)
-        self.q0 = gt.codes_of(self.data0).astype(np.int64)                 # [n_rows, K]
-        self.table = _decode_table(gt, self.data0, x.shape)                # [n_rows, n_sub, n_codes]
-        self.keep = np.all(self.table == self.table[..., :1], axis=-1)    # [n_rows, n_sub]
+        self.q0 = gt.codes_of(self.data0).astype(np.int16)                 # [n_rows, K]
+        t = TYPES[gt.name]
+        self._block, self._bytes = t.block_size, t.type_size
         self._rows = np.arange(x.shape[0])
+        self._tables = {}            # block -> [table, keep, columns of the block not yet rounded]
+
+    def _block_table(self, blk: int) -> list:
+        """``[table, keep, left]`` of block ``blk`` (built on first use)."""
+        if blk not in self._tables:
+            data = np.ascontiguousarray(self.data0[:, blk * self._bytes:(blk + 1) * self._bytes])
+            table = _decode_table(self.gt, data, (len(data), self._block))  # [n_rows, n_sub, n_codes]
+            keep = np.all(table == table[..., :1], axis=-1)                 # [n_rows, n_sub]
+            self._tables[blk] = [table, keep, self._block]
+        return self._tables[blk]
 
     def round(self, w: np.ndarray, c: int):
         """Codes (``code_dtype`` ``[n_rows]``) and decoded values (float32) of column ``c``'s
         current weights ``w`` ``[n_rows]``: the type's rule, clamped, on float32 ``w``."""
-        k = c // self.gt.sub
-        code = rule_codes(np.asarray(w, np.float32), self.rule, k)
-        code = np.where(self.keep[:, k], self.q0[:, c], code)
-        return code.astype(self.code_dtype), self.table[self._rows, k, code - self.gt.code_min]
+        entry = self._block_table(c // self._block)
+        table, keep = entry[0], entry[1]
+        k = (c % self._block) // self.gt.sub                                # sub-block in the block
+        code = rule_codes(np.asarray(w, np.float32), self.rule, c // self.gt.sub)
+        code = np.where(keep[:, k], self.q0[:, c], code)
+        q = table[self._rows, k, code - self.gt.code_min]
+        entry[2] -= 1
+        if entry[2] == 0:                                                   # the block is done
+            del self._tables[c // self._block]
+        return code.astype(self.code_dtype), q
 
     def pack(self, codes: np.ndarray) -> np.ndarray:
         """The GGUF bytes of the fixed header with ``codes`` ``[n_rows, K]``."""
