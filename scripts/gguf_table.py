@@ -17,6 +17,10 @@ Each row writes a real GGUF file (kept in ``<output>/files`` with ``--keep``, fo
 same tokens of the evaluation split in windows of 512. Bits per weight count every tensor of the
 file (its tensor data bytes over the model's values), as llama.cpp reports them.
 
+The calibration text (32 x 512 tokens of the calibration split) is the same for every method
+that uses one: GPTQ needs several times more tokens than a layer has inputs (1,536 for
+``ffn_down``), or it fits the calibration set and loses on held-out text.
+
 Rows are kept in ``<output>/gguf_table.json`` as they finish; ``--only`` runs a subset and adds it
 to what is there, so the table can be measured in several shorter runs.
 
@@ -40,7 +44,7 @@ import numpy as np
 import refquant as rq
 from refquant.pipeline.data import calibration_batch, evaluation_tokens
 
-SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=4096, calib_seq_len=512)
+SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=16384, calib_seq_len=512)
 TYPES = ("Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
 METHODS = ("rtn", "imatrix")
 ROWS = ["float"] + [f"{m}:{t}" for t in TYPES for m in METHODS]
