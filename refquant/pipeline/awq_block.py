@@ -67,7 +67,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refquant.algorithms.awq import CLIP_RULES, awq_clip, awq_search_scale, fold_scales
+from refquant.algorithms.awq import (CLIP_RULES, WeightQuantizer, awq_clip, awq_search_scale,
+                                     fold_scales)
 from refquant.algorithms.awq._fast import _fake_quantize
 from refquant.calibration.observers import calibrate
 from refquant.models.llama import LlamaModel, attention, mlp
@@ -102,6 +103,10 @@ class AWQBlockResult:
         Integer codes [out, in] and :class:`~refquant.schemes.spec.QParams` of every quantized linear,
         keyed by the linear name without ``.weight`` (``"layers.3.mlp.up_proj"``); the codes
         are those of the folded weight, ``weights[name + ".weight"] == dequantize(codes, qp)``.
+        A :class:`~refquant.algorithms.awq.WeightQuantizer`'s linear: its stored form, None.
+    column_scales : dict[str, ndarray [in] float32]
+        The scale folded into the input columns of each linear (keyed like ``codes``; ones
+        where its group was not searched): the folded weight is ``W diag(s)``.
     scales : dict[str, AWQScaleResult]
         The four scale searches: ``"qkv"``, ``"o"``, ``"gate_up"``, ``"down"`` (a group whose
         weights are all kept float is absent).
@@ -118,6 +123,7 @@ class AWQBlockResult:
     folded: dict
     codes: dict
     qparams: dict
+    column_scales: dict
     scales: dict
     clips: dict
     y: np.ndarray
@@ -149,9 +155,13 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip="shrink",
     X_in : array_like [B, T, d] float
         The block's calibration input (in a sequential pipeline: the previous quantized block's
         output on the calibration tokens).
-    spec : QuantSpec or mapping
+    spec : QuantSpec, WeightQuantizer, or mapping
         One spec for all seven linears, or ``{"q_proj": spec_or_None, ..., "down_proj": ...}``
-        (all seven keys; ``None`` keeps that linear in float, its scale group still folds).
+        (all seven keys; ``None`` keeps that linear in float, its scale group still folds). A
+        :class:`~refquant.algorithms.awq.WeightQuantizer` (e.g. a GGML block format's own
+        quantizer) is the ``Q`` of both searches and of the final quantization; after the fold
+        it is told the scale its weight's columns carry (:meth:`WeightQuantizer.folded`), so a
+        quantizer weighting columns by an importance matrix uses ``w_j / s_j^2``.
     n_grid : int
         Grid points of ``alpha`` in [0, 1) (default 20).
     clip : {"shrink", "reference", None}
@@ -202,19 +212,24 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip="shrink",
     c_vo = _vo_channel_map(model.config, W) if fold_vo else None
     scales = _search_scales(model, i, X_in, W, (Y, X, Z), specs, n_grid, attention_loss, c_vo)
     Wf, norms_f = _fold(W, norms, scales, c_vo)
+    col = _column_scales(W, scales, c_vo)
     _, Xf, _ = record_inputs(with_weights(model, norms_f), i, X_in, Wf)
+    folded_specs = {k: sp.folded(col[k]) if isinstance(sp, WeightQuantizer) else sp
+                    for k, sp in specs.items()}
     W_hat, codes, qparams, clips = _clip_and_quantize(
-        Wf, Xf, specs, rule, dict(n_grid=clip_grid, max_shrink=max_shrink, max_tokens=clip_tokens))
+        Wf, Xf, folded_specs, rule,
+        dict(n_grid=clip_grid, max_shrink=max_shrink, max_tokens=clip_tokens))
     names = {k: f"layers.{i}.{path}" for k, path in SHORT_NAMES.items()}
     y = block_out(with_weights(model, norms_f), i, X_in, W_hat)
-    W_rtn = {k: W[k] if sp is None else _fake_quantize(W[k], sp)            # = _rtn(W, sp)[2]
-             for k, sp in specs.items()}
+    W_rtn = {k: W[k] if sp is None else sp(W[k]) if isinstance(sp, WeightQuantizer)
+             else _fake_quantize(W[k], sp) for k, sp in specs.items()}      # = _rtn(W, sp)[2]
     y_rtn = block_out(model, i, X_in, W_rtn)
     return AWQBlockResult(
         weights={**norms_f, **{names[k] + ".weight": W_hat[k] for k in SHORT_NAMES}},
         folded={**norms_f, **{names[k] + ".weight": Wf[k] for k in SHORT_NAMES}},
         codes={names[k]: q for k, q in codes.items()},
-        qparams={names[k]: qp for k, qp in qparams.items()}, scales=scales,
+        qparams={names[k]: qp for k, qp in qparams.items()},
+        column_scales={names[k]: s for k, s in col.items()}, scales=scales,
         clips={names[k]: c for k, c in clips.items()}, y=np.asarray(y, np.float32),
         mse=_mse(y, Y), mse_rtn=_mse(y_rtn, Y))
 
@@ -229,20 +244,22 @@ def awq(model, i, X_in, spec, **kw):
 
 
 def _specs(spec) -> dict:
-    """One QuantSpec or None per short linear name."""
-    if isinstance(spec, QuantSpec):
+    """One QuantSpec, WeightQuantizer or None per short linear name."""
+    if isinstance(spec, (QuantSpec, WeightQuantizer)):
         return {k: spec for k in SHORT_NAMES}
     if isinstance(spec, Mapping):
         if set(spec) != set(SHORT_NAMES):
             raise ValueError(f"a spec mapping needs exactly the keys {sorted(SHORT_NAMES)}, "
                              f"got {sorted(spec)}")
         for k, sp in spec.items():
-            if sp is not None and not isinstance(sp, QuantSpec):
-                raise ValueError(f"spec[{k!r}] must be a QuantSpec or None, got {sp!r}")
+            if sp is not None and not isinstance(sp, (QuantSpec, WeightQuantizer)):
+                raise ValueError(f"spec[{k!r}] must be a QuantSpec, a WeightQuantizer or None, "
+                                 f"got {sp!r}")
         if all(sp is None for sp in spec.values()):
             raise ValueError("spec is None for every linear: nothing to quantize")
         return {k: spec[k] for k in SHORT_NAMES}
-    raise ValueError(f"spec must be a QuantSpec or a mapping of linear names, got {spec!r}")
+    raise ValueError(f"spec must be a QuantSpec, a WeightQuantizer or a mapping of linear "
+                     f"names, got {spec!r}")
 
 
 def _clip_rule(clip) -> str | None:
@@ -353,6 +370,18 @@ def _fold(W: dict, norms: dict, scales: dict, c_vo) -> tuple[dict, dict]:
     return Wf, {n1: g1, n2: g2}
 
 
+def _column_scales(W: dict, scales: dict, c_vo) -> dict:
+    """``{short name: s_in [in] float32}``: the scale :func:`_fold` multiplies each linear's
+    input columns by (ones where its group has none; the row folds leave columns alone)."""
+    col = {k: np.ones(W[k].shape[1], np.float32) for k in SHORT_NAMES}
+    for group, ks in GROUPS.items():
+        if group in scales:
+            s = np.asarray(scales[group].s, np.float32)
+            for k in ks:
+                col[k] = s[c_vo] if group == "o" else s
+    return col
+
+
 # ---------------------------------------------------------------------------------------------
 # steps 4 and 5: clipping and quantization
 
@@ -366,8 +395,8 @@ def _rtn(W: np.ndarray, spec: QuantSpec):
 
 def _clip_and_quantize(Wf: dict, Xf: dict, specs: dict, rule: str | None, clip_kw: dict):
     """Each linear of the folded block with a spec: the clipping search (``rule``; not for
-    q_proj and k_proj) or min-max. Returns ``(W_hat, codes, qparams, clips)`` by short name;
-    ``W_hat`` keeps the float linears as folded."""
+    q_proj and k_proj) or min-max (a WeightQuantizer: its own quantizer). Returns ``(W_hat,
+    codes, qparams, clips)`` by short name; ``W_hat`` keeps the float linears as folded."""
     W_hat, codes, qparams, clips = dict(Wf), {}, {}, {}
     for k, sp in specs.items():
         if sp is None:
@@ -376,6 +405,8 @@ def _clip_and_quantize(Wf: dict, Xf: dict, specs: dict, rule: str | None, clip_k
             c = awq_clip(Wf[k], Xf[k].reshape(-1, Wf[k].shape[1]), sp, rule=rule, **clip_kw)
             clips[k], codes[k], qparams[k] = c, c.codes, c.qparams
             W_hat[k] = c.w_hat                                  # dequantize(codes, qparams)
+        elif isinstance(sp, WeightQuantizer):
+            (codes[k], W_hat[k]), qparams[k] = sp.encode(Wf[k]), None
         else:
             codes[k], qparams[k], W_hat[k] = _rtn(Wf[k], sp)
     return W_hat, codes, qparams, clips

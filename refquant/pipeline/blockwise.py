@@ -300,10 +300,15 @@ def _gptq_layer(name: str, W, H, spec: QuantSpec, setting: LayerSetting, damp: f
         return gptq(W, H, spec, block_size=block_size, damp=damp, act_order=setting.act_order,
                     static_groups=setting.static_groups)
     except HessianNotPositiveDefinite as exc:
-        named = HessianNotPositiveDefinite(exc.damps, exc.lambdas)
-        named.args = (f"{name}: {exc}",)
-        named.layer = name
-        raise named from exc
+        raise _named_hessian_error(name, exc) from exc
+
+
+def _named_hessian_error(name: str, exc: HessianNotPositiveDefinite) -> HessianNotPositiveDefinite:
+    """``exc`` with the linear's ``name`` in front of its message and as its ``layer``."""
+    named = HessianNotPositiveDefinite(exc.damps, exc.lambdas)
+    named.args = (f"{name}: {exc}",)
+    named.layer = name
+    return named
 
 
 def _group_index(in_features: int, spec: QuantSpec) -> np.ndarray | None:

@@ -1,7 +1,9 @@
 """AWQ: activation-aware weight quantization (Lin et al., MLSys 2024), one weight at a time.
 
 The scale search and folding are in :mod:`refquant.algorithms.awq.scale`, the clipping search in
-:mod:`refquant.algorithms.awq.clip`; every name is re-exported here.
+:mod:`refquant.algorithms.awq.clip`, a quantizer given as functions (for grids a QuantSpec does
+not describe, e.g. GGML block formats) in :mod:`refquant.algorithms.awq.quantizer`; every name
+is re-exported here.
 
 AWQ [1]_ protects the weights that see large activations. Multiplying input channel ``j`` of a
 weight by ``s_j > 1`` and dividing the activation by the same ``s_j`` leaves the float layer
@@ -62,10 +64,11 @@ References
 
 from refquant.algorithms.awq.clip import (CLIP_RULES, AWQClipResult, awq_clip, clip_range,
                                           group_output_error)
+from refquant.algorithms.awq.quantizer import WeightQuantizer
 from refquant.algorithms.awq.scale import (AWQScaleResult, FoldResult, activation_scale,
                                            awq_search_scale, fold_scales, scale_from_alpha,
                                            scaled_fake_quantize)
 
 __all__ = ["activation_scale", "scale_from_alpha", "scaled_fake_quantize", "awq_search_scale",
            "AWQScaleResult", "fold_scales", "FoldResult", "awq_clip", "AWQClipResult",
-           "clip_range", "CLIP_RULES", "group_output_error"]
+           "clip_range", "CLIP_RULES", "group_output_error", "WeightQuantizer"]

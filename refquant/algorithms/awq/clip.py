@@ -38,6 +38,7 @@ import numpy as np
 
 from refquant.algorithms.awq._checks import matrix as _matrix, quant_spec as _spec
 from refquant.algorithms.awq._fast import _quantize_dequantize
+from refquant.algorithms.awq.quantizer import WeightQuantizer
 from refquant.schemes.numerics import as_float_array, check_positive_int
 from refquant.schemes.spec import QParams, QuantSpec, g_idx
 from refquant.schemes.uniform import dequantize, qparams_from_range, quantize
@@ -55,13 +56,13 @@ class AWQClipResult:
         The chosen factor ``beta`` of each parameter group (1 = no clipping).
     lo, hi : ndarray [out, G] float64
         The chosen clipping range of each group.
-    qparams : QParams [out, G]
-    codes : ndarray [out, in]
+    qparams : QParams [out, G], or None for a WeightQuantizer
+    codes : ndarray [out, in], or a WeightQuantizer's stored form
         Integer codes of the weight under ``qparams``; with ``rule="reference"`` of the weight
         clamped to ``[lo, hi]`` first, as the authors do. The clamp changes a code only at an
         exact rounding tie (each range end lies within half a step of the first or last code)
         and, for symmetric specs, where a weight below ``lo`` would take the extra negative
-        code ``-2^{b-1}``.
+        code ``-2^{b-1}``. For a WeightQuantizer: its ``quantize`` of the clamped weight.
     w_hat : ndarray [out, in] float32
         The dequantized weight.
     group_loss, group_loss_noclip : ndarray [out, G] float64
@@ -157,16 +158,19 @@ def clip_range(lo0, hi0, beta, rule: str = "shrink") -> tuple[np.ndarray, np.nda
     return np.maximum(lo0, -m), np.minimum(hi0, m)
 
 
+def _clamp(W, lo, hi, gs: int) -> np.ndarray:
+    """``W [out, in]`` clamped to its group's range ``[lo, hi]`` ``[out, G]`` (float64)."""
+    cols = g_idx(W.shape[1], gs)                                             # [in]
+    return np.clip(W, lo[:, cols], hi[:, cols])                              # [out, in] float64
+
+
 def _quantize_in_range(W, lo, hi, spec: QuantSpec, gs: int, clamp: bool):
     """``(qparams, codes)`` of ``W [out, in]`` with the ranges ``[lo, hi]`` ``[out, G]``;
     ``clamp``: quantize ``W`` clamped to its group's range (the authors' order)."""
     def shaped(p):                                             # [out, G] -> the parameter shape
         return p if spec.granularity == "group" else p[:, 0]
     qp = qparams_from_range(shaped(lo), shaped(hi), spec)
-    if clamp:
-        cols = g_idx(W.shape[1], gs)                                         # [in]
-        W = np.clip(W, lo[:, cols], hi[:, cols])                             # [out, in] float64
-    return qp, quantize(W, qp, spec)
+    return qp, quantize(_clamp(W, lo, hi, gs) if clamp else W, qp, spec)
 
 
 def _dequantized_in_range(W, lo, hi, spec: QuantSpec, gs: int, clamp: bool) -> np.ndarray:
@@ -180,7 +184,7 @@ def _dequantized_in_range(W, lo, hi, spec: QuantSpec, gs: int, clamp: bool) -> n
     return _quantize_dequantize(W, qp, spec, lo=lo if clamp else None, hi=hi if clamp else None)
 
 
-def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5,
+def awq_clip(W, X, spec, *, n_grid: int = 20, max_shrink: float = 0.5,
              max_tokens: int | None = None, rule: str = "shrink") -> AWQClipResult:
     """AWQ's weight clipping: narrow each group's range to minimize its output error.
 
@@ -213,13 +217,21 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     clamp (the reference's clamped weights never take the code ``-2^{b-1}``). The grid is the
     authors' whenever ``max_shrink n`` is an integer (they take ``floor``, here ``ceil``).
 
+    With a :class:`~refquant.algorithms.awq.quantizer.WeightQuantizer` (e.g. a GGML block
+    format's own quantizer) the range is imposed the only way such a quantizer allows: the
+    weight is clamped to the candidate range (of either rule, ``[l_0, h_0]`` the group's min-max
+    range with zero included) and the quantizer picks its parameters from the clamped values,
+    ``Q_beta(W) = Q(clamp(W, lo_beta, hi_beta))``; the groups are its ``group_size`` columns,
+    which it treats independently, so each group's choice of ``beta`` is exact. ``beta = 1``
+    clamps nothing: the plain quantizer.
+
     Parameters
     ----------
     W : array_like [out, in]
     X : array_like [n, in] (or [..., in])
         Calibration inputs of the layer.
-    spec : QuantSpec
-        ``granularity="group"`` or ``"channel"`` with ``axis=0``.
+    spec : QuantSpec or WeightQuantizer
+        A QuantSpec of ``granularity="group"`` or ``"channel"`` with ``axis=0``.
     n_grid : int
     max_shrink : float in [0, 1)
         The largest fraction of the range that may be cut away.
@@ -244,7 +256,8 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     if X.ndim < 2 or X.shape[-1] != W.shape[1]:
         raise ValueError(f"X must have shape [..., {W.shape[1]}] to match W, got {X.shape}")
     X = _matrix(X.reshape(-1, W.shape[1]), "X")
-    spec, gs = _clip_groups(_spec(spec), W.shape[1])
+    quantizer = isinstance(spec, WeightQuantizer)
+    spec, gs = (spec, spec.group_size) if quantizer else _clip_groups(_spec(spec), W.shape[1])
     n_grid = check_positive_int(n_grid, "n_grid")
     if not 0.0 <= float(max_shrink) < 1.0:
         raise ValueError(f"max_shrink must lie in [0, 1), got {max_shrink!r}")
@@ -257,19 +270,24 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     starts = np.arange(0, W.shape[1], gs)                                    # [G]
     lo0 = np.minimum.reduceat(W, starts, axis=1).astype(np.float64)          # [out, G]
     hi0 = np.maximum.reduceat(W, starts, axis=1).astype(np.float64)
-    if spec.symmetric:
+    if not quantizer and spec.symmetric:
         hi0 = np.maximum(np.abs(lo0), np.abs(hi0))
         lo0 = -hi0
     else:
         lo0, hi0 = np.minimum(lo0, 0.0), np.maximum(hi0, 0.0)
-    clamp = rule == "reference"
+    clamp = rule == "reference" or quantizer
+
+    def candidate(lo, hi):                                 # Q_beta(W), float32 [out, in]
+        if quantizer:
+            return spec(_clamp(W, lo, hi, gs))
+        return _dequantized_in_range(W, lo, hi, spec, gs, clamp)
 
     H = _group_moments(X, gs)                                                # G x [gs, gs]
     best_loss = best_beta = loss_noclip = None
     n_steps = max(1, int(np.ceil(float(max_shrink) * n_grid - 1e-12)))
     for i_s in range(n_steps):
         beta = 1.0 - i_s / n_grid
-        W_hat = _dequantized_in_range(W, *clip_range(lo0, hi0, beta, rule), spec, gs, clamp)
+        W_hat = candidate(*clip_range(lo0, hi0, beta, rule))
         loss = _group_error(H, W, W_hat, gs)                                 # [out, G]
         if best_loss is None:
             best_loss, best_beta, loss_noclip = loss, np.ones_like(loss), loss
@@ -278,9 +296,13 @@ def awq_clip(W, X, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
         best_loss = np.where(better, loss, best_loss)
         best_beta = np.where(better, beta, best_beta)
     lo, hi = clip_range(lo0, hi0, best_beta, rule)
-    qp, codes = _quantize_in_range(W, lo, hi, spec, gs, clamp)
+    if quantizer:
+        qp, (codes, w_hat) = None, spec.encode(_clamp(W, lo, hi, gs))
+    else:
+        qp, codes = _quantize_in_range(W, lo, hi, spec, gs, clamp)
+        w_hat = dequantize(codes, qp, spec)
     return AWQClipResult(shrink=best_beta, lo=lo, hi=hi, qparams=qp, codes=codes,
-                         w_hat=dequantize(codes, qp, spec), group_loss=best_loss,
+                         w_hat=w_hat, group_loss=best_loss,
                          group_loss_noclip=loss_noclip, rule=rule)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from refquant.algorithms.awq._checks import matrix as _matrix, quant_spec as _spec
 from refquant.algorithms.awq._fast import _scaled_fake_quantize
+from refquant.algorithms.awq.quantizer import WeightQuantizer
 from refquant.calibration.fake import fake_quantize
 from refquant.schemes.numerics import as_float_array, check_positive_int
 from refquant.schemes.spec import QuantSpec
@@ -36,15 +37,17 @@ _S_FLOOR = 1e-4
 
 
 def _specs(spec, n: int) -> list:
-    """One QuantSpec (or None = keep float) per weight."""
-    if isinstance(spec, QuantSpec):
+    """One QuantSpec or WeightQuantizer (or None = keep float) per weight."""
+    if isinstance(spec, (QuantSpec, WeightQuantizer)):
         return [spec] * n
     if isinstance(spec, Sequence) and not isinstance(spec, str) and len(spec) == n:
-        out = [None if sp is None else _spec(sp, "spec[i]") for sp in spec]
+        out = [sp if sp is None or isinstance(sp, WeightQuantizer) else _spec(sp, "spec[i]")
+               for sp in spec]
         if all(sp is None for sp in out):
             raise ValueError("spec is None for every weight: nothing to quantize")
         return out
-    raise ValueError(f"spec must be a QuantSpec or a sequence of {n} QuantSpec/None, got {spec!r}")
+    raise ValueError(f"spec must be a QuantSpec, a WeightQuantizer or a sequence of {n} of "
+                     f"them (or None), got {spec!r}")
 
 
 def _channel_map(channel_map, k: int):
@@ -140,12 +143,20 @@ def scale_from_alpha(s_x, alpha: float) -> np.ndarray:
     return s
 
 
-def scaled_fake_quantize(W, s, spec: QuantSpec, channel_map=None) -> np.ndarray:
+def scaled_fake_quantize(W, s, spec, channel_map=None) -> np.ndarray:
     """``Q(W diag(s_c)) diag(s_c)^{-1}``: the candidate weight of the scale search, in the
-    original (unscaled) space. ``W`` [out, in], ``s`` [C]; returns float32 [out, in]."""
+    original (unscaled) space. ``W`` [out, in], ``s`` [C]; returns float32 [out, in].
+
+    ``spec`` is a :class:`~refquant.schemes.spec.QuantSpec` (``Q`` = min-max
+    :func:`refquant.fake_quantize`) or a
+    :class:`~refquant.algorithms.awq.quantizer.WeightQuantizer` (``Q`` = its functions, told
+    the scale of the columns: ``Q(W diag(s_c), s_c)``).
+    """
     W = _matrix(W, "W").astype(np.float32)
     c, _ = _channel_map(channel_map, W.shape[1])
     s_in = np.asarray(s, np.float32)[c]                                      # [in]
+    if isinstance(spec, WeightQuantizer):
+        return spec(W * s_in, s_in) / s_in
     return fake_quantize(W * s_in, _spec(spec)) / s_in
 
 
@@ -207,9 +218,11 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
         The weights that read the same input ``X`` (e.g. q, k and v after the input RMSNorm).
     X : array_like [n, in] (or [..., in])
         Their calibration input; gives ``s_x`` (unless ``s_x`` is passed) and the default loss.
-    spec : QuantSpec or sequence of (QuantSpec or None)
-        How each weight is quantized (typically asymmetric, groups of 128 along the input);
-        ``None`` keeps that weight in float during the search.
+    spec : QuantSpec, WeightQuantizer, or sequence of (QuantSpec, WeightQuantizer or None)
+        How each weight is quantized (typically asymmetric, groups of 128 along the input; a
+        :class:`~refquant.algorithms.awq.quantizer.WeightQuantizer` is called as
+        ``Q(W diag(s), s)``, e.g. a GGML block format's quantizer); ``None`` keeps that weight
+        in float during the search.
     forward_fn : callable, optional
         ``forward_fn(list of m float32 arrays [out_i, in]) -> ndarray``: the real output of the
         block or sub-module computed with these weights (all else fixed). The reference output
@@ -281,7 +294,7 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
     best = 0
     for a_i, alpha in enumerate(alphas):
         s = scale_from_alpha(s_x, alpha)                                     # [C]
-        W_hat = [W if sp is None else _scaled_fake_quantize(W, s[c], sp)     # = scaled_fake_
+        W_hat = [W if sp is None else _candidate(W, s[c], sp)                # = scaled_fake_
                  for W, sp in zip(Ws, specs)]                                # quantize(W, s, sp, c)
         Y_hat = np.asarray(forward_fn(W_hat))
         if Y_hat.shape != Y.shape:
@@ -295,6 +308,15 @@ def awq_search_scale(W_list, X, spec, forward_fn: Callable | None = None, n_grid
             best = a_i
     return AWQScaleResult(s=scale_from_alpha(s_x, alphas[best]), alpha=float(alphas[best]),
                           alphas=alphas, losses=losses, s_x=s_x)
+
+
+def _candidate(W: np.ndarray, s_in: np.ndarray, spec) -> np.ndarray:
+    """:func:`scaled_fake_quantize` ``(W, s, spec, c)`` with ``s_in = s[c]`` of a checked
+    float32 ``W``: a QuantSpec through the one-pass kernel (:func:`_scaled_fake_quantize`), a
+    WeightQuantizer as written there."""
+    if isinstance(spec, WeightQuantizer):
+        return spec(W * s_in, s_in) / s_in
+    return _scaled_fake_quantize(W, s_in, spec)
 
 
 # ---------------------------------------------------------------------------------------------
