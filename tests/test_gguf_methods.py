@@ -129,3 +129,25 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown GGUF type 'Q9_0'"):
         export_gguf_method(model, tmp_path / "x.gguf", "Q9_0", tok, method="gptq")
     assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("method, extra", [("awq", []), ("gptq", ["--act-order"])])
+def test_cli_writes_the_method_file(tmp_path, capsys, method, extra):
+    """``refquant quantize --format gguf --method M``: one line per block naming the method,
+    the summary names it, the file has the mix's types (Q4_K_M on rows of 32: Q5_0, Q8_0)."""
+    from refquant.cli import main
+
+    cfg = tiny_config()
+    src = write_tiny_gguf(tmp_path / "tiny.gguf", cfg, tiny_weights(cfg))
+    out = tmp_path / "out.gguf"
+    rc = main(["quantize", str(src), "--format", "gguf", "--type", "Q4_K_M", "--method", method,
+               "--imatrix", "auto", "--calib-tokens", "128", "--seq-len", "32", "-o", str(out)]
+              + extra)
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert f"method {method}" in text and f"({method};" in text and "verified by re-reading" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("block ")]
+    assert len(lines) == 2 and all(f": {method} onto " in ln for ln in lines)
+    assert lines[1].startswith("block 2/2:") and "Q5_0 5, Q8_0 2" in lines[1]
+    want = {t.gguf_name: t.type_name for t in plan_tensors(cfg, "Q4_K_M", has_imatrix=True)}
+    assert {n: t for n, (t, _) in _tensors(out).items()} == want

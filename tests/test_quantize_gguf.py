@@ -47,8 +47,12 @@ def test_writes_a_verified_file_with_auto_imatrix(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--type", "Q7_K"], "unknown GGUF type 'Q7_K'"),
     ([], "--format gguf needs --type"),
-    (["--type", "Q8_0", "--method", "gptq"], "--method gptq with --format gguf is not supported"),
-    (["--type", "Q8_0", "--act-order"], "--act-order applies to GPTQ checkpoints"),
+    (["--type", "F16", "--method", "gptq"], "--method gptq with --type F16: that type quantizes"),
+    (["--type", "Q8_0", "--act-order"], "--act-order is GPTQ's column order; --method rtn has none"),
+    (["--type", "Q8_0", "--method", "awq", "--act-order"], "--method awq has none"),
+    (["--type", "Q8_0", "--method", "gptq", "--static-groups"], "--static-groups applies to GPTQ c"),
+    (["--type", "Q8_0", "--method", "awq", "--calib-tokens", "8", "--seq-len", "16"],
+     "--calib-tokens 8 is less than one sequence of --seq-len 16"),
     (["--type", "Q8_0", "--imatrix", "nope.gguf"], "--imatrix 'nope.gguf': no such file"),
 ])
 def test_bad_arguments(tiny, tmp_path, capsys, extra, message):
