@@ -8,6 +8,7 @@ Rows (``--rows``, comma-separated; each result is merged into ``--out``, a JSON 
 ``int_dynamic``    integer-only, W8 per channel, per-token int8 activations (integer row max)
 ``int_static``     integer-only, static per-tensor activation scales (min-max, calibration split)
 ``int_w4_gptq``    integer-only, dynamic activations, W4 g128 GPTQ weights (asymmetric)
+``w4_gptq_float``  the same GPTQ weights dequantized, float32 forward (what ``int_w4_gptq`` adds)
 ``abl_<op>``       ``int_dynamic`` with one op swapped back to float64 (``rms_norm``, ``rope``,
                    ``softmax``, ``attention``, ``swiglu``)
 =================  ==========================================================================
@@ -43,11 +44,15 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def gptq_w4(model, n_calib: int):
+def gptq_result(model, n_calib: int):
     from refquant.pipeline.blockwise import quantize_model
     from refquant.pipeline.recipes import LayerSetting
     calib = calibration_batch(model.tokenizer, n_calib, 512)
-    res = quantize_model(model, calib, LayerSetting("gptq", 4, 128))
+    return quantize_model(model, calib, LayerSetting("gptq", 4, 128))
+
+
+def gptq_w4(model, n_calib: int):
+    res = gptq_result(model, n_calib)
     return {name: (ly.codes, np.asarray(ly.qparams.scale, np.float64),
                    np.asarray(ly.qparams.zero_point).astype(np.int16), 128)
             for name, ly in res.layers.items()}, res.seconds
@@ -74,6 +79,10 @@ def main():
             r = rq.perplexity(model, tokens, seq_len=args.seq_len)
         elif row == "w8a8_sim":
             r = rq.perplexity(model, tokens, seq_len=args.seq_len, linear=w8a8_linear(model))
+        elif row == "w4_gptq_float":
+            res = gptq_result(model, args.calib_tokens)
+            extra["gptq_s"] = res.seconds
+            r = rq.perplexity(res.apply(model), tokens, seq_len=args.seq_len)
         else:
             mode = "static" if row == "int_static" else "dynamic"
             w4 = None

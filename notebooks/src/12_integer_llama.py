@@ -265,7 +265,7 @@ print(f"2-block model, 127 next tokens: NLL float {token_nll(lf[:-1], text[0, 1:
 res = json.loads((pathlib.Path("..") / "scripts" / "integer_llama_results.json").read_text())
 base = res.get("w8a8_sim", {}).get("ppl")
 print(f"{'row':<16} {'ppl':>8} {'vs W8A8 sim':>12} {'tokens':>7}")
-for row in ["float", "w8a8_sim", "int_dynamic", "int_static", "int_w4_gptq"] + \
+for row in ["float", "w8a8_sim", "int_dynamic", "int_static", "int_w4_gptq", "w4_gptq_float"] + \
         sorted(k for k in res if k.startswith("abl_")):
     if row in res:
         r = res[row]
