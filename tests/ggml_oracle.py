@@ -18,6 +18,7 @@ import functools
 import os
 
 import numpy as np
+import pytest
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,6 +47,23 @@ def _lib():
 def available() -> bool:
     """Whether the ``libggml-python`` wheel is importable."""
     return _lib() is not None
+
+
+#: pytest mark: skip where the oracle's wheel is missing
+needs_ggml = pytest.mark.skipif(not available(), reason="libggml-python (test extra) missing")
+
+
+def imatrices(K: int, seed: int, *, with_none: bool = True, zero_first_block: bool = False):
+    """Importance matrices for the comparisons: (``None``,) a random positive one (gamma), and
+    one with zeros at every 5th column (and, with ``zero_first_block``, over the whole first
+    block of 32, whose weights are then all 0)."""
+    rng = np.random.default_rng(seed)
+    pos = rng.gamma(0.5, 2.0, K).astype(np.float32) + np.float32(1e-3)
+    zeros = pos.copy()
+    zeros[::5] = 0
+    if zero_first_block:
+        zeros[:32] = 0
+    return ([None] if with_none else []) + [pos, zeros]
 
 
 def type_id(name: str) -> int:

@@ -300,19 +300,11 @@ def test_bytes_equal_ggml_c_quantizer(fmt, kind):
 
 # --- the importance-matrix quantizers (quantize_row_q4_0_impl / _q4_1_impl) ------------------
 
-needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
-                                reason="libggml-python (test extra) missing")
+needs_ggml = ggml_oracle.needs_ggml
 
 
 def imatrices(K, seed):
-    """A random positive importance matrix, and one with zeros (every 5th column and the whole
-    first block of 32, whose weights are then all 0)."""
-    rng = np.random.default_rng(seed)
-    pos = rng.gamma(0.5, 2.0, K).astype(np.float32) + np.float32(1e-3)
-    zeros = pos.copy()
-    zeros[::5] = 0
-    zeros[:32] = 0
-    return [pos, zeros]
+    return ggml_oracle.imatrices(K, seed, with_none=False, zero_first_block=True)
 
 
 def check_imatrix_equal_c(x, fmt, imatrix):

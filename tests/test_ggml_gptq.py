@@ -24,17 +24,9 @@ from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
 
 FORMATS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
            "IQ4_NL", "IQ4_XS")
-needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
-                                reason="libggml-python (test extra) missing")
+needs_ggml, imatrices = ggml_oracle.needs_ggml, ggml_oracle.imatrices
 
 
-def imatrices(K, seed):
-    """None, a random positive importance matrix, and one with zeros (every 5th column)."""
-    rng = np.random.default_rng(seed)
-    pos = rng.gamma(0.5, 2.0, K).astype(np.float32) + np.float32(1e-3)
-    zeros = pos.copy()
-    zeros[::5] = 0
-    return [None, pos, zeros]
 
 
 def diagonal_hessians(K, seed):

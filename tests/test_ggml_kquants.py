@@ -27,8 +27,7 @@ from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
 
 FORMATS = ("Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q8_K")
 IMATRIX_FORMATS = FORMATS[:-1]                   # Q8_K has no importance-matrix quantizer
-needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
-                                reason="libggml-python (test extra) missing")
+needs_ggml = ggml_oracle.needs_ggml
 
 
 def c_quantize(x, fmt, imatrix=None):
@@ -39,14 +38,7 @@ def c_quantize(x, fmt, imatrix=None):
 
 
 def imatrices(K, seed):
-    """None, a random positive importance matrix, and one with zeros (every 5th column and a
-    whole first sub-block of 32)."""
-    rng = np.random.default_rng(seed)
-    pos = rng.gamma(0.5, 2.0, K).astype(np.float32) + np.float32(1e-3)
-    zeros = pos.copy()
-    zeros[::5] = 0
-    zeros[:32] = 0
-    return [None, pos, zeros]
+    return ggml_oracle.imatrices(K, seed, zero_first_block=True)
 
 
 def q5_0_reciprocal_overflow(x):

@@ -20,17 +20,9 @@ from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
 
 FORMATS = ("Q2_K", "Q3_K")
 GGUF_TYPE = {f: getattr(gguf.GGMLQuantizationType, f) for f in FORMATS}
-needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
-                                reason="libggml-python (test extra) missing")
+needs_ggml, imatrices = ggml_oracle.needs_ggml, ggml_oracle.imatrices
 
 
-def imatrices(K, seed):
-    """None, a random positive importance matrix, and one with zeros (every 5th column)."""
-    rng = np.random.default_rng(seed)
-    pos = rng.gamma(0.5, 2.0, K).astype(np.float32) + np.float32(1e-3)
-    zeros = pos.copy()
-    zeros[::5] = 0
-    return [None, pos, zeros]
 
 
 # --- hand-calculated cases ----------------------------------------------------------------------

@@ -23,8 +23,7 @@ from refquant.formats.ggml import mxfp
 from refquant.testing import STRESS_KINDS, stress_tensor
 
 TYPES = ("MXFP4", "NVFP4")
-needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
-                                reason="libggml-python (test extra) missing")
+needs_ggml = ggml_oracle.needs_ggml
 
 
 def assert_bytes_equal(got, expected, fmt, x=None):

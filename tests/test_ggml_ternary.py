@@ -18,8 +18,7 @@ from refquant.testing import STRESS_KINDS, assert_ggml_equal, stress_tensor
 
 FORMATS = ("TQ1_0", "TQ2_0")
 GGUF_TYPE = {f: getattr(gguf.GGMLQuantizationType, f) for f in FORMATS}
-needs_ggml = pytest.mark.skipif(not ggml_oracle.available(),
-                                reason="libggml-python (test extra) missing")
+needs_ggml = ggml_oracle.needs_ggml
 
 
 def test_layout_sizes():
