@@ -9,7 +9,15 @@ makes it: :func:`refquant.formats.gguf_mix.tensor_types`), plus ``float``:
 ``imatrix``   the same with the importance matrix of the calibration text
               (:func:`refquant.pipeline.imatrix.collect_imatrix`; the mix rules that depend on
               having one apply)
+``gptq``      GPTQ onto each tensor's block grid, its scales fixed by the imatrix quantizer,
+              columns in act-order (:func:`refquant.pipeline.gguf_methods.export_gguf_method`)
+``awq``       AWQ's scales searched with each tensor's imatrix quantizer, folded, then that
+              quantizer (importance ``w / s^2``); the searches on the first
+              ``AWQ_SEARCH_SEQS`` calibration sequences (each is ~40 block forwards)
 ============  =================================================================================
+
+Every row that uses the importance matrix uses the same one, so ``gptq`` and ``awq`` differ from
+``imatrix`` only by the method.
 
 Each row writes a real GGUF file (kept in ``<output>/files`` with ``--keep``, for
 ``scripts/llamacpp_crosscheck.py --files``), reads it back with :func:`refquant.load_model` (the
@@ -27,6 +35,9 @@ to what is there, so the table can be measured in several shorter runs.
 Usage::
 
     python scripts/gguf_table.py [-o results/gguf] [--only rtn:Q4_0,imatrix:Q4_0] [--keep]
+
+``--n-blocks N`` cuts the model to its first N blocks (a quick check that a row runs; its
+figures are not the table's).
 """
 
 from __future__ import annotations
@@ -46,7 +57,8 @@ from refquant.pipeline.data import calibration_batch, evaluation_tokens
 
 SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=16384, calib_seq_len=512)
 TYPES = ("Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
-METHODS = ("rtn", "imatrix")
+METHODS = ("rtn", "imatrix", "gptq", "awq")
+AWQ_SEARCH_SEQS = 4      # 4 x 512 tokens for AWQ's searches, as scripts/quality_targets.py; all 32 onward
 ROWS = ["float"] + [f"{m}:{t}" for t in TYPES for m in METHODS]
 
 
@@ -64,8 +76,12 @@ class Inputs:
     """The model, the evaluation tokens and (computed once, on first use) the calibration
     batch and its importance matrix."""
 
-    def __init__(self, eval_tokens: int):
+    def __init__(self, eval_tokens: int, n_blocks: int | None = None):
         self.model = rq.load_model(None)
+        if n_blocks is not None:                             # a quick check, not the table
+            import dataclasses
+            cfg = dataclasses.replace(self.model.config, n_layers=n_blocks)
+            self.model = dataclasses.replace(self.model, config=cfg)
         self.ev = np.asarray(evaluation_tokens(self.model.tokenizer, eval_tokens)).reshape(-1)
         self._calib = self._imatrix = None
 
@@ -94,6 +110,16 @@ def write_file(method: str, mix: str, inputs: Inputs, path: pathlib.Path) -> pat
     if method == "imatrix":
         return export_gguf(inputs.model, path, mix, imatrix=inputs.imatrix,
                            imatrix_source="calibration split")
+    if method in ("gptq", "awq"):
+        from refquant.pipeline.gguf_methods import export_gguf_method
+
+        def progress(r):
+            print(f"  {method}:{mix} block {r.block + 1}/{r.n_blocks} {r.seconds:.0f} s",
+                  flush=True)
+        return export_gguf_method(inputs.model, path, mix, inputs.calib, method=method,
+                                  imatrix=inputs.imatrix, act_order=True,
+                                  awq_max_seqs=AWQ_SEARCH_SEQS,
+                                  imatrix_source="calibration split", progress=progress)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -139,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {ROWS}")
     ap.add_argument("--eval-tokens", type=int, default=SIZES["eval_tokens"])
     ap.add_argument("--keep", action="store_true", help="keep the GGUF files in <output>/files")
+    ap.add_argument("--n-blocks", type=int, default=None,
+                    help="cut the model to its first N blocks (a quick check, not the table)")
     args = ap.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     bad = [k for k in keys if k not in ROWS]
@@ -147,13 +175,14 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.output)
     path = out / "gguf_table.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved and saved.get("eval_tokens") != args.eval_tokens:
+    if saved and (saved.get("eval_tokens"), saved.get("n_blocks")) != (args.eval_tokens,
+                                                                         args.n_blocks):
         saved = {}                                           # another evaluation: start over
     rows = {r["key"]: r for r in saved.get("rows", [])}
     files = out / "files" if args.keep else pathlib.Path(tempfile.mkdtemp(prefix="rq-gguf-"))
     files.mkdir(parents=True, exist_ok=True)
 
-    inputs = Inputs(args.eval_tokens)
+    inputs = Inputs(args.eval_tokens, args.n_blocks)
     print(f"model: {inputs.model.source}; evaluation {inputs.ev.size} tokens in windows of "
           f"{SIZES['seq_len']}; calibration {SIZES['calib_tokens']} tokens; CPU: {cpu_name()}",
           flush=True)
@@ -162,7 +191,8 @@ def main(argv=None) -> int:
         print(f"{key}: perplexity {r['ppl']:.3f}, {r['bits_per_weight']:.3f} bits/w "
               f"({r['seconds']:.0f} s)", flush=True)
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(eval_tokens=args.eval_tokens, seq_len=SIZES["seq_len"],
+        path.write_text(json.dumps(dict(eval_tokens=args.eval_tokens, n_blocks=args.n_blocks,
+                                        seq_len=SIZES["seq_len"],
                                         calib_tokens=SIZES["calib_tokens"], cpu=cpu_name(),
                                         rows=list(rows.values())), indent=2) + "\n")
         if not args.keep and key != "float":
