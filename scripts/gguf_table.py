@@ -58,7 +58,7 @@ from refquant.pipeline.data import calibration_batch, evaluation_tokens
 SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=16384, calib_seq_len=512)
 TYPES = ("Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
 METHODS = ("rtn", "imatrix", "gptq", "awq")
-AWQ_SEARCH_SEQS = 4      # 4 x 512 tokens for AWQ's searches, as scripts/quality_targets.py; all 32 onward
+AWQ_SEARCH_SEQS = 4     # AWQ's searches on 4 x 512 tokens (as quality_targets.py); all 32 onward
 ROWS = ["float"] + [f"{m}:{t}" for t in TYPES for m in METHODS]
 
 

@@ -93,8 +93,9 @@ def run(args) -> int:
     counts = collections.Counter(t.type_name for t in plan)
     n_values = sum(_size(t.shape) for t in plan)
     bpw = 8 * path.stat().st_size / n_values
+    types = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"wrote {path} ({args.method}; {path.stat().st_size / 2**20:.1f} MiB, {bpw:.2f} bits "
-          f"per weight with the header; tensors: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+          f"per weight with the header; tensors: {types}), "
           f"verified by re-reading; total {time.perf_counter() - t0:.1f} s")
     return 0
 
