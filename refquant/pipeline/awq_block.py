@@ -160,7 +160,7 @@ def awq_block(model, i: int, X_in, spec, *, n_grid: int = 20, clip="shrink",
         (all seven keys; ``None`` keeps that linear in float, its scale group still folds). A
         :class:`~refquant.algorithms.awq.WeightQuantizer` (e.g. a GGML block format's own
         quantizer) is the ``Q`` of both searches and of the final quantization; after the fold
-        it is told the scale its weight's columns carry (:meth:`WeightQuantizer.folded`), so a
+        it is told the scale its weight's columns carry (:meth:`~refquant.algorithms.awq.quantizer.WeightQuantizer.folded`), so a
         quantizer weighting columns by an importance matrix uses ``w_j / s_j^2``.
     n_grid : int
         Grid points of ``alpha`` in [0, 1) (default 20).

@@ -66,10 +66,11 @@ _FLOAT = ("F32", "F16")
 class BlockReport:
     """What :func:`export_gguf_method` hands ``progress`` after block ``block`` is written.
 
-    ``loss``: GPTQ, the sum of the linears' losses :math:`\\sum \\lVert (W - \\hat W) X\\rVert^2`
-    terms as ``gptq_ggml`` reports them; AWQ, the mean squared error of the block's output
-    against the float block on the calibration input, ``loss_rtn`` the same with the plain block
-    quantizer (None for GPTQ). ``types``: the block's GGML types, with counts.
+    ``loss``: GPTQ, the sum over the block's quantized linears of ``gptq_ggml``'s loss
+    :math:`\\tfrac12 \\operatorname{tr}((W - \\hat W)(H + \\lambda I)(W - \\hat W)^\\top)`;
+    AWQ, the mean squared error of the block's output against the float block on the
+    calibration input, and ``loss_rtn`` the same with the plain block quantizer (None for
+    GPTQ). ``types``: the block linears' GGML types, with counts.
     """
 
     block: int
@@ -122,8 +123,9 @@ def export_gguf_method(model, path, mix: str, calib_tokens, *, method: str, imat
         that depend on having one apply, as in ``export_gguf``.
     pure : bool
         ``llama-quantize --pure``.
-    act_order, damp, block_size : GPTQ's column order by decreasing ``diag H``, dampening and
-        lazy-batch size.
+    act_order, damp, block_size
+        GPTQ's column order by decreasing ``diag H`` (default True), dampening and lazy-batch
+        size.
     batch_size : int
         Calibration sequences per forward chunk.
     awq_kw : dict, optional
