@@ -18,8 +18,9 @@ factored at any damping tried) removes what it wrote. Linears whose Hessian need
 damping than ``--damp`` are printed as they happen and listed in ``quantize_config.json``
 (``damp_retries``: layer -> [damp used, retries]).
 
-``--format gguf --type TYPE -o OUT.gguf [--imatrix FILE|auto]`` writes a llama.cpp GGUF file
-instead (``refquant.commands.quantize_gguf``).
+``--format gguf --type TYPE -o OUT.gguf [--imatrix FILE|auto] [--method rtn|gptq|awq]`` writes a
+llama.cpp GGUF file instead (``refquant.commands.quantize_gguf``; rtn is llama-quantize's, gptq
+and awq quantize onto each tensor's block format with calibration data).
 
 The directory is a complete Hugging Face one (``config.json`` with its ``quantization_config``,
 the tokenizer files, ``generation_config.json``: :mod:`refquant.formats.gptq_hf`), so
