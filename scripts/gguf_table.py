@@ -59,6 +59,9 @@ SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=16384, calib_seq_len=5
 TYPES = ("Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
 METHODS = ("rtn", "imatrix", "gptq", "awq")
 AWQ_SEARCH_SEQS = 4     # AWQ's searches on 4 x 512 tokens (as quality_targets.py); all 32 onward
+#: AWQ's grid points of alpha and of the clipping search (``refquant demo``'s default; 20 doubles
+#: the search time, ~15 min per mix on 2 cores at these sizes)
+AWQ_GRID = 10
 ROWS = ["float"] + [f"{m}:{t}" for t in TYPES for m in METHODS]
 
 
@@ -119,6 +122,7 @@ def write_file(method: str, mix: str, inputs: Inputs, path: pathlib.Path) -> pat
         return export_gguf_method(inputs.model, path, mix, inputs.calib, method=method,
                                   imatrix=inputs.imatrix, act_order=True,
                                   awq_max_seqs=AWQ_SEARCH_SEQS,
+                                  awq_kw=dict(n_grid=AWQ_GRID, clip_grid=AWQ_GRID),
                                   imatrix_source="calibration split", progress=progress)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
