@@ -13,7 +13,7 @@ makes it: :func:`refquant.formats.gguf_mix.tensor_types`), plus ``float``:
               columns in act-order (:func:`refquant.pipeline.gguf_methods.export_gguf_method`)
 ``awq``       AWQ's scales searched with each tensor's imatrix quantizer, folded, then that
               quantizer (importance ``w / s^2``); the searches on the first
-              ``AWQ_SEARCH_SEQS`` calibration sequences (each is ~40 block forwards)
+              ``AWQ_SEARCH_SEQS`` calibration sequences at ``AWQ_GRID`` grid points
 ============  =================================================================================
 
 Every row that uses the importance matrix uses the same one, so ``gptq`` and ``awq`` differ from
