@@ -18,6 +18,18 @@ def best_pair(f, g, repeats):
     return tuple(best_of((f, g), repeats))
 
 
+def best_time(f, repeats: int) -> float:
+    """The best of ``repeats`` back-to-back timed calls of ``f``, after one warm-up call (for
+    runs long enough that a pool's wake-up does not matter: a forward pass, a decode)."""
+    f()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def best_of(fns, repeats, burst=BURST):
     """Best times of each of ``fns``, timed as :func:`best_pair` times two: per round, for each
     function in turn, a pause, a warm-up call and a burst of ``burst`` back-to-back timed calls

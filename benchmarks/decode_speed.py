@@ -38,20 +38,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")     # see benchmarks/int8_ge
 import numpy as np                                       # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _timing import print_machine                        # noqa: E402
+from _timing import best_time, print_machine             # noqa: E402
 
 PROMPT = "The capital of France is"
-
-
-def best_time(f, repeats: int) -> float:
-    """The best of ``repeats`` timed calls of ``f`` (after one warm-up call)."""
-    f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def make_checkpoint(directory: pathlib.Path, calib_tokens: int) -> float:

@@ -20,16 +20,7 @@ from refquant.models.llama import forward, generate      # noqa: E402
 from refquant.models.llama_int import forward_int, generate_int   # noqa: E402
 from refquant.models.llama_int_prepare import prepare_integer     # noqa: E402
 from refquant.pipeline.data import calibration_tokens, evaluation_tokens   # noqa: E402
-from _timing import print_machine  # (benchmarks/ is on sys.path)
-
-
-def best(f, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from _timing import best_time as best, print_machine  # (benchmarks/ is on sys.path)
 
 
 def main():
