@@ -28,9 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -44,22 +42,15 @@ from refquant.pipeline.recipes import LayerSetting
 from refquant.pipeline.weight_formats import (WEIGHT_FORMATS, format_bits_per_weight,
                                               rtn_weights, w8a8_model)
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _tables import RowFile, cpu_name, ppl_table, selected_rows  # noqa: E402
+
 SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=4096, calib_seq_len=512)
 #: row key -> (method, weight format); "float" is the baseline
 ROWS = {"float": ("float", None)}
 ROWS.update({f"rtn:{n}": ("rtn", n) for n in WEIGHT_FORMATS if n != "fp8_w8a8"})
 ROWS["w8a8:fp8_w8a8"] = ("w8a8", "fp8_w8a8")
 ROWS.update({f"gptq:{n}": ("gptq", n) for n in ("int4g128", "mxfp4", "nvfp4")})
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(key, model, ev, calib, seq_len):
@@ -86,14 +77,8 @@ def measure(key, model, ev, calib, seq_len):
 
 
 def format_table(rows) -> str:
-    base = next((r["ppl"] for r in rows if r["method"] == "float"), None)
-    head = f"{'method':<6} {'format':<44} {'bits/w':>7} {'ppl':>9} {'change':>9}"
-    lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: list(ROWS).index(r["key"])):
-        ch = "" if base is None else f"{100 * (r['ppl'] / base - 1):+8.2f}%"
-        lines.append(f"{r['method']:<6} {r['label']:<44} {r['bits_per_weight']:>7.3f} "
-                     f"{r['ppl']:>9.3f} {ch:>9}")
-    return "\n".join(lines)
+    return ppl_table(rows, ROWS, [("method", 6, lambda r: r["method"]),
+                                  ("format", 44, lambda r: r["label"])])
 
 
 def main(argv=None) -> int:
@@ -103,16 +88,9 @@ def main(argv=None) -> int:
                     help=f"comma-separated subset of {','.join(ROWS)}")
     ap.add_argument("--eval-tokens", type=int, default=SIZES["eval_tokens"])
     args = ap.parse_args(argv)
-    keys = [k.strip() for k in args.only.split(",") if k.strip()]
-    bad = [k for k in keys if k not in ROWS]
-    if bad or not keys:
-        ap.error(f"--only: unknown rows {bad}; expected a subset of {','.join(ROWS)}")
-    out = pathlib.Path(args.output)
-    path = out / "float_formats.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved and saved.get("eval_tokens") != args.eval_tokens:
-        saved = {}                                           # another evaluation: start over
-    rows = {r["key"]: r for r in saved.get("rows", [])}
+    keys = selected_rows(ap, args.only, ROWS)
+    store = RowFile(pathlib.Path(args.output) / "float_formats.json",
+                    dict(eval_tokens=args.eval_tokens, seq_len=SIZES["seq_len"]))
 
     model = rq.load_model(None)
     ev = np.asarray(evaluation_tokens(model.tokenizer, args.eval_tokens)).reshape(-1)
@@ -121,15 +99,12 @@ def main(argv=None) -> int:
     print(f"model: {model.source}; evaluation {ev.size} tokens in windows of {SIZES['seq_len']}; "
           f"CPU: {cpu_name()}", flush=True)
     for key in keys:
-        rows[key] = measure(key, model, ev, calib, SIZES["seq_len"])
-        r = rows[key]
+        r = measure(key, model, ev, calib, SIZES["seq_len"])
+        store.save(r)
         print(f"{r['method']} {r['label']}: perplexity {r['ppl']:.3f}, {r['bits_per_weight']:.3f} "
               f"bits/w ({r['seconds']:.0f} s)", flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(eval_tokens=args.eval_tokens, seq_len=SIZES["seq_len"],
-                                        cpu=cpu_name(), rows=list(rows.values())), indent=2) + "\n")
     print()
-    print(format_table(list(rows.values())))
+    print(format_table(list(store.rows.values())))
     return 0
 
 

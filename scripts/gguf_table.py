@@ -43,9 +43,7 @@ figures are not the table's).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -55,6 +53,9 @@ import numpy as np
 import refquant as rq
 from refquant.pipeline.data import calibration_batch, evaluation_tokens
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _tables import RowFile, cpu_name, ppl_table, selected_rows  # noqa: E402
+
 SIZES = dict(eval_tokens=16384, seq_len=512, calib_tokens=16384, calib_seq_len=512)
 TYPES = ("Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
 METHODS = ("rtn", "imatrix", "gptq", "awq")
@@ -63,16 +64,6 @@ AWQ_SEARCH_SEQS = 4     # AWQ's searches on 4 x 512 tokens (as quality_targets.p
 #: the search time, ~15 min per mix on 2 cores at these sizes)
 AWQ_GRID = 10
 ROWS = ["float"] + [f"{m}:{t}" for t in TYPES for m in METHODS]
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Inputs:
@@ -152,15 +143,8 @@ def measure(key: str, inputs: Inputs, files: pathlib.Path) -> dict:
 
 
 def format_table(rows) -> str:
-    base = next((r["ppl"] for r in rows if r["method"] == "float"), None)
-    head = f"{'type':<8} {'method':<8} {'bits/w':>7} {'ppl':>9} {'change':>9}"
-    lines = [head, "-" * len(head)]
-    order = {k: i for i, k in enumerate(ROWS)}
-    for r in sorted(rows, key=lambda r: order.get(r["key"], len(order))):
-        ch = "" if base is None else f"{100 * (r['ppl'] / base - 1):+8.2f}%"
-        lines.append(f"{r['type'] or '-':<8} {r['method']:<8} {r['bits_per_weight']:>7.3f} "
-                     f"{r['ppl']:>9.3f} {ch:>9}")
-    return "\n".join(lines)
+    return ppl_table(rows, ROWS, [("type", 8, lambda r: r["type"] or "-"),
+                                  ("method", 8, lambda r: r["method"])])
 
 
 def main(argv=None) -> int:
@@ -172,17 +156,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-blocks", type=int, default=None,
                     help="cut the model to its first N blocks (a quick check, not the table)")
     args = ap.parse_args(argv)
-    keys = [k.strip() for k in args.only.split(",") if k.strip()]
-    bad = [k for k in keys if k not in ROWS]
-    if bad or not keys:
-        ap.error(f"--only: unknown rows {bad}; expected a subset of {','.join(ROWS)}")
+    keys = selected_rows(ap, args.only, ROWS)
     out = pathlib.Path(args.output)
-    path = out / "gguf_table.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved and (saved.get("eval_tokens"), saved.get("n_blocks")) != (args.eval_tokens,
-                                                                         args.n_blocks):
-        saved = {}                                           # another evaluation: start over
-    rows = {r["key"]: r for r in saved.get("rows", [])}
+    store = RowFile(out / "gguf_table.json",
+                    dict(eval_tokens=args.eval_tokens, n_blocks=args.n_blocks,
+                         seq_len=SIZES["seq_len"], calib_tokens=SIZES["calib_tokens"]))
     files = out / "files" if args.keep else pathlib.Path(tempfile.mkdtemp(prefix="rq-gguf-"))
     files.mkdir(parents=True, exist_ok=True)
 
@@ -191,19 +169,15 @@ def main(argv=None) -> int:
           f"{SIZES['seq_len']}; calibration {SIZES['calib_tokens']} tokens; CPU: {cpu_name()}",
           flush=True)
     for key in keys:
-        rows[key] = r = measure(key, inputs, files)
+        r = measure(key, inputs, files)
+        store.save(r)
         print(f"{key}: perplexity {r['ppl']:.3f}, {r['bits_per_weight']:.3f} bits/w "
               f"({r['seconds']:.0f} s)", flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(eval_tokens=args.eval_tokens, n_blocks=args.n_blocks,
-                                        seq_len=SIZES["seq_len"],
-                                        calib_tokens=SIZES["calib_tokens"], cpu=cpu_name(),
-                                        rows=list(rows.values())), indent=2) + "\n")
         if not args.keep and key != "float":
             for f in files.glob("*.gguf"):
                 f.unlink()
     print()
-    print(format_table(list(rows.values())))
+    print(format_table(list(store.rows.values())))
     return 0
 
 
