@@ -103,15 +103,20 @@ def importance_for(imatrix, t: PlannedTensor, source) -> np.ndarray | None:
     return w
 
 
+def file_row_order(A: np.ndarray, t: PlannedTensor, config) -> np.ndarray:
+    """The rows of ``A`` (weights, or bytes ``[rows, row_bytes]``: a GGML block runs along a row,
+    so the two commute) in the file's order: Q and K rows from Hugging Face halves to llama.cpp's
+    rotary pairs, every other tensor as it is."""
+    heads = qk_heads(t.name, config.n_heads, config.n_kv_heads)
+    return A if heads is None else permute_qk(A, heads)
+
+
 def tensor_bytes(W: np.ndarray, t: PlannedTensor, config, imatrix_row=None) -> np.ndarray:
     """The stored bytes (uint8, ``[rows, row_bytes]``, or ``[n_bytes]`` for a vector) of the
     float weight ``W`` (refquant's Hugging Face row order) as tensor ``t`` of the file."""
     from refquant.formats import ggml
 
-    W = np.asarray(W, np.float32)
-    heads = qk_heads(t.name, config.n_heads, config.n_kv_heads)
-    if heads is not None:
-        W = permute_qk(W, heads)                         # HF halves -> llama.cpp pairs
+    W = file_row_order(np.asarray(W, np.float32), t, config)
     if t.type_name == "F32":
         return np.ascontiguousarray(W).view(np.uint8).reshape(*W.shape[:-1], -1)
     if t.type_name == "F16":
@@ -367,5 +372,5 @@ def export_gguf(model, path, mix: str, *, imatrix=None, pure: bool = False,
 
 
 __all__ = ["GGUFExporter", "GGUFExportError", "PlannedTensor", "plan_tensors", "require_types",
-           "importance_for", "tensor_bytes", "tokenizer_metadata", "model_metadata",
+           "importance_for", "file_row_order", "tensor_bytes", "tokenizer_metadata", "model_metadata",
            "export_gguf", "MIXES"]

@@ -49,10 +49,9 @@ import numpy as np
 
 from refquant.algorithms.awq import WeightQuantizer
 from refquant.algorithms.gptq import HessianNotPositiveDefinite
-from refquant.formats.gguf_export import (GGUFExporter, importance_for, plan_tensors,
-                                          tensor_bytes)
+from refquant.formats.gguf_export import (GGUFExporter, file_row_order, importance_for,
+                                          plan_tensors, tensor_bytes)
 from refquant.formats.gguf_mix import resolve_mix
-from refquant.models.gguf_hf import permute_qk, qk_heads
 from refquant.models.llama import LINEAR_NAMES
 from refquant.pipeline.awq_block import awq_block
 from refquant.pipeline.blocks import SHORT_NAMES, block_batched, embed_batched, with_weights
@@ -213,12 +212,6 @@ def export_gguf_method(model, path, mix: str, calib_tokens, *, method: str, imat
     return exporter.close()
 
 
-def _stored_rows(data: np.ndarray, t, config) -> np.ndarray:
-    """Bytes ``[rows, row_bytes]`` in refquant's row order -> the file's (Q/K rows permuted)."""
-    heads = qk_heads(t.name, config.n_heads, config.n_kv_heads)
-    return data if heads is None else permute_qk(data, heads)
-
-
 def _float_tensor(W, t, config) -> tuple[np.ndarray, np.ndarray]:
     """``(bytes, values)`` of a block linear planned F16 or F32: ``tensor_bytes`` and the float32
     values the file holds."""
@@ -245,7 +238,7 @@ def _gptq_block(view, i, X, planned: dict, rows: dict, *, act_order, damp, block
                           act_order=act_order, damp=damp, block_size=block_size)
         except HessianNotPositiveDefinite as exc:
             raise _named_hessian_error(f"layers.{i}.{lin}", exc) from exc
-        stored[t.name] = _stored_rows(r.data, t, view.config)
+        stored[t.name] = file_row_order(r.data, t, view.config)
         w_hat[t.name] = np.asarray(r.w_hat, np.float32)
         loss += float(r.loss)
     return stored, w_hat, loss, None
@@ -268,7 +261,7 @@ def _awq_block(view, i, X, planned: dict, rows: dict, awq_kw: dict):
         if specs[short] is None:                                 # float: AWQ's folded weight
             stored[t.name], w_hat[t.name] = _float_tensor(res.weights[t.name], t, view.config)
         else:
-            stored[t.name] = _stored_rows(res.codes[f"layers.{i}.{lin}"], t, view.config)
+            stored[t.name] = file_row_order(res.codes[f"layers.{i}.{lin}"], t, view.config)
     return stored, w_hat, res.mse, res.mse_rtn
 
 
