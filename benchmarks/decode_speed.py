@@ -35,7 +35,6 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")     # see benchmarks/int8_gemm.py
 
-import numpy as np                                       # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _timing import best_time, print_machine             # noqa: E402

@@ -13,7 +13,6 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")     # see benchmarks/int8_gemm.py
 
-import numpy as np                                       # noqa: E402
 
 import refquant as rq                                    # noqa: E402
 from refquant.models.llama import forward, generate      # noqa: E402
