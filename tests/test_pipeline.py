@@ -64,6 +64,36 @@ def test_rtn_equals_fake_quantize_of_each_weight():
     assert set(res.layers) == set(linear_names(3))
 
 
+def test_calibration_input_stops_at_the_last_calibrated_block(monkeypatch):
+    """RTN and float linears do not read the calibration input: an RTN-only recipe runs no block
+    forward; with GPTQ in blocks 0 and 1 only, block 0 alone is run (to make block 1's input).
+    RTN layers equal fake_quantize of their weights; the GPTQ blocks' codes equal those of the
+    all-GPTQ run, whose blocks 0 and 1 see the same inputs (and which
+    test_gptq_is_sequential_on_quantized_inputs checks against a hand-made sequential run)."""
+    from refquant.pipeline import blockwise
+    ran = []
+    real = blockwise.block_batched
+    monkeypatch.setattr(blockwise, "block_batched",
+                        lambda view, i, X, b: ran.append(i) or real(view, i, X, b))
+    model = tiny_model()
+    rtn = LayerSetting("rtn", 4, 16)
+    res = _run(model, rtn)
+    assert ran == []
+    for n in linear_names(3):
+        np.testing.assert_array_equal(res.weights[n + ".weight"],
+                                      rq.fake_quantize(model.weights[n + ".weight"], rtn.spec()))
+    gptq_setting = LayerSetting("gptq", 4, 16)
+    mixed = _run(model, [("layers.2.*", rtn), ("*", gptq_setting)])
+    assert ran == [0]
+    full = _run(model, gptq_setting)                  # every block GPTQ: blocks 0 and 1 forwarded
+    assert ran == [0, 0, 1]
+    for n in linear_names(2):                         # blocks 0, 1 saw the same inputs
+        np.testing.assert_array_equal(mixed.layers[n].codes, full.layers[n].codes)
+    for n in linear_names(3)[len(linear_names(2)):]:  # block 2: RTN
+        np.testing.assert_array_equal(mixed.weights[n + ".weight"],
+                                      rq.fake_quantize(model.weights[n + ".weight"], rtn.spec()))
+
+
 @pytest.mark.parametrize("setting", [LayerSetting("gptq", 4, 16), LayerSetting("gptq", 3, None, act_order=True),
                                      LayerSetting("gptq", 4, 8, act_order=True, static_groups=True)])
 def test_gptq_is_sequential_on_quantized_inputs(setting):

@@ -157,7 +157,8 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     model : LlamaModel
         Not modified.
     calib_tokens : array_like [B, T] int
-        Calibration sequences.
+        Calibration sequences. RTN and float linears do not read them: they are propagated
+        through the blocks only as far as the last block with a GPTQ or AWQ linear.
     recipe : LayerSetting, or sequence / dict of (fnmatch pattern, LayerSetting or "float")
         See :func:`refquant.pipeline.recipes.resolve_recipe`.
     damp, block_size : GPTQ's dampening and lazy-batch size.
@@ -213,8 +214,13 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
     layers: dict = {}
     retried: dict = {}
     block_seconds = []
+    # RTN and float linears never read the calibration input: past the last block with a GPTQ
+    # or AWQ linear it is not propagated (an RTN-only recipe runs no forward pass at all)
+    calibrated = [i for i in range(n_blocks) if any(
+        settings[f"layers.{i}.{lin}"].method in ("gptq", "awq") for lin in LINEAR_NAMES)]
+    last_calibrated = calibrated[-1] if calibrated else -1
     try:
-        X = embed_batched(view, tokens, batch_size)             # [B, T, d]
+        X = embed_batched(view, tokens, batch_size) if calibrated else None   # [B, T, d]
         blocks = range(n_blocks)
         if progress:
             from tqdm.auto import tqdm
@@ -231,7 +237,8 @@ def quantize_model(model, calib_tokens, recipe, *, damp: float = 0.01, block_siz
                             if ly.damp_retries})
             if progress and retried:
                 blocks.set_postfix(damp_raised=len(retried))
-            X = block_batched(view, i, X, batch_size)           # the next block's input
+            if i < last_calibrated:
+                X = block_batched(view, i, X, batch_size)       # the next block's input
             if sink is not None:
                 _to_sink(sink, i, model, view, overrides, layers)
             block_seconds.append(time.perf_counter() - t0)
