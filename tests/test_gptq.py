@@ -455,3 +455,31 @@ def test_bad_input(kwargs, match):
         rq.gptq(args["W"], args["H"], args["spec"], block_size=args["block_size"], damp=args["damp"],
                 dtype=args.get("dtype", np.float32), group_params=args.get("group_params", "reference"),
                 damp_retries=args.get("damp_retries", 2))
+
+
+@pytest.mark.parametrize("spec,kw", [
+    (_spec(4, "channel"), {}),
+    (_spec(3, "channel", symmetric=True), dict(act_order=True)),
+    (_spec(8, "tensor"), {}),
+    (_spec(4, "group", 16), dict(static_groups=True, act_order=True)),
+    (_spec(2, "group", 12), dict(static_groups=True)),
+    (rq.QuantSpec(bits=4, symmetric=False, granularity="channel", rounding="half_away"), {}),
+    (_spec(4, "group", 16), dict(static_groups=True, dtype=np.float64, block_size=24)),
+])
+@pytest.mark.parametrize("d_row,d_col", [(12, 40), (33, 150)])
+def test_numba_columns_are_the_plain_loop(monkeypatch, spec, kw, d_row, d_col):
+    """Oracle: gptq's plain per-column NumPy loop (``NUMBA_COLUMNS = False``). With parameters
+    fixed before the pass the Numba column pass gives the same codes, w_hat and loss bit for
+    bit (lazy blocks that are not a multiple of the sub-block, act order, half-away rounding,
+    float64 working precision, a dead input, tie-heavy weights on a grid of half steps)."""
+    from refquant.algorithms import _gptq_fast
+    W, _, H = _problem(d_row, d_col, n=300, seed=d_col, dead=(3,))
+    W[:, ::5] = np.round(W[:, ::5] * 4) / 4                     # values on a coarse grid: ties
+    assert _gptq_fast.fixed_columns_apply(spec, object(), None)
+    fast = rq.gptq(W, H, spec, **kw)
+    monkeypatch.setattr(_gptq_fast, "NUMBA_COLUMNS", False)
+    plain = rq.gptq(W, H, spec, **kw)
+    np.testing.assert_array_equal(fast.codes, plain.codes)
+    np.testing.assert_array_equal(fast.w_hat, plain.w_hat)
+    assert fast.loss == plain.loss
+    assert fast.codes.dtype == plain.codes.dtype and fast.codes.flags.f_contiguous

@@ -112,3 +112,78 @@ def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
     if info != 0 or not np.isfinite(Linv).all():
         raise np.linalg.LinAlgError(f"inverting the Cholesky factor of H failed (trtri info={info})")
     return np.asfortranarray(Linv[::-1, ::-1])                         # U = P L^-1 P, upper
+
+
+#: use the Numba column pass of :func:`_quantize_block_fixed_` where it applies (tests set it
+#: False to run the plain per-column loop of :func:`refquant.algorithms.gptq.gptq`)
+NUMBA_COLUMNS = True
+
+
+def fixed_columns_apply(spec, fixed, grid) -> bool:
+    """Whether :func:`_quantize_block_fixed_` replaces the per-column loop: an integer spec
+    (:class:`~refquant.schemes.spec.QuantSpec`) with its parameters fixed before the pass
+    (tensor, channel, static groups or given ``qparams``), no column grid."""
+    from refquant.schemes.spec import QuantSpec
+    return NUMBA_COLUMNS and grid is None and fixed is not None and type(spec) is QuantSpec
+
+
+@functools.lru_cache(maxsize=None)
+def _columns_kernel():
+    """The Numba loop of :func:`_quantize_block_fixed_` (compiled on first call, cached)."""
+    import numba
+
+    @numba.njit(cache=True, fastmath=False, nogil=True)
+    def kernel(W1, Q1, Err1, Losses1, codes, Hinv1, S, Z, ks, a, b, qmin, qmax, away):
+        d_row = W1.shape[0]
+        for i in range(a, b):                                    # the columns, in order
+            d = Hinv1[i, i]                                      # float32
+            dd = d * d
+            k = ks[i]
+            for r in range(d_row):
+                w = W1[r, i]
+                s, z = S[r, k], Z[r, k]                          # float64
+                y = np.float64(w) / s                            # _round_codes
+                if away:                                         # numerics.round_half_away
+                    m = abs(y)
+                    f = np.floor(m)
+                    y = np.sign(y) * (f + (1.0 if m - f >= 0.5 else 0.0))
+                else:                                            # numerics.round_half_even
+                    y = np.rint(y)
+                c = min(max(y + z, qmin), qmax)
+                codes[r, i] = c
+                Q1[r, i] = s * (c - z)                           # _dequantize_codes, rounded to
+                q = Q1[r, i]                                     # the working dtype
+                e = w - q
+                Losses1[r, i] = e * e / dd                       # (w - q)**2 / d**2
+                Err1[r, i] = e / d
+            for j in range(i, b):                                # W1[:, i:b] -= Err1[:, i] Hinv1[i, i:b]
+                h = Hinv1[i, j]
+                for r in range(d_row):
+                    W1[r, j] = W1[r, j] - Err1[r, i] * h
+    return kernel
+
+
+def _quantize_block_fixed_(W1, Q1, Err1, Losses1, codes1, Hinv1, fixed, cols, spec) -> None:
+    """The per-column loop of :func:`refquant.algorithms.gptq.gptq` over one lazy block, for
+    parameters fixed before the pass, in Numba: for each column ``i`` Algorithm 1's ``quant``
+    (:func:`refquant.algorithms._gptq_params._quantize_column`: float64 ``round(w / s) + z``
+    clamped, ``s (c - z)`` rounded to the working dtype), the loss ``(w - q)^2 / d^2`` and
+    error ``(w - q) / d`` in the working dtype, and the in-block update of :func:`_feed_error_forward_` (the same
+    sub-blocks: rank-1 updates up to the sub-block's end, each product and difference rounded
+    as NumPy's, no fused multiply-add; one BLAS product for the rest of the block
+    after each sub-block). Fills ``Q1``, ``Err1``, ``Losses1`` and ``codes1`` (the block's
+    columns of the codes) and leaves ``W1`` as the plain loop does. ``cols`` [count] are the
+    input columns of the block's positions (``perm[i1:i2]``). One thread: the BLAS products
+    between the sub-blocks take both cores. Pinned equal to the plain loop by
+    ``test_numba_columns_are_the_plain_loop``.
+    """
+    count = W1.shape[1]
+    ks = np.ascontiguousarray(fixed.col_k[cols], np.intp)                  # [count]
+    c1 = np.zeros(W1.shape, np.float64, order="F")
+    kernel = _columns_kernel()
+    for s1 in range(0, count, _SUB):
+        s2 = min(s1 + _SUB, count)
+        kernel(W1, Q1, Err1, Losses1, c1, Hinv1, fixed.S, fixed.Z, ks, s1, s2,
+               float(spec.qmin), float(spec.qmax), spec.rounding == "half_away")
+        _sub_product_(W1[:, s2:], Err1[:, s1:s2], Hinv1[s1:s2, s2:])
+    codes1[...] = c1.astype(codes1.dtype)

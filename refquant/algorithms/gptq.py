@@ -128,6 +128,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from refquant.algorithms._gptq_fast import (_feed_error_forward_, _group_columns_updated,
+                                            _quantize_block_fixed_, fixed_columns_apply,
                                             _inverse_hessian_factor, _sub_product_)
 from refquant.algorithms._gptq_params import (_check_spec, _minmax_qparams, _params_before_pass,
                                              _quantize_column)
@@ -358,25 +359,29 @@ def gptq(W, H, spec: QuantSpec | None = None, *, block_size: int = 128, damp: fl
         W1 = W[:, i1:i2].copy(order="F")                                # [d_row, count]
         Q1, Err1, Losses1 = np.zeros_like(W1), np.zeros_like(W1), np.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]                                      # [count, count]
-        for i in range(i2 - i1):
-            j = i1 + i                                                  # position in processing order
-            if fixed is not None:
-                k = fixed.col_k[perm[j]]
-                s, z = fixed.S[:, k], fixed.Z[:, k]                     # [d_row] float64
-            elif grid is None and j % gs == 0:                          # a dynamic group starts
-                Wg = (W[:, j:j + gs] if group_params == "reference"     # W at the block's start
-                      else _group_columns_updated(W, W1, Err1, Hinv, i1, i, gs))
-                group_qp.append(_minmax_qparams(Wg, col_spec))
-                s, z = group_qp[-1].scale.astype(np.float64), group_qp[-1].zero_point.astype(np.float64)
-            w = W1[:, i]                                                # [d_row]
-            d = Hinv1[i, i]
-            c, q = grid.round(w, int(perm[j])) if grid is not None else _quantize_column(w, s, z, spec)
-            q = q.astype(W1.dtype)
-            codes[:, j] = c
-            Q1[:, i] = q
-            Losses1[:, i] = (w - q) ** 2 / d**2
-            Err1[:, i] = (w - q) / d
-            _feed_error_forward_(W1, Err1, Hinv1, i)                    # W1[:, i:] -= Err1[:, i] Hinv1[i, i:]
+        if fixed_columns_apply(spec, fixed, grid):                      # the loop below, in Numba
+            _quantize_block_fixed_(W1, Q1, Err1, Losses1, codes[:, i1:i2], Hinv1, fixed,
+                                   perm[i1:i2], spec)
+        else:
+            for i in range(i2 - i1):
+                j = i1 + i                                              # position in processing order
+                if fixed is not None:
+                    k = fixed.col_k[perm[j]]
+                    s, z = fixed.S[:, k], fixed.Z[:, k]                 # [d_row] float64
+                elif grid is None and j % gs == 0:                      # a dynamic group starts
+                    Wg = (W[:, j:j + gs] if group_params == "reference" # W at the block's start
+                          else _group_columns_updated(W, W1, Err1, Hinv, i1, i, gs))
+                    group_qp.append(_minmax_qparams(Wg, col_spec))
+                    s, z = group_qp[-1].scale.astype(np.float64), group_qp[-1].zero_point.astype(np.float64)
+                w = W1[:, i]                                            # [d_row]
+                d = Hinv1[i, i]
+                c, q = grid.round(w, int(perm[j])) if grid is not None else _quantize_column(w, s, z, spec)
+                q = q.astype(W1.dtype)
+                codes[:, j] = c
+                Q1[:, i] = q
+                Losses1[:, i] = (w - q) ** 2 / d**2
+                Err1[:, i] = (w - q) / d
+                _feed_error_forward_(W1, Err1, Hinv1, i)                # W1[:, i:] -= Err1[:, i] Hinv1[i, i:]
         Q[:, i1:i2] = Q1
         Losses[:, i1:i2] = Losses1 / 2
         _sub_product_(W[:, i2:], Err1, Hinv[i1:i2, i2:])                # W[:, i2:] -= Err1 Hinv[i1:i2, i2:]
