@@ -151,3 +151,22 @@ def test_bad_input_names_the_value():
 def test_doctests():
     result = doctest.testmod(packing, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_any_layout_and_dtype_matches_naive_bit_stream(bits, container):
+    """Fortran-ordered, transposed and wide-integer codes (GPTQ's codes are Fortran arrays):
+    the same stream as the naive packer, and unpack returns a C-contiguous copy."""
+    rng = np.random.default_rng(bits)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    cases = [np.asfortranarray(rng.integers(0, 2**bits, (5, 37), dtype=np.uint8)),
+             rng.integers(0, 2**bits, (37, 5), dtype=np.uint8).T,
+             rng.integers(lo, hi + 1, (5, 37), dtype=np.int64),
+             np.asfortranarray(rng.integers(0, 2**bits, (5, 37), dtype=np.uint16))]
+    for codes in cases:
+        packed = pack(codes, bits, container)
+        for r in range(codes.shape[0]):
+            assert np.array_equal(packed[r], _naive_pack_row(codes[r], bits, container))
+        back = unpack(packed, bits, 37, signed=codes.dtype.kind == "i")
+        assert back.flags.c_contiguous and np.array_equal(back, codes)

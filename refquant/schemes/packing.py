@@ -61,14 +61,20 @@ def pack(codes, bits: int, container: str = "uint8") -> np.ndarray:
         raise ValueError(f"codes must lie in [{lo}, {hi}] for {bits}-bit packing of dtype "
                          f"{codes.dtype}, found {codes.min()}..{codes.max()}")
     lead, n = codes.shape[:-1], codes.shape[-1]
-    u = (codes.astype(np.int64) & (2**bits - 1)).astype(np.uint8)             # [..., n]
-    bitstream = np.unpackbits(u[..., None], axis=-1, count=bits, bitorder="little")  # [..., n, b]
-    bitstream = bitstream.reshape(lead + (n * bits,))
+    if codes.dtype == np.uint8:                                                # checked: < 2^b
+        u = codes                                                              # [..., n]
+    else:                                                                      # the low b bits
+        u = codes.astype(np.uint8) & np.uint8(2**bits - 1)                     # (two's complement)
     nbytes = packed_length(n, bits, "uint8") if container == "uint8" else 4 * packed_length(n, bits, "int32")
-    pad = nbytes * 8 - n * bits
-    if pad:
-        bitstream = np.concatenate([bitstream, np.zeros(lead + (pad,), np.uint8)], axis=-1)
-    out = np.packbits(bitstream, axis=-1, bitorder="little")                   # [..., nbytes]
+    if 8 % bits == 0:                  # 2, 4, 8 bits: whole codes per byte, the same stream
+        out = _pack_bytes(u, bits, nbytes)
+    else:
+        bitstream = np.unpackbits(u[..., None], axis=-1, count=bits, bitorder="little")  # [..., n, b]
+        bitstream = bitstream.reshape(lead + (n * bits,))
+        pad = nbytes * 8 - n * bits
+        if pad:
+            bitstream = np.concatenate([bitstream, np.zeros(lead + (pad,), np.uint8)], axis=-1)
+        out = np.packbits(bitstream, axis=-1, bitorder="little")               # [..., nbytes]
     if container == "uint8":
         return out
     return np.ascontiguousarray(out).view("<u4").astype(np.uint32).view(np.int32)
@@ -104,8 +110,37 @@ def unpack(packed, bits: int, n: int, signed: bool = False) -> np.ndarray:
                          f"got shape {packed.shape}")
     lead = packed.shape[:-1]
     as_bytes = np.ascontiguousarray(packed).astype(packed.dtype.newbyteorder("<")).view(np.uint8)
-    bitstream = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., : n * bits]
-    codes = np.packbits(bitstream.reshape(lead + (n, bits)), axis=-1, bitorder="little")[..., 0]
+    if 8 % bits == 0:
+        codes = _unpack_bytes(as_bytes, bits, n)
+    else:
+        bitstream = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., : n * bits]
+        codes = np.packbits(bitstream.reshape(lead + (n, bits)), axis=-1, bitorder="little")[..., 0]
     if not signed:
         return codes
     return ((codes.astype(np.int16) ^ (1 << (bits - 1))) - (1 << (bits - 1))).astype(np.int8)
+
+
+def _pack_bytes(u: np.ndarray, bits: int, nbytes: int) -> np.ndarray:
+    """The stream of :func:`pack` for ``bits`` dividing 8, without a bit per byte: byte ``j``
+    is ``sum_e u[..., per j + e] << (e bits)`` (``per = 8 / bits`` codes per byte), zero past
+    the last code. ``u`` [..., n] uint8 codes below ``2^bits``; returns [..., nbytes] uint8."""
+    per = 8 // bits
+    lead, n = u.shape[:-1], u.shape[-1]
+    full = np.zeros(lead + (nbytes * per,), np.uint8)
+    full[..., :n] = u
+    full = full.reshape(lead + (nbytes, per))
+    out = full[..., 0].copy()
+    for e in range(1, per):
+        out |= full[..., e] << np.uint8(e * bits)
+    return out
+
+
+def _unpack_bytes(as_bytes: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`_pack_bytes`: the first ``n`` codes of the bytes [..., nbytes]."""
+    per = 8 // bits
+    mask = np.uint8(2**bits - 1)
+    lead = as_bytes.shape[:-1]
+    out = np.empty(as_bytes.shape + (per,), np.uint8)
+    for e in range(per):
+        out[..., e] = (as_bytes >> np.uint8(e * bits)) & mask
+    return np.ascontiguousarray(out.reshape(lead + (-1,))[..., :n])
