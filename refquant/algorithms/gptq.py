@@ -128,15 +128,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from refquant.algorithms._gptq_fast import (_feed_error_forward_, _group_columns_updated,
-                                            _quantize_block_fixed_, fixed_columns_apply,
-                                            _inverse_hessian_factor, _sub_product_)
-from refquant.algorithms._gptq_params import (_check_spec, _minmax_qparams, _params_before_pass,
-                                             _quantize_column)
+                                            _inverse_hessian_factor, _quantize_block_fixed_,
+                                            _sub_product_, fixed_columns_apply)
+from refquant.algorithms._gptq_params import (GROUP_PARAMS, _check_inputs, _check_spec,
+                                             _minmax_qparams, _params_before_pass, _quantize_column)
 from refquant.schemes.float_quant import FloatSpec
-from refquant.schemes.numerics import as_float_array, check_positive_int, normalize_axis
+from refquant.schemes.numerics import as_float_array
 from refquant.schemes.spec import QParams, QuantSpec, g_idx
 
-GROUP_PARAMS = ("reference", "updated")
 
 
 class HessianNotPositiveDefinite(ValueError):
@@ -188,49 +187,6 @@ class GPTQResult:
     spec: QuantSpec | None = None
     damp: float | None = None
     damp_retries: int = 0
-
-
-def _check_inputs(W, H, spec, block_size, damp, group_params, damp_retries, dtype, grid=None):
-    if grid is not None:
-        if spec is not None:
-            raise ValueError(f"pass either spec or grid, not both (got spec={spec!r})")
-        if not callable(getattr(grid, "round", None)) or not hasattr(grid, "code_dtype"):
-            raise ValueError(f"grid must have a round(w, c) method and a code_dtype, got "
-                             f"{type(grid).__name__}")
-    elif not isinstance(spec, (QuantSpec, FloatSpec)):
-        raise ValueError(f"spec must be a QuantSpec or FloatSpec, got {type(spec).__name__}")
-    W = as_float_array(W, "W")
-    H = as_float_array(H, "H")
-    if W.ndim != 2 or W.size == 0:
-        raise ValueError(f"W must be a non-empty 2-D array [out, in], got shape {W.shape}")
-    d_col = W.shape[1]
-    if H.shape != (d_col, d_col):
-        raise ValueError(f"H must have shape ({d_col}, {d_col}) for W of shape {W.shape}, got {H.shape}")
-    H = H.astype(np.float64, copy=False)
-    D = np.subtract(H, H.T)                                             # [d_col, d_col]
-    # |H_ij| <= max(H_ii, H_jj) for a PSD matrix: the diagonal sets the scale
-    if max(D.max(), -D.min()) > 1e-5 * max(float(np.abs(np.diag(H)).max()), np.finfo(np.float64).tiny):
-        worst = np.unravel_index(np.argmax(np.abs(D)), H.shape)
-        raise ValueError(f"H must be symmetric; H{worst} = {H[worst]!r} but "
-                         f"H{worst[::-1]} = {H[worst[::-1]]!r}")
-    D *= -0.5
-    D += H                                                              # (H + H^T) / 2, a new array
-    H = D
-    if np.any(np.diag(H) < 0):
-        raise ValueError(f"H must have a non-negative diagonal, found {np.diag(H).min()!r}")
-    check_positive_int(block_size, "block_size")
-    if isinstance(damp, bool) or not isinstance(damp, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(damp) or damp < 0:
-        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
-    if isinstance(damp_retries, bool) or not isinstance(damp_retries, (int, np.integer)) or damp_retries < 0:
-        raise ValueError(f"damp_retries must be an int >= 0, got {damp_retries!r}")
-    if group_params not in GROUP_PARAMS:
-        raise ValueError(f"group_params must be one of {GROUP_PARAMS}, got {group_params!r}")
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-    if spec is not None and spec.granularity == "channel" and normalize_axis(spec.axis, 2) != 0:
-        raise ValueError(f"GPTQ needs per-output-channel parameters (axis=0), got axis={spec.axis}")
-    return W, H
 
 
 def _damped_inverse_factor(H, damp: float, damp_retries: int, dtype):

@@ -39,6 +39,7 @@ import warnings
 
 from refquant.commands._args import (check_n_blocks, finite_float, group_size, integer,
                                      output_path, require_tokenizer)
+from refquant.commands._heap import keep_freed_memory
 
 
 def add_arguments(p):
@@ -93,6 +94,7 @@ def run(args) -> int:
     gs = None if args.group_size in (0, -1) else args.group_size
     setting = LayerSetting(args.method, args.bits, gs, symmetric=args.sym, act_order=args.act_order,
                            static_groups=args.static_groups)
+    keep_freed_memory()                                                 # see commands/_heap.py
     t0 = time.perf_counter()
     model = rq.load_model(args.model, cache=INFERENCE_CACHE_BYTES)      # bounded float32 cache
     require_tokenizer(model, "tokenize the calibration text")
