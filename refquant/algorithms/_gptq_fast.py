@@ -132,6 +132,9 @@ def _columns_kernel():
     """The Numba loop of :func:`_quantize_block_fixed_` (compiled on first call, cached)."""
     import numba
 
+    from refquant.schemes.numerics import round_scalar_numba
+    rnd = round_scalar_numba()
+
     @numba.njit(cache=True, fastmath=False, nogil=True)
     def kernel(W1, Q1, Err1, Losses1, codes, Hinv1, S, Z, ks, a, b, qmin, qmax, away):
         d_row = W1.shape[0]
@@ -142,14 +145,7 @@ def _columns_kernel():
             for r in range(d_row):
                 w = W1[r, i]
                 s, z = S[r, k], Z[r, k]                          # float64
-                y = np.float64(w) / s                            # _round_codes
-                if away:                                         # numerics.round_half_away
-                    m = abs(y)
-                    f = np.floor(m)
-                    y = np.sign(y) * (f + (1.0 if m - f >= 0.5 else 0.0))
-                else:                                            # numerics.round_half_even
-                    y = np.rint(y)
-                c = min(max(y + z, qmin), qmax)
+                c = min(max(rnd(np.float64(w) / s, away) + z, qmin), qmax)   # _round_codes
                 codes[r, i] = c
                 Q1[r, i] = s * (c - z)                           # _dequantize_codes, rounded to
                 q = Q1[r, i]                                     # the working dtype

@@ -23,6 +23,8 @@ unsigned             0                          2^b - 1
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
@@ -85,6 +87,23 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     a = np.abs(x)
     whole = np.floor(a)
     return np.sign(x) * (whole + (a - whole >= 0.5))
+
+
+@functools.lru_cache(maxsize=None)
+def round_scalar_numba():
+    """A Numba function ``rnd(y, away)`` rounding one float64 as :func:`round_half_away`
+    (``away`` true) or :func:`round_half_even` do, with the same arithmetic: for the Numba loops
+    that must round as :func:`round_to_int` (compiled on first use, inlined into its callers)."""
+    import numba
+
+    @numba.njit(inline="always", cache=True, fastmath=False)
+    def rnd(y, away):
+        if away:                                   # sign(y) (floor|y| + [|y| - floor|y| >= 1/2])
+            a = abs(y)
+            f = np.floor(a)
+            return np.sign(y) * (f + (1.0 if a - f >= 0.5 else 0.0))
+        return np.rint(y)
+    return rnd
 
 
 def round_to_int(x: np.ndarray, mode: str = "half_even") -> np.ndarray:

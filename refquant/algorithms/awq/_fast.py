@@ -45,6 +45,9 @@ def _qdq_kernel():
     """The Numba loop of :func:`_quantize_dequantize` (compiled on first call, cached)."""
     import numba
 
+    from refquant.schemes.numerics import round_scalar_numba
+    rnd = round_scalar_numba()
+
     @numba.njit(**_NJIT)
     def kernel(x, s, z, gs, qmin, qmax, away, clamp, lo, hi, d, out):
         R, K = x.shape
@@ -57,14 +60,7 @@ def _qdq_kernel():
                     v = np.float64(x[r, j])
                     if clamp:                               # np.clip(W, lo, hi), float64
                         v = min(max(v, lg), hg)
-                    y = v / sg                              # _round_codes: round(x / s) + z
-                    if away:                                # numerics.round_half_away
-                        m = abs(y)
-                        w = np.floor(m)
-                        y = np.sign(y) * (w + (1.0 if m - w >= 0.5 else 0.0))
-                    else:                                   # numerics.round_half_even
-                        y = np.rint(y)
-                    q = min(max(y + zg, qmin), qmax)        # clamp to [q_min, q_max]
+                    q = min(max(rnd(v / sg, away) + zg, qmin), qmax)   # _round_codes
                     out[r, j] = np.float32(sg * (q - zg)) / d[j]   # s (q - z), then / d
     return kernel
 
