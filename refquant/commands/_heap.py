@@ -7,8 +7,10 @@ of them hundreds of MB). glibc's ``malloc`` serves every allocation above 32 MB 
 the kernel zeroes first: in a profile of ``benchmarks/scale_7b.py`` (2 of 32 blocks, 2-core
 Zen 4 class AMD EPYC) 23 % of the samples were the kernel's ``clear_page``. With
 ``mallopt(M_MMAP_MAX, 0)`` and a trim threshold of 2 GiB (the largest ``mallopt`` takes),
-freed blocks stay in the heap and are reused: quantize's wall time there went from 122 s to 106 s for 2 blocks, peak
-RSS from 8.42 to 8.95 GiB (what the heap keeps past the peak of live arrays).
+freed blocks stay in the heap and are reused: with the equivalent ``MALLOC_MMAP_MAX_=0``
+environment setting quantize's wall time there went from 122 s to 106 s for 2 blocks, peak RSS
+from 8.42 to 8.95 GiB (what the heap keeps past the peak of live arrays); the whole 32-block run
+then took 1,418 s at a peak of 9.34 GiB (README, "Scale").
 
 The results do not depend on it: it changes only where ``malloc`` finds memory. Where the C
 library has no ``mallopt`` (not glibc) nothing changes. ``REFQUANT_KEEP_HEAP=0`` turns it off.
