@@ -146,7 +146,7 @@ def _columns_kernel():
                 w = W1[r, i]
                 s, z = S[r, k], Z[r, k]                          # float64
                 c = min(max(rnd(np.float64(w) / s, away) + z, qmin), qmax)   # _round_codes
-                codes[r, i] = c
+                codes[r, i] = c                                  # whole, in range: exact cast
                 Q1[r, i] = s * (c - z)                           # _dequantize_codes, rounded to
                 q = Q1[r, i]                                     # the working dtype
                 e = w - q
@@ -175,11 +175,9 @@ def _quantize_block_fixed_(W1, Q1, Err1, Losses1, codes1, Hinv1, fixed, cols, sp
     """
     count = W1.shape[1]
     ks = np.ascontiguousarray(fixed.col_k[cols], np.intp)                  # [count]
-    c1 = np.zeros(W1.shape, np.float64, order="F")
     kernel = _columns_kernel()
     for s1 in range(0, count, _SUB):
         s2 = min(s1 + _SUB, count)
-        kernel(W1, Q1, Err1, Losses1, c1, Hinv1, fixed.S, fixed.Z, ks, s1, s2,
+        kernel(W1, Q1, Err1, Losses1, codes1, Hinv1, fixed.S, fixed.Z, ks, s1, s2,
                float(spec.qmin), float(spec.qmax), spec.rounding == "half_away")
         _sub_product_(W1[:, s2:], Err1[:, s1:s2], Hinv1[s1:s2, s2:])
-    codes1[...] = c1.astype(codes1.dtype)

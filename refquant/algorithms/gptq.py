@@ -310,12 +310,13 @@ def gptq(W, H, spec: QuantSpec | None = None, *, block_size: int = 128, damp: fl
     codes = np.zeros(W.shape, (spec if grid is None else grid).code_dtype, order="F")
     Losses = np.zeros_like(W)
     group_qp = []                                                       # dynamic groups, processing order
+    numba_columns = fixed_columns_apply(spec, fixed, grid)              # the column loop in Numba
     for i1 in range(0, d_col, block_size):
         i2 = min(i1 + block_size, d_col)
         W1 = W[:, i1:i2].copy(order="F")                                # [d_row, count]
         Q1, Err1, Losses1 = np.zeros_like(W1), np.zeros_like(W1), np.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]                                      # [count, count]
-        if fixed_columns_apply(spec, fixed, grid):                      # the loop below, in Numba
+        if numba_columns:                                               # the loop below, in Numba
             _quantize_block_fixed_(W1, Q1, Err1, Losses1, codes[:, i1:i2], Hinv1, fixed,
                                    perm[i1:i2], spec)
         else:
