@@ -15,16 +15,7 @@ import numpy as np
 
 import refquant as rq
 from refquant.algorithms._gptq_fast import _inverse_hessian_factor
-from _timing import print_machine  # (benchmarks/ is on sys.path)
-
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from _timing import best_time as best_of, print_machine  # (benchmarks/ is on sys.path)
 
 
 def main():
