@@ -15,27 +15,43 @@ saturation):
 
 One instruction does 64 multiply-adds on a 512-bit register: four times the 16 of a float32 FMA
 and twice the 32 of ``pmaddwd``, which bounds this kernel at ~4x float32 BLAS on the same core.
+Only ``s`` may come from memory, and from there as one 32-bit word broadcast to all lanes
+(``{1to16}``), which costs no extra instruction.
 
-Signed A through the unsigned operand
+Signed B through the unsigned operand
 -------------------------------------
-``A`` is signed, so it enters shifted: ``u = A + 128`` (flip the top bit; exact in uint8), and
+Both operands are signed, so ``B`` enters shifted: ``u = B + 128`` (the top bit flipped; exact in
+uint8), and
 
-.. math::  \\sum_k A_{ik} B_{kj} = \\sum_k (A_{ik} + 128) B_{kj} - 128 \\sum_k B_{kj} ,
+.. math::  \\sum_k A_{ik} B_{kj} = \\sum_k A_{ik} (B_{kj} + 128) - 128 \\sum_k A_{ik} ,
 
-the column sums of ``B`` computed once per call (O(KN) against the product's O(MKN)). Both terms
-are summed in wrapping int32; the intermediate ``sum (A + 128) B`` can exceed int32 for large
-``K`` but the difference is the exact product modulo 2^32, and the ``K <= K_MAX`` check of the
-caller keeps the true value inside int32, so the result is exact.
+the row sums of ``A`` computed once per call (O(MK) against the product's O(MKN)); ``C`` starts
+at ``-128 sum_k A_ik`` and the products are added to it. Everything is summed in wrapping int32:
+the partial sums can leave int32 for large ``K``, but the final value is the exact product modulo
+2^32, and the ``K <= K_MAX`` check of the caller keeps the true value inside int32, so the result
+is exact.
 
 Packed form
 -----------
-GotoBLAS blocking as :mod:`refquant.kernels.cpu_int8`: for each block of ``KC`` quads of ``k``
-(sequentially), the 32-column panels of ``B`` in parallel, each packed into L1 as
-``Bp[p, 4c + e] = B[4p + e, j0 + c]`` (four rows interleaved byte by byte,
-:func:`pack_quad_rows`) and swept by every 8-row tile of ``A``; ``A`` is read as int32 words of
-four consecutive ``k``, the eight rows of a tile side by side per quad (:func:`shift_rows`). The micro-kernel (:func:`dpbusd_tile`) keeps an 8 x 32 int32 tile of ``C``
-in sixteen 512-bit registers; per quad it loads two ``Bp`` vectors, broadcasts each of the eight
-``A`` words and issues sixteen ``vpdpbusd`` (ten loads per sixteen multiply-add instructions).
+GotoBLAS blocking [1]_: ``B`` is shifted and packed once per call into 32-column panels
+(:func:`pack_panels`), ``Bq[j, 128 p + 4 c + e] = B[4p + e, 32 j + c] + 128``: four rows
+interleaved byte by byte per quad ``p`` of ``k``, a panel contiguous in memory. Then, for each
+block of ``KC`` quads (sequentially), the panels in parallel, each block of a panel (32 KiB, L1)
+swept by every 8-row tile of ``A``. ``A`` is read in place: row ``i``'s bytes ``4p .. 4p+3`` are
+the int32 word ``p`` of the row (``K`` padded to whole quads, rows to whole tiles, only where
+needed). The micro-kernel (:func:`dpbusd_tile`) keeps an 8 x 32 int32 tile of ``C`` in sixteen
+512-bit registers; per quad it loads the two ``Bq`` vectors and issues sixteen ``vpdpbusd``, each
+``A`` word broadcast from memory into two of them (ten loads per sixteen multiply-adds, none of
+them a separate instruction for the broadcasts).
+
+Measured on a Zen 4 class EPYC (``benchmarks/int8_gemm.py``): the micro-kernel alone on L1 data
+issues ~3.6e9 ``vpdpbusd`` per second per core, its peak of one per cycle; the packing of ``B``
+(O(KN)) and the row sums are what separates a call from that peak at small ``M``.
+
+References
+----------
+.. [1] K. Goto and R. van de Geijn, "Anatomy of High-Performance Matrix Multiplication",
+   ACM TOMS 34(3), 2008.
 """
 
 from __future__ import annotations
@@ -47,7 +63,7 @@ import numpy as np
 from refquant.kernels import _llvm
 
 MR, NR = 8, 32          # micro-tile: rows of A, columns of B (two 16-lane int32 registers)
-KC = 128                # quads of k per cache block (16 KiB of a packed B panel)
+KC = 2048               # quads of k per cache block (at most 256 KiB of a packed B panel: L2)
 NJIT_OPTIONS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 
@@ -63,15 +79,14 @@ def _dpbusd(builder, acc, u, s):
 
 @functools.lru_cache(maxsize=None)
 def dpbusd_tile():
-    """The intrinsic ``dpbusd_tile(Aw, a_off, Bp, b_off, C, c_off, ldc, P)``:
+    """The intrinsic ``dpbusd_tile(Aw, a_off, lda, Bq, b_off, C, c_off, ldc, P)``:
 
-    ``C[c_off + r*ldc + c] += sum_p sum_e Au(a_off + 8p + r)[e] * Bp[b_off + 128p + 4c + e]``
+    ``C[c_off + r*ldc + c] += sum_p sum_e A(a_off + r*lda + p)[e] * Bq[b_off + 128p + 4c + e]``
 
-    for ``r`` in 0..7, ``c`` in 0..31, ``p`` in 0..P-1: ``Aw`` int32 [*] (words of four uint8
-    ``A + 128`` values, the tile's eight rows side by side per quad), ``Bp`` int8 [*] (128 per
-    quad ``p``), ``C`` int32 [*]. The sixteen
-    accumulators live in allocas that LLVM promotes to registers; every load and store is
-    declared unaligned (NumPy guarantees no 64-byte alignment).
+    for ``r`` in 0..7, ``c`` in 0..31, ``p`` in 0..P-1: ``Aw`` int32 [*] (words of four signed
+    bytes of ``A``, row ``r`` at ``a_off + r*lda``), ``Bq`` uint8 as int8 [*] (``B + 128``, 128 per
+    quad ``p``), ``C`` int32 [*]. The sixteen accumulators live in allocas that LLVM promotes to
+    registers; every load and store is declared unaligned (NumPy guarantees no 64-byte alignment).
     """
     from numba import types
     from numba.core import cgutils
@@ -80,12 +95,13 @@ def dpbusd_tile():
     v16i32, v64i8 = _llvm.vector("i32", 16), _llvm.vector("i8", 64)
 
     @intrinsic
-    def _dpbusd_tile(typingctx, Aw, a_off, Bp, b_off, C, c_off, ldc, P):
-        sig = types.void(Aw, a_off, Bp, b_off, C, c_off, ldc, P)
+    def _dpbusd_tile(typingctx, Aw, a_off, lda, Bq, b_off, C, c_off, ldc, P):
+        sig = types.void(Aw, a_off, lda, Bq, b_off, C, c_off, ldc, P)
 
         def codegen(context, builder, signature, args):
-            pa, pb, pc = _llvm.data_pointers(context, builder, signature, args, (0, 2, 4))
-            a_off_, b_off_, c_off_, ldc_, P_ = _llvm.to_i64(builder, *(args[i] for i in (1, 3, 5, 6, 7)))
+            pa, pb, pc = _llvm.data_pointers(context, builder, signature, args, (0, 3, 5))
+            a_off_, lda_, b_off_, c_off_, ldc_, P_ = _llvm.to_i64(
+                builder, *(args[i] for i in (1, 2, 4, 6, 7, 8)))
             c_ptrs, accs = [], []
             for r in range(MR):
                 row = builder.add(c_off_, builder.mul(ldc_, _llvm.i64_const(r)))
@@ -96,18 +112,18 @@ def dpbusd_tile():
                     builder.store(builder.load(p, align=4), slot)
                     c_ptrs.append(p)
                     accs.append(slot)
+            a_rows = [builder.add(a_off_, builder.mul(lda_, _llvm.i64_const(r))) for r in range(MR)]
             with cgutils.for_range(builder, P_) as loop:
                 p = loop.index
                 bbase = builder.add(b_off_, builder.mul(p, _llvm.i64_const(128)))
-                bs = [builder.bitcast(_llvm.load_vector(builder, pb, builder.add(bbase, _llvm.i64_const(64 * h)),
+                us = [builder.bitcast(_llvm.load_vector(builder, pb, builder.add(bbase, _llvm.i64_const(64 * h)),
                                                         v64i8, align=1), v16i32) for h in range(2)]
-                abase = builder.add(a_off_, builder.mul(p, _llvm.i64_const(MR)))
                 for r in range(MR):
-                    word = builder.load(builder.gep(pa, [builder.add(abase, _llvm.i64_const(r))]), align=4)
-                    u = _llvm.broadcast(builder, word, v16i32)
+                    word = builder.load(builder.gep(pa, [builder.add(a_rows[r], p)]), align=4)
+                    s = _llvm.broadcast(builder, word, v16i32)
                     for h in range(2):
                         slot = accs[2 * r + h]
-                        builder.store(_dpbusd(builder, builder.load(slot), u, bs[h]), slot)
+                        builder.store(_dpbusd(builder, builder.load(slot), us[h], s), slot)
             for p, slot in zip(c_ptrs, accs):
                 builder.store(builder.load(slot), p, align=4)
             return context.get_dummy_value()
@@ -119,24 +135,26 @@ def dpbusd_tile():
 
 @functools.lru_cache(maxsize=None)
 def pack_quad_rows():
-    """The intrinsic ``pack_quad_rows(B, off, ldb, Bp, out_off)``:
+    """The intrinsic ``pack_quad_rows(B, off, ldb, Bq, out_off)``:
 
-    ``Bp[out_off + 4c + e] = B[off + e*ldb + c]`` for ``c`` in 0..31, ``e`` in 0..3.
+    ``Bq[out_off + 4c + e] = B[off + e*ldb + c] + 128`` (the top bit flipped) for ``c`` in 0..31,
+    ``e`` in 0..3.
 
-    Four rows' 32 int8 values interleaved byte by byte (one quad ``p`` of a packed panel) in a
-    few shuffles instead of 128 scalar copies.
+    Four rows' 32 int8 values shifted and interleaved byte by byte (one quad ``p`` of a packed
+    panel) in a few shuffles instead of 128 scalar copies.
     """
+    from llvmlite import ir
     from numba import types
     from numba.core.extending import intrinsic
 
-    v32i8, v64i8, v128i8 = _llvm.vector("i8", 32), _llvm.vector("i8", 64), _llvm.vector("i8", 128)
+    v32i8, v128i8 = _llvm.vector("i8", 32), _llvm.vector("i8", 128)
     cat = _llvm.i32_constant(list(range(64)))
     # after concatenating rows (0, 1) and (2, 3), element 4c + e comes from row e, column c
     interleave = _llvm.i32_constant([(e // 2) * 64 + (e % 2) * 32 + c for c in range(32) for e in range(4)])
 
     @intrinsic
-    def _pack_quad_rows(typingctx, B, off, ldb, Bp, out_off):
-        sig = types.void(B, off, ldb, Bp, out_off)
+    def _pack_quad_rows(typingctx, B, off, ldb, Bq, out_off):
+        sig = types.void(B, off, ldb, Bq, out_off)
 
         def codegen(context, builder, signature, args):
             pb, pp = _llvm.data_pointers(context, builder, signature, args, (0, 3))
@@ -146,66 +164,85 @@ def pack_quad_rows():
             lo = builder.shuffle_vector(rows[0], rows[1], cat)                      # <64 x i8>
             hi = builder.shuffle_vector(rows[2], rows[3], cat)
             w = builder.shuffle_vector(lo, hi, interleave)                          # <128 x i8>
+            w = builder.xor(w, ir.Constant(v128i8, [ir.Constant(ir.IntType(8), -128)] * 128))
             builder.store(w, builder.bitcast(builder.gep(pp, [oo]), v128i8.as_pointer()), align=1)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    del v64i8
     return _pack_quad_rows
 
 
 @functools.lru_cache(maxsize=None)
-def gemm_packed():
-    """``gemm_packed(Aw, b, Mp, P)``: ``Aw`` int32 ``[Mp // 8, P, 8]`` (words of four uint8
-    ``A + 128``, :func:`shift_rows`) times int8 ``b[K, N]`` as the int32 ``sum_k (A + 128) B``, ``[Mp, Np]`` (``Np`` = ``N``
-    rounded up to whole 32-column panels)."""
+def pack_panels():
+    """``pack_panels(b, P)``: int8 ``b[K, N]`` as ``Bq[N_panels, 128 P]``,
+    ``Bq[j, 128p + 4c + e] = B[4p + e, 32j + c] + 128`` (int8 bits of the uint8 value), zero
+    ``B`` past ``K`` and ``N`` (any value would do: the padded ``A`` columns are zero and the
+    padded ``C`` columns are dropped). Parallel over quads of rows, so each thread reads whole
+    rows of ``B`` (a column strip per panel would touch a page per row)."""
     from numba import njit, prange
-    _tile, _pack = dpbusd_tile(), pack_quad_rows()
+    _pack = pack_quad_rows()
 
     @njit(**NJIT_OPTIONS)
-    def _gemm_packed(Aw, b, Mp, P):
+    def _pack_panels(b, P):
         K, N = b.shape
         n_panels = (N + NR - 1) // NR
-        Np = n_panels * NR
-        C = np.zeros((Mp, Np), np.int32)
-        Cf = C.reshape(Mp * Np)
-        Af = Aw.reshape(Mp * P)                                   # tile t, quad p, row r at (t P + p) 8 + r
+        n_full = N // NR if K > 0 else 0                  # panels of 32 real columns
+        Bq = np.empty((n_panels, P * 4 * NR), np.int8)
+        Bf = Bq.reshape(n_panels * P * 4 * NR)
         bf = b.reshape(K * N)
-        kc = (P + (P + KC - 1) // KC - 1) // ((P + KC - 1) // KC)   # KC or less, in equal blocks
-        for p0 in range(0, P, kc):
-            pn = min(kc, P - p0)
-            for jb in prange(n_panels):
-                j0 = jb * NR
-                jn = min(NR, N - j0)
-                Bp = np.empty(pn * 4 * NR, np.int8)               # Bp[p, 4c + e] = B[4(p0+p)+e, j0+c]
-                p_full = 0
-                if jn == NR:
-                    p_full = max(0, min(pn, K // 4 - p0))
-                    for p in range(p_full):
-                        _pack(bf, 4 * (p0 + p) * N + j0, N, Bp, p * 4 * NR)
-                for p in range(p_full, pn):                       # edges: zero past K and N
-                    base = p * 4 * NR
-                    for c in range(NR):
-                        for e in range(4):
-                            k = 4 * (p0 + p) + e
-                            Bp[base + 4 * c + e] = b[k, j0 + c] if (k < K and c < jn) else 0
+        for p in prange(P):
+            jb_fast = n_full if 4 * p + 4 <= K else 0       # four real rows: the shuffles
+            for jb in range(jb_fast):
+                _pack(bf, 4 * p * N + jb * NR, N, Bf, (jb * P + p) * 4 * NR)
+            for jb in range(jb_fast, n_panels):             # edges: B = 0 past K and N
+                base = (jb * P + p) * 4 * NR
+                for c in range(NR):
+                    j = jb * NR + c
+                    for e in range(4):
+                        k = 4 * p + e
+                        v = b[k, j] if (k < K and j < N) else np.int8(0)
+                        Bf[base + 4 * c + e] = v ^ np.int8(-128)
+        return Bq
+
+    return _pack_panels
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_packed():
+    """``gemm_packed(Aw, Bq, Np)``: int32 ``Aw[Mp, P]`` (rows of ``A`` as words of four signed
+    bytes, ``Mp`` a multiple of 8) times the packed ``Bq`` (:func:`pack_panels`) as the exact
+    int32 ``C = A B``, ``[Mp, Np]`` (``Np`` = 32 per panel): ``C`` starts at
+    ``-128 sum_k A_ik`` and the tiles add ``sum_k A_ik (B_kj + 128)``."""
+    from numba import njit, prange
+    _tile = dpbusd_tile()
+
+    @njit(**NJIT_OPTIONS)
+    def _gemm_packed(Aw, Bq):
+        Mp, P = Aw.shape
+        n_panels = Bq.shape[0]
+        Np = n_panels * NR
+        C = np.empty((Mp, Np), np.int32)
+        for i in prange(Mp):                                  # C = -128 sum_k A_ik (wrapping)
+            s = np.int32(0)
+            for p in range(P):
+                w = Aw[i, p]
+                for e in range(4):
+                    s += np.int32(np.int8((w >> (8 * e)) & 0xFF))
+            C[i, :] = np.int32(-128) * s
+        Cf = C.reshape(Mp * Np)
+        Af = Aw.reshape(Mp * P)
+        n_blocks = (P + KC - 1) // KC
+        kc = (P + n_blocks - 1) // n_blocks                   # KC or less, in equal blocks
+        for jb in prange(n_panels):                           # a thread's C columns stay in L2
+            Bj = Bq[jb]
+            for p0 in range(0, P, kc):
+                pn = min(kc, P - p0)
                 for i0 in range(0, Mp, MR):
-                    _tile(Af, (i0 * P + p0 * MR), Bp, 0, Cf, i0 * Np + j0, Np, pn)
+                    _tile(Af, i0 * P + p0, P, Bj, 128 * p0, Cf, i0 * Np + jb * NR, Np, pn)
         return C
 
     return _gemm_packed
-
-
-def shift_rows(a: np.ndarray, Mp: int, P: int) -> np.ndarray:
-    """``a + 128`` (the top bit flipped) as uint8 ``[Mp // 8, P, 32]``,
-    ``out[t, p, 4r + e] = a[8t + r, 4p + e] + 128``, zero padded: per 8-row tile and quad ``p``
-    the eight rows' words side by side, so the micro-kernel reads them from one pointer (one
-    NumPy pad and one transposing copy)."""
-    M, K = a.shape
-    u = np.zeros((Mp, 4 * P), np.uint8)
-    u[:M, :K] = a.view(np.uint8) ^ np.uint8(0x80)
-    return np.ascontiguousarray(u.reshape(Mp // MR, MR, P, 4).transpose(0, 2, 1, 3)).reshape(Mp // MR, P, 4 * MR)
 
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -213,12 +250,13 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     pre-checked by :func:`refquant.kernels.reference.check_int8_operands`. Any ``M`` (rows are
     padded to whole 8-row tiles)."""
     M, K = a.shape
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    N = b.shape[1]
     P = (K + 3) // 4
     Mp = -(-M // MR) * MR
-    Au = shift_rows(a, Mp, P)                                              # [Mp/8, P, 32] uint8
-    C = gemm_packed()(Au.view(np.int32), b, Mp, P)[:M, : b.shape[1]]       # sum (A+128) B
-    col = b.sum(axis=0, dtype=np.int32)                                    # [N] sum_k B_kj
-    with np.errstate(over="ignore"):                                       # wrapping, see above
-        C = C - np.int32(128) * col[None, :]
-    return np.ascontiguousarray(C, dtype=np.int32)
+    if Mp != M or 4 * P != K or not a.flags.c_contiguous:
+        a_pad = np.zeros((Mp, 4 * P), np.int8)                                 # zero rows and k
+        a_pad[:M, :K] = a
+        a = a_pad
+    Bq = pack_panels()(np.ascontiguousarray(b), P)                             # [N/32, 128 P]
+    C = gemm_packed()(a.view(np.int32), Bq)                                    # [Mp, Np]
+    return C[:M] if C.shape[1] == N else np.ascontiguousarray(C[:M, :N])
