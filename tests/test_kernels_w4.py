@@ -61,6 +61,42 @@ def test_w4_path_within_tolerance(path, case, monkeypatch):
     assert np.all(np.abs(got - exact) <= tol / 2)
 
 
+@pytest.mark.parametrize("K, N, gs", [(576, 19, 128), (100, 5, 16), (37, 3, 8), (640, 4, 160),
+                                      (60, 6, 12), (45, 3, 20)])
+def test_dequantize_rows_is_the_specification_bitwise(K, N, gs):
+    """Oracle: ``reference.dequantize_w4`` (NumPy ``s * (q - z)`` in float32), bit for bit, for
+    every row block start, including groups that split a word and K not a multiple of 8."""
+    from refquant.kernels import cpu_w4
+    _, codes, packed, scales, zeros = _case(np.random.default_rng(K * N + gs), 1, K, N, gs)
+    want = reference.dequantize_w4(packed, scales, zeros, gs, K)
+    deq = cpu_w4.dequantize_rows()
+    for n0, n1 in [(0, N), (1, N), (N - 1, N), (0, 1)]:
+        got = deq(packed, scales, zeros, gs, K, n0, np.full((n1 - n0, K), np.nan, np.float32))
+        assert np.array_equal(got.view(np.uint32), want[n0:n1].view(np.uint32)), (n0, n1)
+
+
+@pytest.mark.parametrize("case", [(64, 576, 19, 128), (70, 100, 5, 16), (64, 45, 3, 20),
+                                  (65, 1536, 40, 32)])
+def test_w4_many_rows_take_the_blocked_blas_form(case, monkeypatch):
+    """From ``BLAS_ROWS`` rows of x on, the numba backend multiplies dequantized blocks with BLAS
+    (blocks made small here, so that several are used). Oracle: the specification (within
+    ``w4_tolerance``) and float64 dequantize-and-multiply (within half of it)."""
+    from refquant.kernels import cpu_w4
+    M, K, N, gs = case
+    assert M >= cpu_w4.BLAS_ROWS
+    monkeypatch.setattr(cpu_w4, "BLAS_BLOCK_BYTES", 4 * K * 16)          # 16 rows per block
+    calls = []
+    blocked = cpu_w4.w4_matmul_blocked
+    monkeypatch.setattr(cpu_w4, "w4_matmul_blocked", lambda *a: calls.append(1) or blocked(*a))
+    x, codes, packed, scales, zeros = _case(np.random.default_rng(M + K + N), M, K, N, gs)
+    got = rq.w4_matmul(x, packed, scales, zeros, gs, backend="numba")
+    assert calls, "the blocked form was not taken"
+    tol = w4_tolerance(x, scales, zeros, gs)
+    assert np.all(np.abs(got - reference.w4_matmul(x, packed, scales, zeros, gs)) <= tol)
+    exact = x.astype(np.float64) @ _w_hat64(codes, scales, zeros, gs).T
+    assert np.all(np.abs(got - exact) <= tol / 2)
+
+
 def test_w4_avx512_table_is_the_dequantized_weight_bitwise(monkeypatch):
     """One-hot rows of ``x`` read single weights: the ``vpermps`` table must be the
     specification's ``W_hat = fl32(s fl32(q - z))`` bit for bit (sums of exact zeros)."""

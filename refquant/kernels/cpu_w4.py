@@ -30,6 +30,18 @@ Other group sizes
 -----------------
 A group may split a word: :func:`w4_gemm_general` takes one code at a time,
 ``y_mn = sum_k x_mk (s_{n,g(k)} (q_nk - z_{n,g(k)}))`` in float32.
+
+Many rows (``M >= BLAS_ROWS``: prefill, perplexity windows)
+-----------------------------------------------------------
+The kernels above decode every weight once per row of ``x``, so their cost grows with ``M`` at
+the GEMV's rate, while a float32 BLAS GEMM reuses each weight across rows from cache. From
+``BLAS_ROWS`` rows on, :func:`w4_matmul_blocked` dequantizes ``BLAS_BLOCK_BYTES`` of ``W_hat``
+rows at a time (:func:`dequantize_rows`, equal to
+:func:`refquant.kernels.reference.dequantize_w4` bit for bit) into one reused buffer and hands
+each block to BLAS: the specification's own arithmetic, block by block, with the weight still
+held packed (the buffer is a few MiB, not the float32 weight). The dequantization runs on the
+calling thread only, so no Numba worker pool is left spinning on the cores that BLAS's threads
+need next.
 """
 
 from __future__ import annotations
@@ -185,11 +197,75 @@ def w4_gemm_general():
     return _w4_gemm_general
 
 
+BLAS_ROWS = 64                  # from this many rows of x on, dequantize blocks and use BLAS
+BLAS_BLOCK_BYTES = 4 << 20      # float32 bytes of W_hat per block (stays in L2/L3 for BLAS)
+
+
+@functools.lru_cache(maxsize=None)
+def dequantize_rows():
+    """``dequantize_rows(packed, scales, zeros, group_size, K, n0, out)``: ``out[r, k] =
+    W_hat[n0 + r, k] = fl32(s (q - z))`` for the ``out.shape[0]`` rows from ``n0``, bit for bit
+    :func:`refquant.kernels.reference.dequantize_w4` (``q - z`` is exact; one rounding). Per
+    (row, group) a 16-entry table ``T[c] = s (c - z)`` is built and each code looked up; single
+    threaded (see the module docstring)."""
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def _dequantize_rows(packed, scales, zeros, group_size, K, n0, out):
+        T = np.empty(16, np.float32)
+        whole_words = group_size % 8 == 0
+        for r in range(out.shape[0]):
+            n = n0 + r
+            o = out[r]
+            pr = packed[n]
+            for g in range(scales.shape[1]):
+                s = np.float32(scales[n, g])
+                z = np.int32(zeros[n, g])
+                for c in range(16):
+                    T[c] = s * np.float32(c - z)
+                k0, k1 = g * group_size, min(K, (g + 1) * group_size)
+                if whole_words and k1 % 8 == 0:
+                    for w in range(k0 // 8, k1 // 8):
+                        p = pr[w]
+                        for i in range(8):
+                            o[8 * w + i] = T[(p >> (4 * i)) & 15]
+                else:                                    # a group splits a word, or K's tail
+                    for k in range(k0, k1):
+                        o[k] = T[(pr[k >> 3] >> (4 * (k & 7))) & 15]
+        return out
+
+    return _dequantize_rows
+
+
+def w4_matmul_blocked(x, packed, scales, zeros, group_size: int) -> np.ndarray:
+    """``x W_hat^T`` for many rows of ``x``: blocks of ``W_hat`` rows dequantized
+    (:func:`dequantize_rows`) into one buffer and multiplied by BLAS (``x @ block.T``); operands
+    pre-checked, any group size. Within :func:`refquant.kernels.w4_tolerance` of the
+    specification (the same ``W_hat``; BLAS may sum in another order)."""
+    x = np.ascontiguousarray(x, np.float32)
+    M, K = x.shape
+    N = packed.shape[0]
+    packed, scales, zeros = (np.ascontiguousarray(packed), np.ascontiguousarray(scales, np.float32),
+                             np.ascontiguousarray(zeros, np.int32))
+    rows = max(16, min(N, BLAS_BLOCK_BYTES // (4 * max(K, 1))))
+    buf = np.empty((rows, K), np.float32)
+    y = np.empty((M, N), np.float32)
+    deq = dequantize_rows()
+    for n0 in range(0, N, rows):
+        n1 = min(N, n0 + rows)
+        block = deq(packed, scales, zeros, int(group_size), K, n0, buf[: n1 - n0])   # [n1-n0, K]
+        y[:, n0:n1] = x @ block.T                                                     # [M, n1-n0]
+    return y
+
+
 def w4_matmul(x, packed, scales, zeros, group_size: int) -> np.ndarray:
     """Numba ``x W_hat^T`` with on-the-fly 4-bit dequantization; operands pre-checked by
-    :func:`refquant.kernels.reference.check_w4_operands`. On the ``avx512`` path of
+    :func:`refquant.kernels.reference.check_w4_operands`. ``M >= BLAS_ROWS`` takes
+    :func:`w4_matmul_blocked`; otherwise, on the ``avx512`` path of
     :func:`refquant.kernels.cpu_features.w4_path`, shapes that
     :func:`refquant.kernels.cpu_w4_avx512.supports` covers run its table kernel."""
+    if x.shape[0] >= BLAS_ROWS:
+        return w4_matmul_blocked(x, packed, scales, zeros, group_size)
     if cpu_features.w4_path()[0] == "avx512" and cpu_w4_avx512.supports(x.shape[1], group_size):
         return cpu_w4_avx512.w4_matmul(x, packed, scales, zeros, group_size)
     kernel = w4_gemm() if group_size % 8 == 0 else w4_gemm_general()
