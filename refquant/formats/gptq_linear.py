@@ -161,10 +161,11 @@ def kernel_path(backend: str = "auto", shapes=()) -> str:
         return f"backend {name}"
     path, why = cpu_features.w4_path()
     line = f"numba, CPU path {path}: {why}"
-    from refquant.kernels import cpu_w4_avx512
+    from refquant.kernels import cpu_w4, cpu_w4_avx512
     if path == "avx512" and not all(cpu_w4_avx512.supports(K, gs) for K, gs in shapes):
         line += "; K or group size not a multiple of 32: portable"
-    return line
+    return line + (f"; products of {cpu_w4.BLAS_ROWS} rows or more: dequantized blocks of "
+                   f"rows times BLAS")
 
 
 def checkpoint_linear(model, *, dequantize: bool = False, backend: str = "auto"

@@ -214,8 +214,10 @@ def w4_matmul(x, packed, scales, zeros, group_size: int, *, backend: str = "auto
     Returns
     -------
     float32 [M, N]. ``"numpy"`` dequantizes the whole weight and calls ``x @ W_hat.T`` (the
-    specification); the kernels never materialize ``W_hat`` and agree with it within
-    :func:`w4_tolerance` (a float32 rounding bound).
+    specification); the kernels never materialize the whole ``W_hat`` and agree with it within
+    :func:`w4_tolerance` (a float32 rounding bound). The ``"numba"`` kernels decode the codes
+    per row of ``x`` (a GEMV); from :data:`refquant.kernels.cpu_w4.BLAS_ROWS` rows on they
+    dequantize a few MiB of ``W_hat`` rows at a time and hand each block to BLAS.
     """
     x, packed, scales, zeros, _, _ = reference.check_w4_operands(x, packed, scales, zeros,
                                                                  group_size)
