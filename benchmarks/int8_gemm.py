@@ -3,7 +3,7 @@
 For each shape (M, K, N) the script times ``rq.int8_matmul(a, b, backend="numba")`` on int8
 operands and ``a_f @ b_f`` on float32 copies, interleaved, best of ``--repeats``, and prints the
 ratio ``t_float32 / t_int8`` (> 1: int8 is faster), once for every int8 kernel path this CPU can
-run (refquant.kernels.cpu_features: ``avx512_vnni``, ``pmaddwd``), forced through
+run (refquant.kernels.cpu_features: ``avx512_vnni``, ``avx_vnni``, ``pmaddwd``), forced through
 ``REFQUANT_INT8_PATH``. Targets (issue 17): on a VNNI machine >= 3x at (256, 4096, 4096) and >= 2x
 at the model's shapes; >= 1.5x for ``pmaddwd`` (the AVX2 machines' path). ``of 4x`` is the ratio
 as a fraction of the bound one ``vpdpbusd`` (64 multiply-adds) sets against one float32 FMA
@@ -40,9 +40,11 @@ def kernel_peak(path: str, seconds: float = 0.5) -> float:
     import time
     import numba
     from numba import njit, prange
-    if path == "avx512_vnni":
+    if path in ("avx512_vnni", "avx_vnni"):
         from refquant.kernels import cpu_int8_vnni as k
-        tile, mr, nr, per_p, b_dtype, b_len = k.dpbusd_tile(), k.MR, k.NR, 4, np.int8, 128
+        lanes = 16 if path == "avx512_vnni" else 8
+        mr, nr = k.TILES[lanes]
+        tile, per_p, b_dtype, b_len = k.dpbusd_tile(lanes), 4, np.int8, 4 * nr
     else:
         from refquant.kernels import cpu_int8 as k
         tile, mr, nr, per_p, b_dtype, b_len = k.madd_tile(), k.MR, k.NR, 2, np.int16, 2 * k.NR
@@ -83,7 +85,7 @@ def main():
     rng = np.random.default_rng(0)
     print(f"{'M':>5} {'K':>5} {'N':>5} | {'f32 ms':>8} {'int8 ms':>8} | {'f32 GFLOP/s':>11} "
           f"{'int8 GOP/s':>10} | {'ratio':>5} target")
-    paths = [p for p in ("avx512_vnni", "pmaddwd") if not cpu_features.missing_features(p)]
+    paths = [p for p in cpu_features.INT8_PATHS if not cpu_features.missing_features(p)]
     print(f"int8 paths this CPU can run: {paths}; default: {cpu_features.int8_path()}")
     for path in paths:
         os.environ[cpu_features.ENV] = path
@@ -101,7 +103,7 @@ def main():
             ops = 2.0 * M * K * N
             if M == 1:
                 target = "-"
-            elif path == "avx512_vnni":
+            elif path in ("avx512_vnni", "avx_vnni"):
                 target = ">=3" if (K, N) == (4096, 4096) else ">=2"
             else:
                 target = ">=1.5" if max(K, N) >= 1536 else "-"

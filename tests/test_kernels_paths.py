@@ -2,7 +2,8 @@
 
 Oracle: the NumPy specification ``refquant.kernels.reference.int8_matmul`` (int32 products of
 int8 operands summed by NumPy), bit for bit, for every int8 path this CPU can run; a path the CPU
-cannot run is skipped with the features it lacks, and forcing it raises.
+cannot run is skipped with the features it lacks, and forcing it raises. (``avx_vnni`` runs on a
+CPU with AVX-512 VL and VNNI as the EVEX form of the same 256-bit kernel.)
 """
 
 import numpy as np
@@ -69,6 +70,30 @@ def test_forcing_a_path_the_cpu_cannot_run_raises(monkeypatch):
     assert path == "pmaddwd" and "avx512vnni" in why          # never selected where it cannot run
 
 
+@pytest.mark.parametrize("features, path", [
+    ({"avx2", "avxvnni"}, "avx_vnni"),                                    # Alder Lake class
+    ({"avx2", "avx512f", "avx512vl", "avx512vnni"}, "avx_vnni"),          # no BW: not avx512_vnni
+    ({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni"}, "avx512_vnni"),
+    ({"avx2", "avx512f", "avx512bw"}, "pmaddwd"),
+])
+def test_int8_path_order(features, path, monkeypatch):
+    """The first path of INT8_PATHS the (pretended) CPU can run is chosen; the avx_vnni path
+    accepts either AVX-VNNI or the EVEX form (AVX-512 VL + VNNI)."""
+    monkeypatch.setattr(cpu_features, "host_features", lambda: frozenset(features))
+    monkeypatch.delenv(cpu_features.ENV, raising=False)
+    got, why = cpu_features.int8_path()
+    assert got == path, why
+    if path == "pmaddwd":
+        assert "avx512vnni" in why and "avxvnni" in why
+
+
+def test_avx_vnni_forced_where_only_avx2_raises(monkeypatch):
+    monkeypatch.setattr(cpu_features, "host_features", lambda: frozenset({"avx2"}))
+    monkeypatch.setenv(cpu_features.ENV, "avx_vnni")
+    with pytest.raises(ValueError, match="avxvnni"):
+        cpu_features.int8_path()
+
+
 def test_unknown_path_raises(monkeypatch):
     monkeypatch.setenv(cpu_features.ENV, "sse9")
     with pytest.raises(ValueError, match="sse9"):
@@ -87,3 +112,24 @@ def test_pmaddwd_form_is_kept_for_any_m():
     a = rng.integers(-128, 128, (13, 77), dtype=np.int8)
     b = rng.integers(-128, 128, (77, 19), dtype=np.int8)
     assert np.array_equal(cpu_int8.int8_matmul_pmaddwd(a, b), reference.int8_matmul(a, b))
+
+
+def test_avx_vnni_kernel_compiles_to_vex_for_an_avx_vnni_only_cpu(monkeypatch):
+    """The 256-bit kernel cannot be run here on a CPU with AVX-VNNI and no AVX-512; its LLVM IR
+    (taken from the host's compile) is compiled again for ``alderlake`` and must use the VEX
+    ``vpdpbusd`` on ymm0-15 only: no zmm, no ymm16-31, no mask registers, no embedded broadcast.
+    Oracle: LLVM's own instruction selection for that CPU."""
+    import re
+    _needs("avx_vnni")
+    import llvmlite.binding as llvm
+    from refquant.kernels import cpu_int8_vnni
+    monkeypatch.setenv(cpu_features.ENV, "avx_vnni")
+    a = np.ones((12, 64), np.int8)
+    b = np.ones((64, 32), np.int8)
+    assert (rq.int8_matmul(a, b, backend="numba") == 64).all()
+    gemm = cpu_int8_vnni.gemm_packed(8)
+    module = llvm.parse_assembly(gemm.inspect_llvm(gemm.signatures[0]))
+    tm = llvm.Target.from_triple(module.triple).create_target_machine(cpu="alderlake", opt=2)
+    asm = tm.emit_assembly(module)
+    assert re.search(r"\{vex\}\s+vpdpbusd\s+%ymm", asm)
+    assert not re.search(r"zmm|ymm(1[6-9]|2\d|3[01])|%k[1-7]|\{1to", asm)

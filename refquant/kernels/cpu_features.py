@@ -8,14 +8,17 @@ instructions need. :func:`int8_path` picks the int8 GEMM path:
 path              needs (llvmlite feature names)              instruction, multiply-adds per instr.
 ================  ==========================================  =======================================
 ``avx512_vnni``   ``avx512vnni``, ``avx512bw``, ``avx512f``   ``vpdpbusd`` zmm: 64 (u8 x s8 -> i32)
+``avx_vnni``      ``avxvnni`` (VEX), or ``avx512vnni`` and    ``vpdpbusd`` ymm: 32 (u8 x s8 -> i32)
+                  ``avx512vl`` (its EVEX form)
 ``pmaddwd``       none (LLVM lowers the vector IR for the     ``vpmaddwd``: 16 (ymm) or 32 (zmm)
                   target: AVX2 ``vpmaddwd`` on x86-64)        (i16 x i16 -> i32)
 ================  ==========================================  =======================================
 
-AVX-VNNI (the VEX-encoded 256-bit ``vpdpbusd`` of Alder Lake and Zen 5) is not a separate path
-yet: those CPUs take ``pmaddwd``. The environment variable ``REFQUANT_INT8_PATH`` forces a path
-(for tests and benchmarks); forcing one the CPU cannot run raises ``ValueError``, nothing falls
-back silently.
+The first path in the table that the CPU can run is chosen: a CPU with AVX-VNNI but no AVX-512
+(Alder Lake and later Intel client cores) takes ``avx_vnni``; one with AVX-512 VNNI takes
+``avx512_vnni`` (``avx_vnni`` can be forced there: the same 256-bit kernel, EVEX-encoded). The
+environment variable ``REFQUANT_INT8_PATH`` forces a path (for tests and benchmarks); forcing one
+the CPU cannot run raises ``ValueError``, nothing falls back silently.
 
 The W4 kernels choose the same way (:func:`w4_path`, :func:`w4a8_path`; variables
 ``REFQUANT_W4_PATH``, ``REFQUANT_W4A8_PATH``):
@@ -42,8 +45,9 @@ from __future__ import annotations
 import functools
 import os
 
-INT8_PATHS = {
+INT8_PATHS = {                  # in order of preference; a list holds alternative feature sets
     "avx512_vnni": ("avx512f", "avx512bw", "avx512vnni"),
+    "avx_vnni": [("avxvnni",), ("avx512vnni", "avx512vl")],
     "pmaddwd": (),
 }
 ENV = "REFQUANT_INT8_PATH"
@@ -74,7 +78,10 @@ def missing_features(path: str, paths: dict | None = None) -> list[str]:
     paths = INT8_PATHS if paths is None else paths
     if path not in paths:
         raise ValueError(f"unknown kernel path {path!r}; choose from {sorted(paths)}")
-    return [f for f in paths[path] if f not in host_features()]
+    needs = paths[path]
+    alternatives = needs if isinstance(needs, list) else [needs]
+    missing = [[f for f in alt if f not in host_features()] for alt in alternatives]
+    return [] if any(not m for m in missing) else missing[0]
 
 
 def _choose(paths: dict, env: str, best: str) -> tuple[str, str]:
@@ -114,5 +121,8 @@ def int8_path() -> tuple[str, str]:
         return forced, f"forced by {ENV}"
     if not missing_features("avx512_vnni"):
         return "avx512_vnni", f"{host_cpu_name()} reports avx512vnni and avx512bw"
+    if not missing_features("avx_vnni"):
+        return "avx_vnni", (f"{host_cpu_name()} reports avxvnni and lacks "
+                            f"{missing_features('avx512_vnni')} for avx512_vnni")
     return "pmaddwd", (f"{host_cpu_name()} lacks {missing_features('avx512_vnni')} for "
-                       f"avx512_vnni")
+                       f"avx512_vnni and {missing_features('avx_vnni')} for avx_vnni")

@@ -246,13 +246,14 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Numba ``C = A B`` (int8 x int8 -> int32), equal to the reference; operands pre-checked
     by :func:`refquant.kernels.reference.check_int8_operands`. ``M < 8`` takes the row form;
     otherwise the path of :func:`refquant.kernels.cpu_features.int8_path` (``vpdpbusd`` in
-    :mod:`refquant.kernels.cpu_int8_vnni` where the CPU has AVX-512 VNNI, else the packed
-    ``pmaddwd`` form below)."""
+    :mod:`refquant.kernels.cpu_int8_vnni`, 512-bit where the CPU has AVX-512 VNNI and 256-bit
+    where it has AVX-VNNI, else the packed ``pmaddwd`` form below)."""
     M, K = a.shape
     if M < SMALL_M:
         return gemm_rows()(np.ascontiguousarray(a), np.ascontiguousarray(b))
-    if cpu_features.int8_path()[0] == "avx512_vnni":
-        return cpu_int8_vnni.int8_matmul(a, b)
+    path = cpu_features.int8_path()[0]
+    if path in ("avx512_vnni", "avx_vnni"):
+        return cpu_int8_vnni.int8_matmul(a, b, lanes=16 if path == "avx512_vnni" else 8)
     return int8_matmul_pmaddwd(a, b)
 
 
