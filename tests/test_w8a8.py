@@ -110,3 +110,27 @@ def test_w8a8_matmul_checks_the_weight_scales():
         w8a8_matmul(x, q_wT, np.ones(3))
     with pytest.raises(ValueError, match=r"s_w must be finite and > 0, got 0.0"):
         w8a8_matmul(x, q_wT, np.array([1.0, 0.0, 1.0], np.float32))
+
+
+def test_fast_row_quantizer_is_quantize_rows_int8():
+    """The compiled per-token quantizer of the W8A8 calls equals the plain one (rq.calibrate +
+    rq.quantize under ROW_SPEC) bit for bit: exact ties (half steps at power-of-two scales),
+    a zero row, tiny and huge magnitudes, random rows; NaN/Inf raise the plain path's error."""
+    from refquant.integer.w8a8 import _quantize_rows_int8_fast
+    rng = np.random.default_rng(11)
+    x = np.zeros((8, 40), np.float32)
+    for k in range(3):
+        x[k] = rng.integers(-254, 255, 40) * 2.0 ** -(k + 1) / 2
+        x[k, 0] = 127 * 2.0 ** -k
+    x[4] = rng.standard_normal(40) * 1e-38                   # scale clamped to float32 tiny
+    x[5] = rng.standard_normal(40) * 1e37
+    x[6:] = rng.standard_normal((2, 40))
+    for rows in (x, x[:1], x[6:]):
+        q, s = _quantize_rows_int8_fast(rows)
+        q0, s0 = quantize_rows_int8(rows)
+        assert np.array_equal(q, q0) and np.array_equal(s.view(np.uint32), s0.view(np.uint32))
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[2, 3] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            _quantize_rows_int8_fast(y)
