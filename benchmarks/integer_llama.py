@@ -11,7 +11,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")     # see benchmarks/int8_gemm.py
+# Threads: GNU OpenMP's default wait policy for Numba's workers, as `refquant eval` runs them (an
+# OMP_WAIT_POLICY=passive environment was set here before: it costs ~0.13 ms per parallel region
+# on this virtual machine, which the many small products of a decoded token pay).
 
 
 import refquant as rq                                    # noqa: E402

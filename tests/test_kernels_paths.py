@@ -133,3 +133,15 @@ def test_avx_vnni_kernel_compiles_to_vex_for_an_avx_vnni_only_cpu(monkeypatch):
     asm = tm.emit_assembly(module)
     assert re.search(r"\{vex\}\s+vpdpbusd\s+%ymm", asm)
     assert not re.search(r"zmm|ymm(1[6-9]|2\d|3[01])|%k[1-7]|\{1to", asm)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("shape", [(1, 576, 1536), (3, 20, 64), (7, 33, 2049), (1, 1, 1)])
+def test_row_form_both_variants_equal_reference(parallel, shape):
+    """The row form (M < 8) on the thread pool and on the calling thread (below
+    ROWS_SERIAL_MACS): the specification bit for bit, across column blocks of 2048."""
+    M, K, N = shape
+    rng = np.random.default_rng(M + K + N)
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    assert np.array_equal(cpu_int8.gemm_rows(parallel)(a, b), reference.int8_matmul(a, b))
