@@ -74,9 +74,11 @@ def backends(detail: bool = False):
         path, why = cpu_features.int8_path()
         w4, w4_why = cpu_features.w4_path()
         w4a8, w4a8_why = cpu_features.w4a8_path()
+        from refquant.kernels.cpu_w4 import BLAS_ROWS
         info["numba"] = (f"int8 GEMM path {path} ({why}); rows < 8: portable vector code; "
                          f"W4A16 path {w4} ({w4_why}; K and group size multiples of 32, "
-                         f"else portable); W4A8 path {w4a8} ({w4a8_why}; group size 32, 64 or "
+                         f"else portable; {BLAS_ROWS} rows or more: dequantized blocks times "
+                         f"BLAS); W4A8 path {w4a8} ({w4a8_why}; group size 32, 64 or "
                          f"a multiple of 128, else portable)")
     if "cuda" in out:
         info["cuda"] = "numba.cuda simulator" if _cuda_is_simulated() else "numba.cuda on a GPU"
