@@ -241,25 +241,18 @@ def gemm_rows(parallel: bool = True):
         for j in range(j0, j1):
             C[i, j] = acc[j - j0]
 
-    @njit(**NJIT_OPTIONS)
+    tasks = prange if parallel else range       # a closure value: Numba's cache keeps both apart
+
+    @njit(**dict(NJIT_OPTIONS, parallel=parallel))
     def _gemm_rows(a, b):
         M, N = a.shape[0], b.shape[1]
         C = np.zeros((M, N), np.int32)
         n_jb = (N + JB - 1) // JB
-        for t in prange(M * n_jb):
+        for t in tasks(M * n_jb):
             _row_block(a, b, C, t, n_jb)
         return C
 
-    @njit(**dict(NJIT_OPTIONS, parallel=False))
-    def _gemm_rows_serial(a, b):
-        M, N = a.shape[0], b.shape[1]
-        C = np.zeros((M, N), np.int32)
-        n_jb = (N + JB - 1) // JB
-        for t in range(M * n_jb):
-            _row_block(a, b, C, t, n_jb)
-        return C
-
-    return _gemm_rows if parallel else _gemm_rows_serial
+    return _gemm_rows
 
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
