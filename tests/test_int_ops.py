@@ -384,3 +384,33 @@ def test_bounds_are_refused_with_the_bound():
     with pytest.raises(ValueError, match="131071"):
         linear_rows(np.zeros((1, 131072), np.int8), np.ones(1, np.int64),
                     np.zeros((131072, 1), np.int8), 2**30, 0, backend="numpy")
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (3, 40), (1, 1)])
+def test_rescale_rows_numba_small_equals_numpy(shape, monkeypatch):
+    """Below _numba_ops.SERIAL_BELOW elements (a decoded token) the kernel runs on the calling
+    thread: it must run and equal the NumPy specification bit for bit."""
+    pytest.importorskip("numba")
+    from refquant.integer import _numba_ops
+    assert shape[0] * shape[1] < _numba_ops.SERIAL_BELOW
+    calls = _count_calls(monkeypatch, "rescale_rows")
+    R, C = shape
+    acc = RNG.integers(-2**31, 2**31, shape).astype(np.int32)
+    u = np.maximum(RNG.integers(1, 2**40, R) >> RNG.integers(0, 40, R), 1)
+    M0, n = quantize_multiplier_wide(RNG.uniform(2.0**-47, 2.0**-30, C))
+    assert np.array_equal(rescale_rows(acc, u, M0, n, backend="numba"),
+                          rescale_rows(acc, u, M0, n, backend="numpy"))
+    assert calls
+
+
+@pytest.mark.parametrize("T, S, start", [(1, 7, 6), (3, 5, 2), (1, 1, 0)])
+def test_i_softmax_numba_small_equals_numpy(T, S, start, monkeypatch):
+    """A decoded token's scores (below _numba_ops.SERIAL_BELOW, on the calling thread): the
+    kernel must run and equal the NumPy specification bit for bit."""
+    pytest.importorskip("numba")
+    calls = _count_calls(monkeypatch, "softmax_rows")
+    z = RNG.integers(-30 * 2**F, 30 * 2**F, (4, T, S))
+    valid = causal_mask(T, S, start)
+    assert np.array_equal(i_softmax(z, F, valid, backend="numba"),
+                          i_softmax(z, F, valid, backend="numpy"))
+    assert calls

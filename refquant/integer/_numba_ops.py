@@ -12,7 +12,9 @@ kernel                 computes                                               pi
 =====================  =====================================================  ==================
 
 Nothing is compiled at import; each kernel is built on first call (``cache=True``). Signed
-``>>`` on int64 is the arithmetic shift in Numba, as in NumPy.
+``>>`` on int64 is the arithmetic shift in Numba, as in NumPy. Each kernel comes in two builds:
+rows on the thread pool, and, below :data:`SERIAL_BELOW` elements (a decoded token's rows), the
+same loop on the calling thread, where waking the pool would cost more than the work.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ import functools
 import numpy as np
 
 NJIT = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+SERIAL_BELOW = 2**15      # elements: fewer run on the calling thread (same arithmetic)
 
 
 @functools.lru_cache(maxsize=None)
-def _rescale_kernel():
+def _rescale_kernel(parallel: bool = True):
     import numba
+    rows = numba.prange if parallel else range      # a closure value: cached apart
 
-    @numba.njit(**NJIT)
+    @numba.njit(**dict(NJIT, parallel=parallel))
     def kernel(acc, a, e, M0, n, out):                  # acc [R, C], a, e [R], M0, n [C]
         R, C = acc.shape
-        for t in numba.prange(R):
+        for t in rows(R):
             for c in range(C):
                 p = np.int64(acc[t, c]) * a[t]
                 s = 31 + n[c] - e[t]
@@ -53,18 +57,19 @@ def rescale_rows(acc, a, e, M0, n) -> np.ndarray:
     int32/int64 ``acc [R, C]``, ``a, e [R]`` int64, ``M0, n [C]`` int64 (checked by the caller:
     ``17 <= 31 + n - e <= 78``)."""
     out = np.empty(acc.shape, np.int32)
-    _rescale_kernel()(acc, a, e, M0, n, out)
+    _rescale_kernel(acc.size >= SERIAL_BELOW)(acc, a, e, M0, n, out)
     return out
 
 
 @functools.lru_cache(maxsize=None)
-def _softmax_kernel():
+def _softmax_kernel(parallel: bool = True):
     import numba
+    rows = numba.prange if parallel else range      # a closure value: cached apart
 
-    @numba.njit(**NJIT)
+    @numba.njit(**dict(NJIT, parallel=parallel))
     def kernel(z, n_valid, q_ln2, q_b, q_c, pmax, bits, out):   # z [R, S], n_valid [R]
         R, S = z.shape
-        for t in numba.prange(R):
+        for t in rows(R):
             nv = n_valid[t]
             m = z[t, 0]
             for s in range(1, nv):
@@ -95,5 +100,6 @@ def softmax_rows(z, n_valid, q_ln2: int, q_b: int, q_c: int, pmax: int, bits: in
     """uint8 ``[R, S]``: :func:`refquant.integer.ops_exp.i_softmax` where row ``t`` sees its first
     ``n_valid[t] >= 1`` keys (the causal mask's prefix form), constants given by the caller."""
     out = np.empty(z.shape, np.uint8)
-    _softmax_kernel()(z, n_valid, np.int64(q_ln2), np.int64(q_b), np.int64(q_c), pmax, bits, out)
+    _softmax_kernel(z.size >= SERIAL_BELOW)(z, n_valid, np.int64(q_ln2), np.int64(q_b),
+                                           np.int64(q_c), pmax, bits, out)
     return out

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refquant.integer.requant import NUMBA_MIN_SIZE, int_array, use_numba
+from refquant.integer.requant import int_array, use_numba
 
 A, B, C = 0.3585, 1.353, 0.344          # I-BERT's coefficients (for the docs and the tests)
 LN2_Q40 = 762123384786                  # round(ln 2 * 2^40)
@@ -139,7 +139,7 @@ def i_softmax(z, F: int, valid=None, *, backend: str = "numpy") -> np.ndarray:
     valid : bool [..., S] broadcastable (e.g. :func:`causal_mask`), or None for all
     backend : "numpy" (the specification) or "numba"/"auto": the Numba kernel
         (:mod:`refquant.integer._numba_ops`, equal bit for bit) where ``valid`` is a prefix of
-        every row (the causal mask) and ``z`` has ``2^15`` elements or more
+        every row (the causal mask), else NumPy
 
     >>> i_softmax(np.array([[0, 0, 2**16, -2**20]]), 16).tolist()
     [[54, 54, 147, 0]]
@@ -153,7 +153,7 @@ def i_softmax(z, F: int, valid=None, *, backend: str = "numpy") -> np.ndarray:
     if valid is None:
         valid = np.ones(z.shape, bool)
     valid = np.broadcast_to(np.asarray(valid, bool), z.shape)
-    if use_numba(backend) and z.size >= NUMBA_MIN_SIZE:
+    if use_numba(backend):
         n_valid = valid.sum(axis=-1).reshape(-1)
         prefix = np.arange(S)[None, :] < n_valid[:, None]
         if np.all(n_valid >= 1) and np.array_equal(prefix, valid.reshape(-1, S)):

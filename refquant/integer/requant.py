@@ -48,7 +48,6 @@ MANTISSA_BITS = 15        # u ~= a 2^e with a <= 2^15 (split_mantissa)
 ACC_ABS_MAX = 2**32       # rescale_rows: |acc| < 2^32 so that acc a < 2^47
 WIDE_SHIFT = 16           # quantize_multiplier_wide: M in [2^-47, 2^15]
 N_MIN, N_MAX = -30, 47    # shifts rescale_rows accepts
-NUMBA_MIN_SIZE = 2**15    # smaller arrays stay in NumPy (a parallel kernel's start costs more)
 
 
 def int_array(x, name: str, abs_max: int | None = None) -> np.ndarray:
@@ -238,7 +237,7 @@ def rescale_rows(acc, u, M0, n, *, backend: str = "numpy") -> np.ndarray:
     u : integer [..., T] > 0
     M0, n : integer [C] (or scalars) from :func:`quantize_multiplier_wide` (``n`` in ``[-30, 47]``)
     backend : "numpy" (the specification) or "numba"/"auto" (:mod:`refquant.integer._numba_ops`,
-        equal bit for bit; used from ``2^15`` elements)
+        equal bit for bit; 2-D ``acc``)
 
     Returns
     -------
@@ -256,7 +255,7 @@ def rescale_rows(acc, u, M0, n, *, backend: str = "numpy") -> np.ndarray:
         raise ValueError(f"shift n must lie in [{N_MIN}, {N_MAX}], got "
                          f"{int(n[(n < N_MIN) | (n > N_MAX)].ravel()[0])}")
     a, e = split_mantissa(u)                                        # [..., T] each
-    if use_numba(backend) and acc.ndim == 2 and acc.size >= NUMBA_MIN_SIZE:
+    if use_numba(backend) and acc.ndim == 2:
         from refquant.integer import _numba_ops
         C = acc.shape[1]
         M0c, nc = np.broadcast_to(M0, (C,)), np.broadcast_to(n, (C,))
