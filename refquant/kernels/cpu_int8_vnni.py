@@ -94,8 +94,9 @@ def _dpbusd(builder, acc, u, s, lanes: int = 16):
 
 
 def _njit_options(lanes: int) -> dict:
-    """Numba's on-disk cache keys a kernel by its code, not by which width's intrinsics its
-    closure holds, so only the 512-bit kernels are cached; the 256-bit ones compile per process."""
+    """The 512-bit and 256-bit kernels are the same Python code with different intrinsics in
+    their closures; so that Numba's on-disk cache can never hand one width's machine code to the
+    other, only the 512-bit build asks for caching (the 256-bit one compiles per process)."""
     return dict(NJIT_OPTIONS, cache=lanes == 16)
 
 
