@@ -31,6 +31,7 @@ import functools
 import numpy as np
 
 from refquant.calibration.observers import calibrate
+from refquant.integer.requant import use_numba
 from refquant.kernels import int8_matmul
 from refquant.schemes.spec import QuantSpec
 from refquant.schemes.uniform import quantize
@@ -105,10 +106,11 @@ def _quantize_rows_int8_fast(x) -> tuple[np.ndarray, np.ndarray]:
     every W8A8 call: the general calibrate-and-quantize path costs ~0.1 ms of checks and small
     reductions per call, more than the int8 product of a decoded token). Equal to it bit for
     bit (``tests/test_w8a8.py`` pins codes and scales on ties, zero rows and random rows); input
-    with NaN or Inf goes to :func:`quantize_rows_int8`, which raises its error."""
+    that is not 2-D or holds NaN or Inf goes to :func:`quantize_rows_int8`, which raises its
+    error."""
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
-        raise ValueError(f"x must be 2-D, got shape {x.shape}")
+        return quantize_rows_int8(x)                                       # raises: not 2-D
     q = np.empty(x.shape, np.int8)
     s = np.empty(x.shape[0], np.float32)
     if not _rows_int8_numba()(x, q, s):
@@ -134,7 +136,7 @@ def w8a8_matmul(x, q_wT, s_w, *, backend: str = "auto") -> np.ndarray:
     if not np.all(np.isfinite(s_w) & (s_w > 0)):
         raise ValueError(f"s_w must be finite and > 0, got "
                          f"{s_w[~(np.isfinite(s_w) & (s_w > 0))][0].item()!r}")
-    quantize_x = quantize_rows_int8 if backend == "numpy" else _quantize_rows_int8_fast
+    quantize_x = _quantize_rows_int8_fast if use_numba(backend) else quantize_rows_int8
     q_x, s_x = quantize_x(x)                                               # [T, K], [T]
     acc = int8_matmul(q_x, q_wT, backend=backend)                          # [T, N] int32
     return acc.astype(np.float32) * s_x[:, None] * s_w[None, :]
