@@ -29,7 +29,7 @@ from _timing import best_pair, print_machine  # (benchmarks/ is on sys.path)
 import numpy as np
 
 import refquant as rq
-from refquant.kernels import cpu_features
+from refquant.kernels import cpu_features, cpu_int8_vnni
 
 SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)]
 
@@ -40,9 +40,8 @@ def kernel_peak(path: str, seconds: float = 0.5) -> float:
     import time
     import numba
     from numba import njit, prange
-    if path in ("avx512_vnni", "avx_vnni"):
-        from refquant.kernels import cpu_int8_vnni as k
-        lanes = 16 if path == "avx512_vnni" else 8
+    if path in cpu_int8_vnni.PATH_LANES:
+        k, lanes = cpu_int8_vnni, cpu_int8_vnni.PATH_LANES[path]
         mr, nr = k.TILES[lanes]
         tile, per_p, b_dtype, b_len = k.dpbusd_tile(lanes), 4, np.int8, 4 * nr
     else:
@@ -103,7 +102,7 @@ def main():
             ops = 2.0 * M * K * N
             if M == 1:
                 target = "-"
-            elif path in ("avx512_vnni", "avx_vnni"):
+            elif path in cpu_int8_vnni.PATH_LANES:
                 target = ">=3" if (K, N) == (4096, 4096) else ">=2"
             else:
                 target = ">=1.5" if max(K, N) >= 1536 else "-"

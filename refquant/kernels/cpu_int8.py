@@ -266,8 +266,8 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         serial = M * K * b.shape[1] < ROWS_SERIAL_MACS
         return gemm_rows(parallel=not serial)(np.ascontiguousarray(a), np.ascontiguousarray(b))
     path = cpu_features.int8_path()[0]
-    if path in ("avx512_vnni", "avx_vnni"):
-        return cpu_int8_vnni.int8_matmul(a, b, lanes=16 if path == "avx512_vnni" else 8)
+    if path in cpu_int8_vnni.PATH_LANES:
+        return cpu_int8_vnni.int8_matmul(a, b, lanes=cpu_int8_vnni.PATH_LANES[path])
     return int8_matmul_pmaddwd(a, b)
 
 

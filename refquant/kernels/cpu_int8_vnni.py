@@ -79,6 +79,8 @@ INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 #: registers) and 256-bit (``avx_vnni``: 12 of the 16 registers AVX2 has, the tile 6 x 16)
 TILES = {16: (8, 32), 8: (6, 16)}
 INTRINSICS = {16: INTRINSIC, 8: "llvm.x86.avx512.vpdpbusd.256"}
+#: the int8 path of :mod:`refquant.kernels.cpu_features` -> int32 lanes per register
+PATH_LANES = {"avx512_vnni": 16, "avx_vnni": 8}
 
 
 def _dpbusd(builder, acc, u, s, lanes: int = 16):
