@@ -15,12 +15,11 @@ import time
 # OMP_WAIT_POLICY=passive environment was set here before: it costs ~0.13 ms per parallel region
 # on this virtual machine, which the many small products of a decoded token pay).
 
-
-import refquant as rq                                    # noqa: E402
-from refquant.models.llama import forward, generate      # noqa: E402
-from refquant.models.llama_int import forward_int, generate_int   # noqa: E402
-from refquant.models.llama_int_prepare import prepare_integer     # noqa: E402
-from refquant.pipeline.data import calibration_tokens, evaluation_tokens   # noqa: E402
+import refquant as rq
+from refquant.models.llama import forward, generate
+from refquant.models.llama_int import forward_int, generate_int
+from refquant.models.llama_int_prepare import prepare_integer
+from refquant.pipeline.data import calibration_tokens, evaluation_tokens
 from _timing import best_time as best, print_machine  # (benchmarks/ is on sys.path)
 
 
