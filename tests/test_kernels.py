@@ -91,6 +91,28 @@ def test_backends_and_auto():
             rq.int8_matmul(a, a, backend="cuda")
 
 
+
+def test_asking_for_numba_does_not_import_numba_cuda():
+    # importing numba.cuda takes over a second; only backend="cuda" or "auto" needs it, and
+    # "auto" only where a CUDA driver loads (or the simulator is on)
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, refquant as rq\n"
+            "a = np.zeros((1, 1), np.int8)\n"
+            "rq.int8_matmul(a, a, backend='numba'); rq.int8_matmul(a, a, backend='numpy')\n"
+            "print('numba.cuda' in sys.modules)\n"
+            "from refquant.kernels import _cuda_driver_loadable, auto_backend\n"
+            "auto_backend()\n"
+            "print(_cuda_driver_loadable(), 'numba.cuda' in sys.modules)\n")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("NUMBA_ENABLE_CUDASIM", "NUMBA_CUDA_DRIVER")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert out[0] == "False"                         # explicit backends probe only themselves
+    driver, imported = out[1:]
+    if driver == "False":
+        assert imported == "False"                   # no driver: no GPU, numba.cuda not needed
+
 # --- numba against the specification --------------------------------------------------------
 
 

@@ -39,8 +39,29 @@ def _numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_driver_loadable() -> bool:
+    """Whether the CUDA driver library loads (the first thing numba.cuda needs for a real GPU).
+
+    Tried before importing numba.cuda, which alone takes over a second: without a driver there
+    is no GPU to find. ``NUMBA_CUDA_DRIVER`` (numba.cuda's own setting for the library's path)
+    is honoured by leaving the decision to numba.cuda."""
+    if os.environ.get("NUMBA_CUDA_DRIVER"):
+        return True
+    import ctypes
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def _cuda_available() -> bool:
     if not _numba_available() or importlib.util.find_spec("numba.cuda") is None:
+        return False
+    if not _cuda_is_simulated() and not _cuda_driver_loadable():
         return False
     from numba import cuda
     try:
@@ -101,7 +122,8 @@ def _resolve(backend) -> str:
         return auto_backend()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
-    if backend not in backends():
+    usable = {"numpy": lambda: True, "numba": _numba_available, "cuda": _cuda_available}
+    if not usable[backend]():                      # only the backend asked for is probed
         raise ValueError(f"backend {backend!r} is not available here (available: {backends()})")
     return backend
 

@@ -42,6 +42,7 @@ import functools
 
 import numpy as np
 
+from refquant.schemes._jit import stable
 from refquant.kernels import _llvm, cpu_features, cpu_int8_vnni
 
 MR, NR = 4, 16          # micro-tile: rows of A, columns of B
@@ -73,11 +74,11 @@ def madd_tile():
     from numba.core import cgutils
     from numba.core.extending import intrinsic
 
-    v16i16, v8i32 = _llvm.vector("i16", 16), _llvm.vector("i32", 8)
-    v8p = v8i32.as_pointer()
-
     @intrinsic
     def _madd_tile(typingctx, Aw, a_off, lda, Bp, b_off, C, c_off, ldc, P):
+        v16i16, v8i32 = _llvm.vector("i16", 16), _llvm.vector("i32", 8)
+        v8p = v8i32.as_pointer()
+
         sig = types.void(Aw, a_off, lda, Bp, b_off, C, c_off, ldc, P)
 
         def codegen(context, builder, signature, args):
@@ -110,7 +111,7 @@ def madd_tile():
 
         return sig, codegen
 
-    return _madd_tile
+    return stable(_madd_tile)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,11 +126,11 @@ def pack_pair_rows():
     from numba import types
     from numba.core.extending import intrinsic
 
-    v16i8, v16i16, v32i16 = _llvm.vector("i8", 16), _llvm.vector("i16", 16), _llvm.vector("i16", 32)
-    interleave = _llvm.i32_constant([c // 2 + 16 * (c % 2) for c in range(32)])
-
     @intrinsic
     def _pack_pair_rows(typingctx, B, off0, off1, Bp, out_off):
+        v16i8, v16i16, v32i16 = _llvm.vector("i8", 16), _llvm.vector("i16", 16), _llvm.vector("i16", 32)
+        interleave = _llvm.i32_constant([c // 2 + 16 * (c % 2) for c in range(32)])
+
         sig = types.void(B, off0, off1, Bp, out_off)
 
         def codegen(context, builder, signature, args):
@@ -143,7 +144,7 @@ def pack_pair_rows():
 
         return sig, codegen
 
-    return _pack_pair_rows
+    return stable(_pack_pair_rows)
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,6 +242,7 @@ def gemm_rows(parallel: bool = True):
         for j in range(j0, j1):
             C[i, j] = acc[j - j0]
 
+    stable(_row_block, parallel)                # one per build: its identity names the build
     tasks = prange if parallel else range       # a closure value: Numba's cache keeps both apart
 
     @njit(**dict(NJIT_OPTIONS, parallel=parallel))

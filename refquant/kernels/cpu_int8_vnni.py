@@ -69,6 +69,7 @@ import functools
 
 import numpy as np
 
+from refquant.schemes._jit import stable
 from refquant.kernels import _llvm
 
 MR, NR = 8, 32          # micro-tile: rows of A, columns of B (two 16-lane int32 registers)
@@ -119,11 +120,11 @@ def dpbusd_tile(lanes: int = 16):
     from numba.core import cgutils
     from numba.core.extending import intrinsic
 
-    mr, nr = TILES[lanes]
-    v16i32, v64i8 = _llvm.vector("i32", lanes), _llvm.vector("i8", 4 * lanes)
-
     @intrinsic
     def _dpbusd_tile(typingctx, Aw, a_off, lda, Bq, b_off, C, c_off, ldc, P):
+        mr, nr = TILES[lanes]
+        v16i32, v64i8 = _llvm.vector("i32", lanes), _llvm.vector("i8", 4 * lanes)
+
         sig = types.void(Aw, a_off, lda, Bq, b_off, C, c_off, ldc, P)
 
         def codegen(context, builder, signature, args):
@@ -158,7 +159,7 @@ def dpbusd_tile(lanes: int = 16):
 
         return sig, codegen
 
-    return _dpbusd_tile
+    return stable(_dpbusd_tile, lanes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,14 +176,14 @@ def pack_quad_rows(nr: int = NR):
     from numba import types
     from numba.core.extending import intrinsic
 
-    v32i8, v128i8 = _llvm.vector("i8", nr), _llvm.vector("i8", 4 * nr)
-    cat = _llvm.i32_constant(list(range(2 * nr)))
-    # after concatenating rows (0, 1) and (2, 3), element 4c + e comes from row e, column c
-    interleave = _llvm.i32_constant([(e // 2) * 2 * nr + (e % 2) * nr + c
-                                     for c in range(nr) for e in range(4)])
-
     @intrinsic
     def _pack_quad_rows(typingctx, B, off, ldb, Bq, out_off):
+        v32i8, v128i8 = _llvm.vector("i8", nr), _llvm.vector("i8", 4 * nr)
+        cat = _llvm.i32_constant(list(range(2 * nr)))
+        # after concatenating rows (0, 1) and (2, 3), element 4c + e comes from row e, column c
+        interleave = _llvm.i32_constant([(e // 2) * 2 * nr + (e % 2) * nr + c
+                                         for c in range(nr) for e in range(4)])
+
         sig = types.void(B, off, ldb, Bq, out_off)
 
         def codegen(context, builder, signature, args):
@@ -199,7 +200,7 @@ def pack_quad_rows(nr: int = NR):
 
         return sig, codegen
 
-    return _pack_quad_rows
+    return stable(_pack_quad_rows, nr)
 
 
 @functools.lru_cache(maxsize=None)

@@ -50,6 +50,7 @@ import functools
 
 import numpy as np
 
+from refquant.schemes._jit import stable
 from refquant.kernels import _llvm, cpu_features, cpu_w4_avx512
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
 
@@ -83,14 +84,14 @@ def w4_row():
     from numba.core import cgutils
     from numba.core.extending import intrinsic
 
-    v8i32, v8f32 = _llvm.vector("i32", 8), _llvm.vector("f32", 8)
-    shifts = _llvm.i32_constant([4 * i for i in range(8)])
-    mask15 = _llvm.i32_constant([15] * 8)
-    zero8 = ir.Constant(v8f32, [0.0] * 8)
-    c = _llvm.i64_const
-
     @intrinsic
     def _w4_row(typingctx, Q, q_off, X, x_off, S, s_off, n_words, wpg):
+        v8i32, v8f32 = _llvm.vector("i32", 8), _llvm.vector("f32", 8)
+        shifts = _llvm.i32_constant([4 * i for i in range(8)])
+        mask15 = _llvm.i32_constant([15] * 8)
+        zero8 = ir.Constant(v8f32, [0.0] * 8)
+        c = _llvm.i64_const
+
         sig = types.float32(Q, q_off, X, x_off, S, s_off, n_words, wpg)
 
         def codegen(context, builder, signature, args):
@@ -134,7 +135,7 @@ def w4_row():
 
         return sig, codegen
 
-    return _w4_row
+    return stable(_w4_row)
 
 
 @functools.lru_cache(maxsize=None)

@@ -42,6 +42,7 @@ import functools
 
 import numpy as np
 
+from refquant.schemes._jit import stable
 from refquant.kernels import _llvm
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
 
@@ -81,13 +82,13 @@ def w4_row_table():
     from numba.core import cgutils
     from numba.core.extending import intrinsic
 
-    v16i8, v16i32, v16f = _llvm.vector("i8", 16), _llvm.vector("i32", 16), _llvm.vector("f32", 16)
-    four = _llvm.i32_constant([4] * 16)
-    zero16 = ir.Constant(v16f, [0.0] * 16)
-    c = _llvm.i64_const
-
     @intrinsic
     def _w4_row_table(typingctx, Q, q_off, XP, x_off, S, Z, sz_off, n_blocks, bpg, IZ):
+        v16i8, v16i32, v16f = _llvm.vector("i8", 16), _llvm.vector("i32", 16), _llvm.vector("f32", 16)
+        four = _llvm.i32_constant([4] * 16)
+        zero16 = ir.Constant(v16f, [0.0] * 16)
+        c = _llvm.i64_const
+
         sig = types.float32(Q, q_off, XP, x_off, S, Z, sz_off, n_blocks, bpg, IZ)
 
         def codegen(context, builder, signature, args):
@@ -146,7 +147,7 @@ def w4_row_table():
 
         return sig, codegen
 
-    return _w4_row_table
+    return stable(_w4_row_table)
 
 
 def arrange_x(x: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ import functools
 
 import numpy as np
 
+from refquant.schemes._jit import stable
 from refquant.kernels import _llvm
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
 from refquant.kernels.cpu_int8_vnni import _dpbusd
@@ -77,10 +78,11 @@ def chunk_dots():
     test of the integer part runs it."""
     from numba import types
     from numba.core.extending import intrinsic
-    v16i32 = _llvm.vector("i32", 16)
 
     @intrinsic
     def _chunk_dots_store(typingctx, Q, q_off, ACT, a_off, OUT, o_off):
+        v16i32 = _llvm.vector("i32", 16)
+
         sig = types.void(Q, q_off, ACT, a_off, OUT, o_off)
 
         def codegen(context, builder, signature, args):
@@ -92,7 +94,7 @@ def chunk_dots():
 
         return sig, codegen
 
-    return _chunk_dots_store
+    return stable(_chunk_dots_store)
 
 
 def _lane_scales(builder, ps, s_off, ch, mode, cpg):
@@ -121,13 +123,14 @@ def w4a8_row():
     from numba import types
     from numba.core import cgutils
     from numba.core.extending import intrinsic
-    v16f, v16i32 = _llvm.vector("f32", 16), _llvm.vector("i32", 16)
-    zero16 = ir.Constant(v16f, [0.0] * 16)
-    c = _llvm.i64_const
 
     @intrinsic
     def _w4a8_row(typingctx, Q, q_off, ACT, a_off, DL, dl_off, S, Z, sz_off, DG, dg_off,
                   n_chunks, G16, mode, cpg):
+        v16f, v16i32 = _llvm.vector("f32", 16), _llvm.vector("i32", 16)
+        zero16 = ir.Constant(v16f, [0.0] * 16)
+        c = _llvm.i64_const
+
         sig = types.float32(Q, q_off, ACT, a_off, DL, dl_off, S, Z, sz_off, DG, dg_off,
                             n_chunks, G16, mode, cpg)
 
@@ -175,7 +178,7 @@ def w4a8_row():
 
         return sig, codegen
 
-    return _w4a8_row
+    return stable(_w4a8_row)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,6 +27,8 @@ import functools
 
 import numpy as np
 
+from refquant.schemes._jit import stable
+
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 #: The rounding modes a spec can name: round half to even (IEEE 754, NumPy's ``rint``) and
 #: round half away from zero (C's ``roundf``, as llama.cpp rounds).
@@ -103,7 +105,7 @@ def round_scalar_numba():
             f = np.floor(a)
             return np.sign(y) * (f + (1.0 if a - f >= 0.5 else 0.0))
         return np.rint(y)
-    return rnd
+    return stable(rnd)
 
 
 def round_to_int(x: np.ndarray, mode: str = "half_even") -> np.ndarray:
