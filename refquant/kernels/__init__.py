@@ -58,7 +58,10 @@ def _cuda_driver_loadable() -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_available() -> bool:
+    """Whether numba.cuda finds a GPU or runs its simulator, probed once per process (both are
+    settled when numba.cuda is first imported; ``backend="auto"`` asks on every call)."""
     if not _numba_available() or importlib.util.find_spec("numba.cuda") is None:
         return False
     if not _cuda_is_simulated() and not _cuda_driver_loadable():
