@@ -42,8 +42,8 @@ import functools
 
 import numpy as np
 
-from refquant.schemes._jit import stable
 from refquant.kernels import _llvm, cpu_features, cpu_int8_vnni
+from refquant.schemes._jit import stable
 
 MR, NR = 4, 16          # micro-tile: rows of A, columns of B
 KC = 256                # pairs of k per cache block (16 KiB of a packed B panel)

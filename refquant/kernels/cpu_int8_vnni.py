@@ -69,8 +69,8 @@ import functools
 
 import numpy as np
 
-from refquant.schemes._jit import stable
 from refquant.kernels import _llvm
+from refquant.schemes._jit import stable
 
 MR, NR = 8, 32          # micro-tile: rows of A, columns of B (two 16-lane int32 registers)
 KC = 2048               # quads of k per cache block (at most 256 KiB of a packed B panel: L2)

@@ -50,9 +50,9 @@ import functools
 
 import numpy as np
 
-from refquant.schemes._jit import stable
 from refquant.kernels import _llvm, cpu_features, cpu_w4_avx512
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
+from refquant.schemes._jit import stable
 
 
 def _horizontal_sum(builder, acc):

@@ -42,9 +42,9 @@ import functools
 
 import numpy as np
 
-from refquant.schemes._jit import stable
 from refquant.kernels import _llvm
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
+from refquant.schemes._jit import stable
 
 PERMPS = "llvm.x86.avx512.permvar.sf.512"
 

@@ -48,12 +48,12 @@ import functools
 
 import numpy as np
 
-from refquant.schemes._jit import stable
 from refquant.kernels import _llvm
 from refquant.kernels.cpu_int8 import NJIT_OPTIONS
 from refquant.kernels.cpu_int8_vnni import _dpbusd
 from refquant.kernels.cpu_w4_avx512 import _hsum16
 from refquant.kernels.reference import ACT_BLOCK, quantize_act_q8
+from refquant.schemes._jit import stable
 
 
 def _chunk_dots(builder, pq, q_off, pa, a_off):
