@@ -23,7 +23,12 @@ as fast (issue 17's targets: a16 >= 1 at both group sizes, a8 > 1). The paths ea
 are printed (``rq.backends(detail=True)``). Timings on a shared machine are noisy: compare the
 ratios of one run, not figures of different runs.
 
-Usage: python benchmarks/w4_gemv.py [--repeats 40] [--threads N]
+With ``--runs R`` the whole comparison (every side, in alternating bursts) is repeated R times
+and each ratio is printed as the median of the R runs with its range: on a shared virtual machine
+one run's best times can be misleading (ggml's Q4_0 time at 4096 x 4096 moved from 0.69 to 1.69
+ms between two runs on one day).
+
+Usage: python benchmarks/w4_gemv.py [--repeats 40] [--threads N] [--runs R]
 """
 
 import argparse
@@ -71,6 +76,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat the whole comparison; ratios are then the median of the runs "
+                         "with their range (this machine's ggml times move by up to 2.5x)")
     args = ap.parse_args()
     import ggml_oracle                                                       # tests/: ggml's C
     import numba
@@ -86,11 +94,16 @@ def main():
             mv = GGMLMatVec(ggml_oracle.quantize(W_hat, name).reshape(N, -1), tid, K, args.threads)
             ggml[f"ggml {name}"] = (mv, lambda mv=mv: mv(x[0]))
         fns = {"f32": lambda: x @ W_hat.T, **{k: f for k, (_, f) in ggml.items()}, **sides}
-        t = dict(zip(fns, best_of(list(fns.values()), args.repeats, burst=10)))
+        runs = [dict(zip(fns, best_of(list(fns.values()), args.repeats, burst=10)))
+                for _ in range(args.runs)]
         print(f"\n[N, K] = [{N}, {K}], ms (best of {args.repeats}, bursts of 10); "
-              f"ratio = t(ggml Q4_0) / t")
-        for name, sec in t.items():
-            print(f"  {name:<10} {sec * 1e3:7.3f} ms   ratio {t['ggml Q4_0'] / sec:5.2f}")
+              f"ratio = t(ggml Q4_0) / t" + (f", median [min, max] of {args.runs} runs"
+                                             if args.runs > 1 else ""))
+        for name in fns:
+            ratios = sorted(t["ggml Q4_0"] / t[name] for t in runs)
+            spread = (f" [{ratios[0]:.2f}, {ratios[-1]:.2f}]" if args.runs > 1 else "")
+            print(f"  {name:<10} {min(t[name] for t in runs) * 1e3:7.3f} ms   "
+                  f"ratio {float(np.median(ratios)):5.2f}{spread}")
         for mv, _ in ggml.values():
             mv.close()
 

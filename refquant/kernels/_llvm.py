@@ -56,3 +56,16 @@ def load_vector(builder, base, offset, vec_type, align: int):
     """Load a ``vec_type`` from ``base + offset`` (element pointer arithmetic on ``base``)."""
     return builder.load(builder.bitcast(builder.gep(base, [offset]), vec_type.as_pointer()),
                         align=align)
+
+
+def prefetch(builder, base, offset, locality: int = 2):
+    """A read prefetch of the cache line at ``base + offset`` (element pointer arithmetic):
+    ``llvm.prefetch`` with ``locality`` 0-3 (2: ``prefetcht1``, into L2 and below). A prefetch
+    never faults, so the address may lie past the end of an array."""
+    from llvmlite import ir
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    name = "llvm.prefetch.p0"
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name=name)
+    addr = builder.bitcast(builder.gep(base, [offset]), i8p)
+    builder.call(fn, [addr, ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
