@@ -16,7 +16,7 @@ from refquant.schemes import _jit
 # forms, W4A16's row and blocked forms, W4A8, the W8A8 activation quantizer, GPTQ's and AWQ's
 # inner loops, the integer ops); then every refquant dispatcher's cache hits and misses.
 WORKLOAD = r"""
-import gc, json, numpy as np
+import gc, json, os, numpy as np
 import refquant as rq
 from numba.core.registry import CPUDispatcher
 from refquant.algorithms.awq._fast import _fake_quantize
@@ -26,6 +26,11 @@ from refquant.kernels import w4a8_matmul
 rng = np.random.default_rng(0)
 a = rng.integers(-128, 128, (16, 64), dtype=np.int8)
 rq.int8_matmul(a, a.T.copy(), backend="numba")
+from refquant.kernels import cpu_features
+if not cpu_features.missing_features("avx_vnni"):          # the 256-bit VNNI build as well
+    os.environ[cpu_features.ENV] = "avx_vnni"
+    rq.int8_matmul(a, a.T.copy(), backend="numba")
+    del os.environ[cpu_features.ENV]
 rq.int8_matmul(a[:2], a.T.copy(), backend="numba")
 packed = rq.pack(rng.integers(0, 16, (8, 128), dtype=np.uint8), 4, "int32")
 s, z = np.full((8, 1), 0.5, np.float32), np.full((8, 1), 8, np.int32)

@@ -127,8 +127,12 @@ def test_avx_vnni_kernel_compiles_to_vex_for_an_avx_vnni_only_cpu(monkeypatch):
     a = np.ones((12, 64), np.int8)
     b = np.ones((64, 32), np.int8)
     assert (rq.int8_matmul(a, b, backend="numba") == 64).all()
-    gemm = cpu_int8_vnni.gemm_packed(8)
-    module = llvm.parse_assembly(gemm.inspect_llvm(gemm.signatures[0]))
+    import numba
+    cached = cpu_int8_vnni.gemm_packed(8)          # Numba shows no IR of code loaded from disk:
+    gemm = numba.njit(**dict(cpu_int8_vnni.NJIT_OPTIONS, cache=False))(cached.py_func)
+    sig = cached.signatures[0]                     # the same function compiled again, uncached
+    gemm.compile(sig)
+    module = llvm.parse_assembly(gemm.inspect_llvm(sig))
     tm = llvm.Target.from_triple(module.triple).create_target_machine(cpu="alderlake", opt=2)
     asm = tm.emit_assembly(module)
     assert re.search(r"\{vex\}\s+vpdpbusd\s+%ymm", asm)

@@ -96,13 +96,6 @@ def _dpbusd(builder, acc, u, s, lanes: int = 16):
     return builder.call(fn, [acc, u, s])
 
 
-def _njit_options(lanes: int) -> dict:
-    """The 512-bit and 256-bit kernels are the same Python code with different intrinsics in
-    their closures; so that Numba's on-disk cache can never hand one width's machine code to the
-    other, only the 512-bit build asks for caching (the 256-bit one compiles per process)."""
-    return dict(NJIT_OPTIONS, cache=lanes == 16)
-
-
 @functools.lru_cache(maxsize=None)
 def dpbusd_tile(lanes: int = 16):
     """The intrinsic ``dpbusd_tile(Aw, a_off, lda, Bq, b_off, C, c_off, ldc, P)``:
@@ -215,7 +208,7 @@ def pack_panels(lanes: int = 16):
     NR = TILES[lanes][1]
     _pack = pack_quad_rows(NR)
 
-    @njit(**_njit_options(lanes))
+    @njit(**NJIT_OPTIONS)
     def _pack_panels(b, P):
         K, N = b.shape
         n_panels = (N + NR - 1) // NR
@@ -250,7 +243,7 @@ def gemm_packed(lanes: int = 16):
     MR, NR = TILES[lanes]
     _tile = dpbusd_tile(lanes)
 
-    @njit(**_njit_options(lanes))
+    @njit(**NJIT_OPTIONS)
     def _gemm_packed(Aw, Bq):
         Mp, P = Aw.shape
         n_panels = Bq.shape[0]
