@@ -95,6 +95,7 @@ def test_backends_and_auto():
 def test_asking_for_numba_does_not_import_numba_cuda():
     # importing numba.cuda takes over a second; only backend="cuda" or "auto" needs it, and
     # "auto" only where a CUDA driver loads (or the simulator is on)
+    import os
     import subprocess
     import sys
     code = ("import sys, numpy as np, refquant as rq\n"
@@ -104,7 +105,7 @@ def test_asking_for_numba_does_not_import_numba_cuda():
             "from refquant.kernels import _cuda_driver_loadable, auto_backend\n"
             "auto_backend()\n"
             "print(_cuda_driver_loadable(), 'numba.cuda' in sys.modules)\n")
-    env = {k: v for k, v in __import__("os").environ.items()
+    env = {k: v for k, v in os.environ.items()
            if k not in ("NUMBA_ENABLE_CUDASIM", "NUMBA_CUDA_DRIVER")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
@@ -380,6 +381,7 @@ def test_uint8_k_bound_for_zero_weight_zero_point_is_65793():
 def test_importing_the_kernels_compiles_nothing():
     """A fresh interpreter imports refquant, the dispatcher and both CPU kernel modules without
     Numba compiling (oracle: ``numba`` absent from ``sys.modules`` afterwards)."""
+    import os
     import subprocess
     import sys
     code = ("import sys, refquant, refquant.kernels, refquant.kernels.cpu, refquant.kernels.cuda\n"

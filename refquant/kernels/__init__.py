@@ -77,6 +77,10 @@ def _cuda_is_simulated() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
+#: backend -> whether it is usable in this process (each probe cached by its function)
+_USABLE = {"numpy": lambda: True, "numba": _numba_available, "cuda": _cuda_available}
+
+
 def backends(detail: bool = False):
     """The backends usable in this process, in the order ``"numpy"``, ``"numba"``, ``"cuda"``.
 
@@ -85,11 +89,7 @@ def backends(detail: bool = False):
     why: for ``"numba"``, the int8 GEMM path chosen from the host CPU's features
     (:func:`refquant.kernels.cpu_features.int8_path`).
     """
-    out = ["numpy"]
-    if _numba_available():
-        out.append("numba")
-    if _cuda_available():
-        out.append("cuda")
+    out = [name for name in BACKENDS if _USABLE[name]()]
     if not detail:
         return out
     info = {"numpy": "the specification (NumPy)"}
@@ -125,8 +125,7 @@ def _resolve(backend) -> str:
         return auto_backend()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
-    usable = {"numpy": lambda: True, "numba": _numba_available, "cuda": _cuda_available}
-    if not usable[backend]():                      # only the backend asked for is probed
+    if not _USABLE[backend]():                     # only the backend asked for is probed
         raise ValueError(f"backend {backend!r} is not available here (available: {backends()})")
     return backend
 
