@@ -55,10 +55,10 @@ from refquant.schemes._jit import stable
 PERMPS = "llvm.x86.avx512.permvar.sf.512"
 #: How far ahead of the block being read the codes are prefetched into L2, in bytes (two rows at
 #: K = 4096; a thread reads its rows back to back, so this is its own stream). Measured on a
-#: Zen 4 class EPYC, paired calls with and without, median of 300 (2 KB, 4 KB; ``prefetcht0``,
-#: ``t1``; every block or every second one): 1.22-1.35x at 11008 x 4096, where the weights come
-#: from DRAM, 0.94-1.17x at 4096 x 4096, where they stay in L3. ``prefetcht1`` every second
-#: block, 4 KB ahead, was kept.
+#: Zen 4 class EPYC, paired calls with and without, median of 300 per-pair ratios, over 1, 2 and
+#: 4 KB ahead, ``prefetcht0`` / ``t1`` / ``t2``, every block or every second one. Kept: ``t1``
+#: every second block, 4 KB ahead: 1.22-1.35x at 11008 x 4096 (weights from DRAM), 0.98-1.12x at
+#: 4096 x 4096 (weights in L3), groups of 32 and 128, 1 and 2 threads.
 PREFETCH_BYTES = 4096
 
 
