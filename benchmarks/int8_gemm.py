@@ -3,13 +3,16 @@
 For each shape (M, K, N) the script times ``rq.int8_matmul(a, b, backend="numba")`` on int8
 operands and ``a_f @ b_f`` on float32 copies, interleaved, best of ``--repeats``, and prints the
 ratio ``t_float32 / t_int8`` (> 1: int8 is faster), once for every int8 kernel path this CPU can
-run (refquant.kernels.cpu_features: ``avx512_vnni``, ``avx_vnni``, ``pmaddwd``), forced through
-``REFQUANT_INT8_PATH``. Targets (issue 17): on a VNNI machine >= 3x at (256, 4096, 4096) and >= 2x
-at the model's shapes; >= 1.5x for ``pmaddwd`` (the AVX2 machines' path). ``of 4x`` is the ratio
-as a fraction of the bound one ``vpdpbusd`` (64 multiply-adds) sets against one float32 FMA
-instruction of the same width (16): 4x. ``of peak`` is the int8 rate as a fraction of the
-path's measured peak: its micro-kernel run in the same run on data that stays in L1, on every
-thread (what the instruction rate of the core allows, with no memory traffic, packing or edges).
+run (refquant.kernels.cpu_features: ``amx_int8``, ``avx512_vnni``, ``avx_vnni``, ``pmaddwd``),
+forced through ``REFQUANT_INT8_PATH``. Targets (issue 17): on a VNNI machine >= 3x at
+(256, 4096, 4096) and >= 2x at the model's shapes (the AMX path is held to the same); >= 1.5x for
+``pmaddwd`` (the AVX2 machines' path). ``of Bx`` is the ratio as a fraction of the bound the
+path's instruction sets against float32 FMAs of the same register width: 4x for ``vpdpbusd``
+(64 multiply-adds against 16), 2x for ``pmaddwd`` (32 against 16), 32x for AMX (one ``tdpbssd``,
+16384 multiply-adds, per 16 cycles against two 512-bit FMAs per cycle). ``of peak`` is the int8
+rate as a fraction of the path's measured peak: its micro-kernel run in the same run on data that
+stays in L1, on every thread (what the instruction rate of the core allows, with no memory
+traffic, packing or edges).
 The int8 result is checked against the NumPy specification once per shape and path.
 The other helpers share this machine's cores: numbers are noisy, which is why both sides are
 measured in the same run and the best of several repeats is kept.
@@ -29,9 +32,43 @@ from _timing import best_pair, print_machine  # (benchmarks/ is on sys.path)
 import numpy as np
 
 import refquant as rq
-from refquant.kernels import cpu_features, cpu_int8_vnni
+from refquant.kernels import cpu_features, cpu_int8_amx, cpu_int8_vnni
 
 SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)]
+BOUND = {"amx_int8": 32, "avx512_vnni": 4, "avx_vnni": 4, "pmaddwd": 2}   # vs float32 FMAs (above)
+
+
+def amx_peak(seconds: float = 0.5) -> float:
+    """Operations per second of the AMX micro-kernel (:func:`cpu_int8_amx.amx_panel`) on
+    L1-resident operands, one panel per thread: 64 blocks of 32 rows whose ``A`` rows are all the
+    same 512 bytes (row stride 0) against one 16 KiB panel of ``B`` (k = 512), best of three."""
+    import time
+    import numba
+    from numba import njit, prange
+    panel, S, blocks = cpu_int8_amx.amx_panel(), 8, 64
+    T = numba.get_num_threads()
+
+    @njit(parallel=True)
+    def run(A, Bq, C, cfg, reps):
+        for t in prange(T):
+            for _ in range(reps):
+                panel(A, 0, 32 * blocks, Bq, t * 2048 * S, C, t * 32, 0, S, cfg)
+
+    A = np.zeros(64 * S, np.int8)
+    Bq = np.zeros(T * 2048 * S, np.int8)
+    C = np.zeros(T * 32, np.int32)
+    cfg = cpu_int8_amx.tile_config()
+    run(A, Bq, C, cfg, 1)
+    reps = 100
+    t = time.perf_counter()
+    run(A, Bq, C, cfg, reps)
+    reps = max(1, int(reps * seconds / (time.perf_counter() - t)))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        run(A, Bq, C, cfg, reps)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * T * reps * blocks * 32 * 32 * 64 * S / best
 
 
 def kernel_peak(path: str, seconds: float = 0.5) -> float:
@@ -40,6 +77,8 @@ def kernel_peak(path: str, seconds: float = 0.5) -> float:
     import time
     import numba
     from numba import njit, prange
+    if path == "amx_int8":
+        return amx_peak(seconds)
     if path in cpu_int8_vnni.PATH_LANES:
         k, lanes = cpu_int8_vnni, cpu_int8_vnni.PATH_LANES[path]
         mr, nr = k.TILES[lanes]
@@ -102,12 +141,12 @@ def main():
             ops = 2.0 * M * K * N
             if M == 1:
                 target = "-"
-            elif path in cpu_int8_vnni.PATH_LANES:
+            elif path in cpu_int8_vnni.PATH_LANES or path == "amx_int8":
                 target = ">=3" if (K, N) == (4096, 4096) else ">=2"
             else:
                 target = ">=1.5" if max(K, N) >= 1536 else "-"
             print(f"{M:>5} {K:>5} {N:>5} | {t32 * 1e3:8.2f} {t8 * 1e3:8.2f} | {ops / t32 / 1e9:11.1f} "
-                  f"{ops / t8 / 1e9:10.1f} | {t32 / t8:5.2f} {target:>6}  of 4x: {t32 / t8 / 4:4.0%}  of peak: {ops / t8 / peak:4.0%}")
+                  f"{ops / t8 / 1e9:10.1f} | {t32 / t8:5.2f} {target:>6}  of {BOUND[path]}x: {t32 / t8 / BOUND[path]:4.0%}  of peak: {ops / t8 / peak:4.0%}")
     os.environ.pop(cpu_features.ENV, None)
 
 

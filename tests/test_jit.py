@@ -27,10 +27,11 @@ rng = np.random.default_rng(0)
 a = rng.integers(-128, 128, (16, 64), dtype=np.int8)
 rq.int8_matmul(a, a.T.copy(), backend="numba")
 from refquant.kernels import cpu_features
-if not cpu_features.missing_features("avx_vnni"):          # the 256-bit VNNI build as well
-    os.environ[cpu_features.ENV] = "avx_vnni"
-    rq.int8_matmul(a, a.T.copy(), backend="numba")
-    del os.environ[cpu_features.ENV]
+for other in ("avx_vnni", "avx512_vnni"):                  # the other builds this CPU runs
+    if other != cpu_features.int8_path()[0] and not cpu_features.missing_features(other):
+        os.environ[cpu_features.ENV] = other
+        rq.int8_matmul(a, a.T.copy(), backend="numba")
+        del os.environ[cpu_features.ENV]
 rq.int8_matmul(a[:2], a.T.copy(), backend="numba")
 packed = rq.pack(rng.integers(0, 16, (8, 128), dtype=np.uint8), 4, "int32")
 s, z = np.full((8, 1), 0.5, np.float32), np.full((8, 1), 8, np.int32)

@@ -3,7 +3,8 @@
 Oracle: the NumPy specification ``refquant.kernels.reference.int8_matmul`` (int32 products of
 int8 operands summed by NumPy), bit for bit, for every int8 path this CPU can run; a path the CPU
 cannot run is skipped with the features it lacks, and forcing it raises. (``avx_vnni`` runs on a
-CPU with AVX-512 VL and VNNI as the EVEX form of the same 256-bit kernel.)
+CPU with AVX-512 VL and VNNI as the EVEX form of the same 256-bit kernel; ``amx_int8`` needs AMX
+and Linux's grant of the tile state, the pseudo-feature ``xtiledata``.)
 """
 
 import numpy as np
@@ -70,7 +71,12 @@ def test_forcing_a_path_the_cpu_cannot_run_raises(monkeypatch):
     assert path == "pmaddwd" and "avx512vnni" in why          # never selected where it cannot run
 
 
+SPR = {"avx2", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni", "amx-tile", "amx-int8"}
+
+
 @pytest.mark.parametrize("features, path", [
+    (SPR | {"xtiledata"}, "amx_int8"),                                    # Sapphire Rapids class
+    (SPR, "avx512_vnni"),                                                 # tile state not granted
     ({"avx2", "avxvnni"}, "avx_vnni"),                                    # Alder Lake class
     ({"avx2", "avx512f", "avx512vl", "avx512vnni"}, "avx_vnni"),          # no BW: not avx512_vnni
     ({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni"}, "avx512_vnni"),
@@ -79,12 +85,56 @@ def test_forcing_a_path_the_cpu_cannot_run_raises(monkeypatch):
 def test_int8_path_order(features, path, monkeypatch):
     """The first path of INT8_PATHS the (pretended) CPU can run is chosen; the avx_vnni path
     accepts either AVX-VNNI or the EVEX form (AVX-512 VL + VNNI)."""
-    monkeypatch.setattr(cpu_features, "host_features", lambda: frozenset(features))
+    monkeypatch.setattr(cpu_features, "host_features", lambda: frozenset(features - {"xtiledata"}))
+    monkeypatch.setattr(cpu_features, "os_features", lambda: frozenset(features & {"xtiledata"}))
     monkeypatch.delenv(cpu_features.ENV, raising=False)
     got, why = cpu_features.int8_path()
     assert got == path, why
     if path == "pmaddwd":
         assert "avx512vnni" in why and "avxvnni" in why
+    if "amx-tile" in features and path != "amx_int8":
+        assert "lacks ['xtiledata'] for amx_int8" in why
+
+
+def test_amx_refused_by_the_os_is_never_selected_and_forcing_it_raises(monkeypatch):
+    """A CPU that reports AMX in a process Linux refused the tile state (an older kernel, or a
+    hypervisor that does not pass the state through) runs avx512_vnni; forcing amx_int8 raises
+    with Linux's answer, and the kernel itself refuses to build (an AMX instruction would be a
+    fatal SIGILL, not an exception)."""
+    from refquant.kernels import cpu_int8_amx
+    monkeypatch.setattr(cpu_features, "host_features", lambda: frozenset(SPR))
+    monkeypatch.setattr(cpu_features, "amx_permission",
+                        lambda: (False, "Linux refused the AMX tile state (arch_prctl "
+                                        "ARCH_REQ_XCOMP_PERM: Invalid argument)"))
+    monkeypatch.delenv(cpu_features.ENV, raising=False)
+    assert cpu_features.int8_path()[0] == "avx512_vnni"
+    monkeypatch.setenv(cpu_features.ENV, "amx_int8")
+    with pytest.raises(ValueError, match="xtiledata.*Linux refused the AMX tile state"):
+        cpu_features.int8_path()
+    with pytest.raises(RuntimeError, match="AMX int8 kernel cannot run here.*Invalid argument"):
+        cpu_int8_amx.require_tiles()
+    with pytest.raises(RuntimeError, match="cannot run here"):
+        cpu_int8_amx.int8_matmul(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8))
+
+
+def test_amx_permission_is_asked_only_where_the_cpu_has_amx(monkeypatch):
+    def refuse():
+        raise AssertionError("arch_prctl asked on a CPU without AMX")
+    monkeypatch.setattr(cpu_features, "host_features", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(cpu_features, "amx_permission", refuse)
+    assert cpu_features.os_features() == frozenset()
+    assert cpu_features.missing_features("amx_int8") == ["amx-tile", "amx-int8", "xtiledata"]
+
+
+def test_amx_tile_config_layout():
+    """The ldtilecfg block by hand from Intel's SDM (vol. 2, LDTILECFG): palette 1 in byte 0,
+    bytes per row as little-endian uint16 at 16 + 2t, rows at 48 + t; 8 tiles of 16 x 64 bytes."""
+    from refquant.kernels import cpu_int8_amx
+    cfg = cpu_int8_amx.tile_config()
+    assert cfg.dtype == np.uint8 and cfg.shape == (64,)
+    assert cfg[0] == 1 and cfg[1:16].sum() == 0
+    assert list(cfg[16:32].view("<u2")) == [64] * 8
+    assert list(cfg[48:56]) == [16] * 8 and cfg[56:].sum() == 0
 
 
 def test_avx_vnni_forced_where_only_avx2_raises(monkeypatch):

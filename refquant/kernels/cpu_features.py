@@ -7,6 +7,9 @@ instructions need. :func:`int8_path` picks the int8 GEMM path:
 ================  ==========================================  =======================================
 path              needs (llvmlite feature names)              instruction, multiply-adds per instr.
 ================  ==========================================  =======================================
+``amx_int8``      ``amx-tile``, ``amx-int8``, and Linux's     ``tdpbssd``: 16384 (s8 x s8 -> i32,
+                  grant of the tile state to this process     a 16 x 16 tile of 64-deep dot
+                  (pseudo-feature ``xtiledata``, below)       products)
 ``avx512_vnni``   ``avx512vnni``, ``avx512bw``, ``avx512f``   ``vpdpbusd`` zmm: 64 (u8 x s8 -> i32)
 ``avx_vnni``      ``avxvnni`` (VEX), or ``avx512vnni`` and    ``vpdpbusd`` ymm: 32 (u8 x s8 -> i32)
                   ``avx512vl`` (its EVEX form)
@@ -14,7 +17,10 @@ path              needs (llvmlite feature names)              instruction, multi
                   target: AVX2 ``vpmaddwd`` on x86-64)        (i16 x i16 -> i32)
 ================  ==========================================  =======================================
 
-The first path in the table that the CPU can run is chosen: a CPU with AVX-VNNI but no AVX-512
+The first path in the table that the CPU can run is chosen: a CPU with AMX (Sapphire Rapids and
+later Intel server cores) takes ``amx_int8`` where the kernel lets the process use the tile
+registers (:func:`os_features`: Linux 5.16 or later hands out the 8 KiB of tile state only on
+request, and an AMX instruction without it is a fatal SIGILL); a CPU with AVX-VNNI but no AVX-512
 (Alder Lake and later Intel client cores) takes ``avx_vnni``; one with AVX-512 VNNI takes
 ``avx512_vnni`` (``avx_vnni`` can be forced there: the same 256-bit kernel, EVEX-encoded). The
 environment variable ``REFQUANT_INT8_PATH`` forces a path (for tests and benchmarks); forcing one
@@ -46,6 +52,7 @@ import functools
 import os
 
 INT8_PATHS = {                  # in order of preference; a list holds alternative feature sets
+    "amx_int8": ("amx-tile", "amx-int8", "xtiledata"),
     "avx512_vnni": ("avx512f", "avx512bw", "avx512vnni"),
     "avx_vnni": [("avxvnni",), ("avx512vnni", "avx512vl")],
     "pmaddwd": (),
@@ -72,15 +79,53 @@ def host_cpu_name() -> str:
     return llvm.get_host_cpu_name()
 
 
+# Linux x86-64's arch_prctl(2): the syscall number and the codes that read and request the
+# extended-state components a process may use (asm/prctl.h); component 18 is AMX's tile data.
+_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1022, 0x1023, 18
+
+
+@functools.lru_cache(maxsize=1)
+def amx_permission() -> tuple[bool, str]:
+    """``(granted, why)``: whether Linux lets this process use AMX's tile registers, asked for
+    once (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``) and confirmed by reading the
+    permitted components back. The grant covers every thread of the process, and it is asked for
+    only on Linux x86-64 (the call number means something else elsewhere)."""
+    import ctypes
+    import platform
+    import sys
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return False, f"AMX tile state is requested through Linux x86-64's arch_prctl, not on {sys.platform}/{platform.machine()}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+        err = ctypes.get_errno()
+        return False, f"Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: {os.strerror(err)})"
+    mask = ctypes.c_uint64(0)
+    if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, ctypes.byref(mask)) != 0 \
+            or not mask.value >> _XFEATURE_XTILEDATA & 1:
+        return False, f"Linux did not confirm the AMX tile state (permitted components {mask.value:#x})"
+    return True, "Linux granted the AMX tile state"
+
+
+def os_features() -> frozenset[str]:
+    """Pseudo-features the operating system grants: ``"xtiledata"`` where the CPU reports
+    ``amx-tile`` and :func:`amx_permission` is granted (asked for only then)."""
+    if "amx-tile" in host_features() and amx_permission()[0]:
+        return frozenset({"xtiledata"})
+    return frozenset()
+
+
 def missing_features(path: str, paths: dict | None = None) -> list[str]:
     """The features ``path`` of ``paths`` (default :data:`INT8_PATHS`) needs that this CPU
-    lacks (empty: the path can run here)."""
+    (or, for ``xtiledata``, the operating system) lacks (empty: the path can run here)."""
     paths = INT8_PATHS if paths is None else paths
     if path not in paths:
         raise ValueError(f"unknown kernel path {path!r}; choose from {sorted(paths)}")
     needs = paths[path]
     alternatives = needs if isinstance(needs, list) else [needs]
-    missing = [[f for f in alt if f not in host_features()] for alt in alternatives]
+    have = host_features()
+    if any("xtiledata" in alt for alt in alternatives):
+        have = have | os_features()
+    missing = [[f for f in alt if f not in have] for alt in alternatives]
     return [] if any(not m for m in missing) else missing[0]
 
 
@@ -111,18 +156,29 @@ def w4a8_path() -> tuple[str, str]:
 
 
 def int8_path() -> tuple[str, str]:
-    """``(path, why)``: the int8 GEMM path the ``"numba"`` backend runs here and the reason."""
+    """``(path, why)``: the int8 GEMM path the ``"numba"`` backend runs here and the reason: the
+    first of :data:`INT8_PATHS` this machine can run, the reason naming what the ones before it
+    lack."""
     forced = os.environ.get(ENV)
     if forced:
         missing = missing_features(forced)
         if missing:
+            extra = f" ({amx_permission()[1]})" if "xtiledata" in missing and \
+                "amx-tile" in host_features() else ""
             raise ValueError(f"{ENV}={forced!r} needs CPU features {missing} that this CPU "
-                             f"({host_cpu_name()}) does not report")
+                             f"({host_cpu_name()}) does not report{extra}")
         return forced, f"forced by {ENV}"
-    if not missing_features("avx512_vnni"):
-        return "avx512_vnni", f"{host_cpu_name()} reports avx512vnni and avx512bw"
-    if not missing_features("avx_vnni"):
-        return "avx_vnni", (f"{host_cpu_name()} reports avxvnni and lacks "
-                            f"{missing_features('avx512_vnni')} for avx512_vnni")
-    return "pmaddwd", (f"{host_cpu_name()} lacks {missing_features('avx512_vnni')} for "
-                       f"avx512_vnni and {missing_features('avx_vnni')} for avx_vnni")
+    lacking = []
+    for path in INT8_PATHS:
+        missing = missing_features(path)
+        if not missing:
+            needs = INT8_PATHS[path]
+            have = needs if not isinstance(needs, list) else \
+                next(alt for alt in needs if all(f in host_features() | os_features() for f in alt))
+            cpu = [f for f in have if f != "xtiledata"]
+            why = [f"{host_cpu_name()} reports {', '.join(cpu)}"] if cpu else [host_cpu_name()]
+            if "xtiledata" in have:
+                why.append(amx_permission()[1])
+            return path, "; ".join(why + lacking)
+        lacking.append(f"lacks {missing} for {path}")
+    raise AssertionError("the last int8 path needs no features")     # pmaddwd needs none

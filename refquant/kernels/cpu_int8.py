@@ -42,7 +42,7 @@ import functools
 
 import numpy as np
 
-from refquant.kernels import _llvm, cpu_features, cpu_int8_vnni
+from refquant.kernels import _llvm, cpu_features, cpu_int8_amx, cpu_int8_vnni
 from refquant.schemes._jit import stable
 
 MR, NR = 4, 16          # micro-tile: rows of A, columns of B
@@ -260,7 +260,9 @@ def gemm_rows(parallel: bool = True):
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Numba ``C = A B`` (int8 x int8 -> int32), equal to the reference; operands pre-checked
     by :func:`refquant.kernels.reference.check_int8_operands`. ``M < 8`` takes the row form;
-    otherwise the path of :func:`refquant.kernels.cpu_features.int8_path` (``vpdpbusd`` in
+    otherwise the path of :func:`refquant.kernels.cpu_features.int8_path` (AMX tiles in
+    :mod:`refquant.kernels.cpu_int8_amx` where the CPU has AMX and Linux grants its state;
+    ``vpdpbusd`` in
     :mod:`refquant.kernels.cpu_int8_vnni`, 512-bit where the CPU has AVX-512 VNNI and 256-bit
     where it has AVX-VNNI, else the packed ``pmaddwd`` form below)."""
     M, K = a.shape
@@ -268,6 +270,8 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         serial = M * K * b.shape[1] < ROWS_SERIAL_MACS
         return gemm_rows(parallel=not serial)(np.ascontiguousarray(a), np.ascontiguousarray(b))
     path = cpu_features.int8_path()[0]
+    if path == "amx_int8":
+        return cpu_int8_amx.int8_matmul(a, b)
     if path in cpu_int8_vnni.PATH_LANES:
         return cpu_int8_vnni.int8_matmul(a, b, lanes=cpu_int8_vnni.PATH_LANES[path])
     return int8_matmul_pmaddwd(a, b)

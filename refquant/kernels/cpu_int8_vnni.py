@@ -156,11 +156,12 @@ def dpbusd_tile(lanes: int = 16):
 
 
 @functools.lru_cache(maxsize=None)
-def pack_quad_rows(nr: int = NR):
+def pack_quad_rows(nr: int = NR, flip: bool = True):
     """The intrinsic ``pack_quad_rows(B, off, ldb, Bq, out_off)``:
 
     ``Bq[out_off + 4c + e] = B[off + e*ldb + c] + 128`` (the top bit flipped) for ``c`` in
-    0..nr-1, ``e`` in 0..3.
+    0..nr-1, ``e`` in 0..3; with ``flip=False`` the values unchanged (the signed operand of
+    :mod:`refquant.kernels.cpu_int8_amx`).
 
     Four rows' ``nr`` int8 values shifted and interleaved byte by byte (one quad ``p`` of a packed
     panel) in a few shuffles instead of ``4 nr`` scalar copies.
@@ -187,26 +188,28 @@ def pack_quad_rows(nr: int = NR):
             lo = builder.shuffle_vector(rows[0], rows[1], cat)                      # <64 x i8>
             hi = builder.shuffle_vector(rows[2], rows[3], cat)
             w = builder.shuffle_vector(lo, hi, interleave)                          # <128 x i8>
-            w = builder.xor(w, ir.Constant(v128i8, [ir.Constant(ir.IntType(8), -128)] * (4 * nr)))
+            if flip:
+                w = builder.xor(w, ir.Constant(v128i8, [ir.Constant(ir.IntType(8), -128)] * (4 * nr)))
             builder.store(w, builder.bitcast(builder.gep(pp, [oo]), v128i8.as_pointer()), align=1)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return stable(_pack_quad_rows, nr)
+    return stable(_pack_quad_rows, nr, flip)
 
 
 @functools.lru_cache(maxsize=None)
-def pack_panels(lanes: int = 16):
+def pack_panels(lanes: int = 16, flip: bool = True):
     """``pack_panels(b, P)``: int8 ``b[K, N]`` as ``Bq[N_panels, 4 NR P]``,
     ``Bq[j, 4 NR p + 4c + e] = B[4p + e, NR j + c] + 128`` (int8 bits of the uint8 value; ``NR``
-    of ``TILES[lanes]``), zero
+    of ``TILES[lanes]``; with ``flip=False``, ``B`` itself), zero
     ``B`` past ``K`` and ``N`` (any value would do: the padded ``A`` columns are zero and the
     padded ``C`` columns are dropped). Parallel over quads of rows, so each thread reads whole
     rows of ``B`` (a column strip per panel would touch a page per row)."""
     from numba import njit, prange
     NR = TILES[lanes][1]
-    _pack = pack_quad_rows(NR)
+    _pack = pack_quad_rows(NR, flip)
+    top = np.int8(-128) if flip else np.int8(0)         # xor'd into every value (a closure value)
 
     @njit(**NJIT_OPTIONS)
     def _pack_panels(b, P):
@@ -227,7 +230,7 @@ def pack_panels(lanes: int = 16):
                     for e in range(4):
                         k = 4 * p + e
                         v = b[k, j] if (k < K and j < N) else np.int8(0)
-                        Bf[base + 4 * c + e] = v ^ np.int8(-128)
+                        Bf[base + 4 * c + e] = v ^ top
         return Bq
 
     return _pack_panels
