@@ -199,3 +199,65 @@ def test_row_form_both_variants_equal_reference(parallel, shape):
     a = rng.integers(-128, 128, (M, K), dtype=np.int8)
     b = rng.integers(-128, 128, (K, N), dtype=np.int8)
     assert np.array_equal(cpu_int8.gemm_rows(parallel)(a, b), reference.int8_matmul(a, b))
+
+
+def test_features_follow_numbas_compile_target(monkeypatch):
+    """With NUMBA_CPU_FEATURES (Numba's config) the paths follow the features the compiled code
+    has, not the host's: only those it turns on count. Oracle: the feature string itself."""
+    from numba.core import config
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,-avx512f,-avx512vnni,-amx-tile")
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    cpu_features.host_features.cache_clear()
+    cpu_features.host_cpu_name.cache_clear()
+    try:
+        monkeypatch.delenv(cpu_features.ENV, raising=False)
+        assert cpu_features.host_features() == frozenset({"avx2", "fma"})
+        path, why = cpu_features.int8_path()
+        assert path == "pmaddwd" and why.startswith("haswell")
+        assert cpu_features.w4_path()[0] == "portable"
+        assert cpu_features.os_features() == frozenset()          # no AMX grant asked for
+    finally:
+        monkeypatch.undo()
+        cpu_features.host_features.cache_clear()
+        cpu_features.host_cpu_name.cache_clear()
+
+
+NARROW_BUILD = r"""
+import numpy as np
+import refquant as rq
+from refquant.kernels import K_MAX, cpu_features, reference
+path = cpu_features.int8_path()[0]
+rng = np.random.default_rng(7)
+for M, K, N in [(8, 4, 32), (9, 7, 33), (17, 300, 70), (64, 576, 1536), (40, 1027, 65)]:
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    assert np.array_equal(rq.int8_matmul(a, b, backend="numba"), reference.int8_matmul(a, b)), (M, K, N)
+a, b = np.full((9, K_MAX), -128, np.int8), np.full((K_MAX, 3), -128, np.int8)
+assert (rq.int8_matmul(a, b, backend="numba") == K_MAX * 128 * 128).all()
+print(path)
+"""
+
+
+@pytest.mark.parametrize("drop, path", [(("avx512", "amx", "avx10", "evex512"), "avx_vnni"),
+                                        (("avx512", "amx", "avx10", "evex512", "avxvnni"), "pmaddwd")])
+def test_narrower_builds_run_on_this_cpu(drop, path):
+    """The kernels compiled for a target without AVX-512 and AMX (NUMBA_CPU_FEATURES: this
+    host's features with those turned off, as on an Alder Lake core), and without AVX-VNNI as
+    well (an AVX2-only core), run on this CPU in a fresh process: they choose ``avx_vnni`` (its
+    VEX instruction) and ``pmaddwd`` (AVX2) and equal the specification. Skipped where the host
+    lacks the features the narrower build keeps."""
+    import os
+    import subprocess
+    import sys
+    import llvmlite.binding as llvm
+    host = llvm.get_host_cpu_features()
+    keep = "avxvnni" if path == "avx_vnni" else "avx2"
+    if not host.get(keep):
+        pytest.skip(f"this CPU ({llvm.get_host_cpu_name()}) lacks {keep}")
+    feats = ",".join(("+" if on and not name.startswith(drop) else "-") + name for name, on in host.items())
+    env = dict(os.environ, NUMBA_CPU_FEATURES=feats, NUMBA_CPU_NAME=llvm.get_host_cpu_name())
+    env.pop(cpu_features.ENV, None)
+    out = subprocess.run([sys.executable, "-c", NARROW_BUILD], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == path

@@ -1,8 +1,9 @@
 """Which CPU kernel path runs here, chosen at run time from the host CPU's features.
 
 The Numba kernels are compiled for the host CPU (Numba passes llvmlite's host CPU name and
-feature list to LLVM), so a path is usable exactly when the host reports the features its
-instructions need. :func:`int8_path` picks the int8 GEMM path:
+feature list to LLVM, or the target that ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` name), so a
+path is usable exactly when that target has the features its instructions need
+(:func:`host_features`). :func:`int8_path` picks the int8 GEMM path:
 
 ================  ==========================================  =======================================
 path              needs (llvmlite feature names)              instruction, multiply-adds per instr.
@@ -66,7 +67,14 @@ W4A8_ENV = "REFQUANT_W4A8_PATH"
 
 @functools.lru_cache(maxsize=1)
 def host_features() -> frozenset[str]:
-    """The host CPU's features as llvmlite (hence Numba's code generator) reports them."""
+    """The features of the CPU Numba compiles for: the host's, as llvmlite reports them, unless
+    ``NUMBA_CPU_FEATURES`` sets the compile target's (to build for another machine, or to run a
+    narrower instruction set on this one). Then only the features it turns on (``+name``) count:
+    those it leaves to the ``NUMBA_CPU_NAME`` defaults count as absent, so a path is never chosen
+    whose instructions the compiled code may not have."""
+    from numba.core import config
+    if config.CPU_FEATURES is not None:
+        return frozenset(f.strip()[1:] for f in config.CPU_FEATURES.split(",") if f.strip().startswith("+"))
     import llvmlite.binding as llvm
     feats = llvm.get_host_cpu_features()
     return frozenset(name for name, on in feats.items() if on)
@@ -74,7 +82,11 @@ def host_features() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def host_cpu_name() -> str:
-    """llvmlite's name of the host CPU (e.g. ``"znver4"``, ``"skylake-avx512"``)."""
+    """The name of the CPU Numba compiles for (e.g. ``"znver4"``, ``"skylake-avx512"``):
+    ``NUMBA_CPU_NAME`` where set, else llvmlite's name of the host CPU."""
+    from numba.core import config
+    if config.CPU_NAME:
+        return config.CPU_NAME
     import llvmlite.binding as llvm
     return llvm.get_host_cpu_name()
 
