@@ -106,7 +106,8 @@ def amx_permission() -> tuple[bool, str]:
     import platform
     import sys
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
-        return False, f"AMX tile state is requested through Linux x86-64's arch_prctl, not on {sys.platform}/{platform.machine()}"
+        return False, ("AMX tile state is requested through Linux x86-64's arch_prctl, not on "
+                       f"{sys.platform}/{platform.machine()}")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
         err = ctypes.get_errno()
