@@ -38,11 +38,26 @@ SHAPES = [(512, 576, 1536), (512, 1536, 576), (256, 4096, 4096), (1, 4096, 4096)
 BOUND = {"amx_int8": 32, "avx512_vnni": 4, "avx_vnni": 4, "pmaddwd": 2}   # vs float32 FMAs (above)
 
 
+def _best_rate(run, madds_per_rep: int, seconds: float, reps: int) -> float:
+    """Operations per second (2 per multiply-add) of ``run(reps)``: one call to compile, one to
+    size ``reps`` to about ``seconds``, then the best of three bursts."""
+    import time
+    run(1)
+    t = time.perf_counter()
+    run(reps)
+    reps = max(1, int(reps * seconds / (time.perf_counter() - t)))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        run(reps)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * reps * madds_per_rep / best
+
+
 def amx_peak(seconds: float = 0.5) -> float:
     """Operations per second of the AMX micro-kernel (:func:`cpu_int8_amx.amx_panel`) on
     L1-resident operands, one panel per thread: 64 blocks of 32 rows whose ``A`` rows are all the
     same 512 bytes (row stride 0) against one 16 KiB panel of ``B`` (k = 512), best of three."""
-    import time
     import numba
     from numba import njit, prange
     panel, S, blocks = cpu_int8_amx.amx_panel(), 8, 64
@@ -58,23 +73,12 @@ def amx_peak(seconds: float = 0.5) -> float:
     Bq = np.zeros(T * 2048 * S, np.int8)
     C = np.zeros(T * 32, np.int32)
     cfg = cpu_int8_amx.tile_config()
-    run(A, Bq, C, cfg, 1)
-    reps = 100
-    t = time.perf_counter()
-    run(A, Bq, C, cfg, reps)
-    reps = max(1, int(reps * seconds / (time.perf_counter() - t)))
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        run(A, Bq, C, cfg, reps)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * T * reps * blocks * 32 * 32 * 64 * S / best
+    return _best_rate(lambda reps: run(A, Bq, C, cfg, reps), T * blocks * 32 * 32 * 64 * S, seconds, 100)
 
 
 def kernel_peak(path: str, seconds: float = 0.5) -> float:
     """Operations per second (2 per multiply-add) of ``path``'s micro-kernel on L1-resident
     operands, one tile per thread, best of three bursts: the path's instruction-bound peak."""
-    import time
     import numba
     from numba import njit, prange
     if path == "amx_int8":
@@ -98,17 +102,7 @@ def kernel_peak(path: str, seconds: float = 0.5) -> float:
     Aw = np.zeros(T * mr * P, np.int32)
     Bp = np.zeros(T * b_len * P, b_dtype)
     C = np.zeros(T * mr * nr, np.int32)
-    run(Aw, Bp, C, 1)
-    reps = 1000
-    t = time.perf_counter()
-    run(Aw, Bp, C, reps)
-    reps = max(1, int(reps * seconds / (time.perf_counter() - t)))
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        run(Aw, Bp, C, reps)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * T * reps * P * mr * nr * per_p / best
+    return _best_rate(lambda reps: run(Aw, Bp, C, reps), T * P * mr * nr * per_p, seconds, 1000)
 
 
 def main():
