@@ -127,9 +127,9 @@ def os_features() -> frozenset[str]:
     return frozenset()
 
 
-def missing_features(path: str, paths: dict | None = None) -> list[str]:
-    """The features ``path`` of ``paths`` (default :data:`INT8_PATHS`) needs that this CPU
-    (or, for ``xtiledata``, the operating system) lacks (empty: the path can run here)."""
+def _match(path: str, paths: dict | None = None) -> tuple[tuple | None, list[str]]:
+    """``(met, missing)``: the first of ``path``'s feature sets that this target has (``None`` if
+    none) and what its first set lacks."""
     paths = INT8_PATHS if paths is None else paths
     if path not in paths:
         raise ValueError(f"unknown kernel path {path!r}; choose from {sorted(paths)}")
@@ -138,8 +138,23 @@ def missing_features(path: str, paths: dict | None = None) -> list[str]:
     have = host_features()
     if any("xtiledata" in alt for alt in alternatives):
         have = have | os_features()
-    missing = [[f for f in alt if f not in have] for alt in alternatives]
-    return [] if any(not m for m in missing) else missing[0]
+    met = next((alt for alt in alternatives if all(f in have for f in alt)), None)
+    return met, [f for f in alternatives[0] if f not in have]
+
+
+def missing_features(path: str, paths: dict | None = None) -> list[str]:
+    """The features ``path`` of ``paths`` (default :data:`INT8_PATHS`) needs that this CPU
+    (or, for ``xtiledata``, the operating system) lacks (empty: the path can run here)."""
+    met, missing = _match(path, paths)
+    return [] if met is not None else missing
+
+
+def os_refusal(missing: list[str]) -> str:
+    """Linux's answer in parentheses after a space, where ``missing`` holds ``xtiledata`` on a
+    CPU that has AMX (the operating system, not the CPU, is what refused); else ``""``."""
+    if "xtiledata" in missing and "amx-tile" in host_features():
+        return f" ({amx_permission()[1]})"
+    return ""
 
 
 def _choose(paths: dict, env: str, best: str) -> tuple[str, str]:
@@ -176,18 +191,13 @@ def int8_path() -> tuple[str, str]:
     if forced:
         missing = missing_features(forced)
         if missing:
-            extra = f" ({amx_permission()[1]})" if "xtiledata" in missing and \
-                "amx-tile" in host_features() else ""
             raise ValueError(f"{ENV}={forced!r} needs CPU features {missing} that this CPU "
-                             f"({host_cpu_name()}) does not report{extra}")
+                             f"({host_cpu_name()}) does not report{os_refusal(missing)}")
         return forced, f"forced by {ENV}"
     lacking = []
     for path in INT8_PATHS:
-        missing = missing_features(path)
-        if not missing:
-            needs = INT8_PATHS[path]
-            have = needs if not isinstance(needs, list) else \
-                next(alt for alt in needs if all(f in host_features() | os_features() for f in alt))
+        have, missing = _match(path)
+        if have is not None:
             cpu = [f for f in have if f != "xtiledata"]
             why = [f"{host_cpu_name()} reports {', '.join(cpu)}"] if cpu else [host_cpu_name()]
             if "xtiledata" in have:

@@ -74,9 +74,8 @@ def require_tiles() -> None:
     with SIGILL."""
     missing = cpu_features.missing_features("amx_int8")
     if missing:
-        why = cpu_features.amx_permission()[1] if "amx-tile" in cpu_features.host_features() \
-            else f"{cpu_features.host_cpu_name()} has no AMX"
-        raise RuntimeError(f"the AMX int8 kernel cannot run here: missing {missing} ({why})")
+        why = cpu_features.os_refusal(missing) or f" ({cpu_features.host_cpu_name()} has no AMX)"
+        raise RuntimeError(f"the AMX int8 kernel cannot run here: missing {missing}{why}")
 
 
 def _void(builder, name, arg_types, args):
